@@ -1,0 +1,33 @@
+# Two promises: `make demo` and `make test` work on a fresh machine with nothing installed by hand.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DATA   ?= data
+AS_OF  ?= 2001-02-01
+# implicit trains with its own threads; BLAS must stay single-threaded under it and under the web server.
+export OPENBLAS_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+
+.PHONY: demo test install lint bench clean
+
+$(BIN)/recsys: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/recsys
+
+demo: install
+	$(BIN)/recsys data fetch tafeng --data-dir $(DATA)
+	$(BIN)/recsys data ingest tafeng --data-dir $(DATA)
+	$(BIN)/recsys features build --data-dir $(DATA) --dataset tafeng --as-of $(AS_OF)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check recsys features training serving experiments tests
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

