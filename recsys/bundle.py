@@ -1,0 +1,119 @@
+"""The serving bundle: one folder that carries everything the server needs.
+
+Layout::
+
+    bundle.json        format version, model name, run id, trained-on date, metrics, config
+    model/             the fitted recommender (``Recommender.save``)
+    members.parquet    member_id in matrix-row order + the tags audiences filter on
+    products.parquet   product_id in matrix-column order + category, price, band, brand, name
+
+Loadable without any training code; a bundle of another format version is refused with a message
+that says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recsys.columns import Col
+from recsys.errors import RecsysError
+from recsys.idmap import IdMap
+from recsys.models.base import Recommender, Tag
+
+FORMAT_VERSION = 1
+
+
+class BundleError(RecsysError):
+    """A bundle that cannot be served: missing, broken or of another format version."""
+
+
+@dataclass
+class Bundle:
+    model: Recommender
+    members: IdMap
+    products: IdMap
+    member_table: pa.Table
+    product_table: pa.Table
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def member_tags(self, names: tuple[str, ...] | None = None) -> dict[str, Tag]:
+        cols = [c for c in self.member_table.column_names if c != Col.MEMBER]
+        out = {}
+        for c in cols:
+            if names is not None and c not in names:
+                continue
+            col = self.member_table.column(c)
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                out[c] = Tag.from_values(col.to_numpy(zero_copy_only=False))
+        return out
+
+    def save(self, path: Path | str) -> Path:
+        return save_bundle(path, self)
+
+
+def save_bundle(path: Path | str, bundle: Bundle) -> Path:
+    """Write ``bundle`` to a fresh folder (replacing one that is there)."""
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    bundle.model.save(path / "model")
+    if bundle.member_table.column(Col.MEMBER).to_pylist() != bundle.members.external_ids.tolist():
+        raise ValueError("member_table must list member ids in the model's row order")
+    if bundle.product_table.column(Col.PRODUCT).to_pylist() != bundle.products.external_ids.tolist():
+        raise ValueError("product_table must list product ids in the model's column order")
+    pq.write_table(bundle.member_table, path / "members.parquet")
+    pq.write_table(bundle.product_table, path / "products.parquet")
+    meta = {
+        **bundle.meta,
+        "format_version": FORMAT_VERSION,
+        "model": bundle.model.name,
+        "n_members": len(bundle.members),
+        "n_products": len(bundle.products),
+        "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    (path / "bundle.json").write_text(json.dumps(meta, indent=1, default=str))
+    return path
+
+
+def load_bundle(path: Path | str) -> Bundle:
+    """Load a bundle; :class:`BundleError` says what is wrong when it cannot be served."""
+    path = Path(path)
+    meta_path = path / "bundle.json"
+    if not meta_path.exists():
+        raise BundleError(f"{path} is not a model bundle (no bundle.json); pass a folder written by `recsys train`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{meta_path} is not valid JSON ({exc}); re-export the bundle") from None
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: bundle format version {version!r}, this server reads version {FORMAT_VERSION}; "
+            "retrain with this release (`recsys train`) or serve it with the release that wrote it"
+        )
+    try:
+        import recsys.models  # noqa: F401  (registers every model)
+
+        model = Recommender.load(path / "model")
+        member_table = pq.read_table(path / "members.parquet")
+        product_table = pq.read_table(path / "products.parquet")
+    except (OSError, KeyError, ValueError) as exc:
+        raise BundleError(f"{path}: bundle is incomplete or corrupt ({exc}); re-export it") from None
+    members = IdMap(np.asarray(member_table.column(Col.MEMBER).to_pylist(), dtype=object))
+    products = IdMap(np.asarray(product_table.column(Col.PRODUCT).to_pylist(), dtype=object))
+    if len(members) != model.n_members or len(products) != model.n_products:
+        raise BundleError(
+            f"{path}: id lists ({len(members)} members, {len(products)} products) do not match the model "
+            f"({model.n_members}, {model.n_products}); re-export the bundle"
+        )
+    return Bundle(model, members, products, member_table, product_table, meta)

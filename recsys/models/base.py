@@ -1,0 +1,345 @@
+"""The recommender contract.
+
+Every model scores members x products; the shared mechanics — filters, discover / replenish,
+top-k, audiences with a member mask, save / load — live here once. A model implements four hooks:
+
+* ``_fit(data)``                     learn from a :class:`TrainData`;
+* ``_score_items(members)``          ``(len(members), n_products)`` scores for picks;
+* ``_score_members(products)``       ``(len(products), n_members)`` scores for audiences;
+* ``_state()`` / ``_set_state(s)``   arrays and JSON-able values that make it whole again.
+
+Scores are float32; ``-inf`` means "never recommend". Everything is batch-first: a call takes an
+array of internal indices and returns ``(indices, scores)`` arrays with ``-1`` / ``-inf`` padding.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import BaseModel, ConfigDict
+
+from recsys.idmap import IdMap
+from recsys.interactions import Interactions
+
+Mode = Literal["discover", "replenish"]
+NEG_INF = np.float32(-np.inf)
+
+
+@dataclass(frozen=True)
+class Tag:
+    """A categorical attribute aligned with a member or product index: ``labels[codes[i]]``;
+    code -1 means unknown."""
+
+    codes: np.ndarray
+    labels: tuple[str, ...]
+
+    @classmethod
+    def from_values(cls, values: np.ndarray | list[Any]) -> Tag:
+        arr = np.asarray(values, dtype=object)
+        known = np.array([v is not None and v == v and str(v) != "" for v in arr], dtype=bool)
+        labels = tuple(sorted({str(v) for v in arr[known]}))
+        lookup = {label: i for i, label in enumerate(labels)}
+        codes = np.full(len(arr), -1, dtype=np.int32)
+        codes[known] = [lookup[str(v)] for v in arr[known]]
+        return cls(codes, labels)
+
+    def code(self, label: str) -> int:
+        try:
+            return self.labels.index(label)
+        except ValueError:
+            return -1
+
+    def mask(self, labels: list[str] | tuple[str, ...]) -> np.ndarray:
+        wanted = [self.code(label) for label in labels]
+        return np.isin(self.codes, [w for w in wanted if w >= 0])
+
+    def values(self) -> np.ndarray:
+        lab = np.array([*self.labels, None], dtype=object)
+        return lab[self.codes]
+
+
+@dataclass
+class TrainData:
+    """What a model learns from: purchase occasions plus member and product attributes.
+
+    ``member_tags`` are aligned with ``interactions.members`` (value_segment, lifecycle, ...),
+    ``product_tags`` with ``interactions.products`` (category, price_band, brand, ...), and
+    ``product_price`` is the product's typical unit price (NaN when unknown).
+    """
+
+    interactions: Interactions
+    member_tags: dict[str, Tag] = field(default_factory=dict)
+    product_tags: dict[str, Tag] = field(default_factory=dict)
+    product_price: np.ndarray | None = None
+
+    @property
+    def n_members(self) -> int:
+        return len(self.interactions.members)
+
+    @property
+    def n_products(self) -> int:
+        return len(self.interactions.products)
+
+
+class ModelParams(BaseModel):
+    """Hyperparameters; subclasses add fields. Unknown keys are an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+MODELS: dict[str, type[Recommender]] = {}
+
+
+def topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k per row of a dense score matrix, best first; ``-inf`` entries come out as -1."""
+    n, m = scores.shape
+    k_eff = min(k, m)
+    if k_eff == 0:
+        return np.full((n, k), -1, dtype=np.int64), np.full((n, k), NEG_INF, dtype=np.float32)
+    part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff] if k_eff < m else np.tile(np.arange(m), (n, 1))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    # stable tie-break on the index so rankings are reproducible
+    order = np.lexsort((part, -part_scores), axis=1)
+    idx = np.take_along_axis(part, order, axis=1).astype(np.int64)
+    sc = np.take_along_axis(part_scores, order, axis=1).astype(np.float32)
+    idx[~np.isfinite(sc)] = -1
+    if k_eff < k:
+        idx = np.pad(idx, ((0, 0), (0, k - k_eff)), constant_values=-1)
+        sc = np.pad(sc, ((0, 0), (0, k - k_eff)), constant_values=NEG_INF)
+    return idx, sc
+
+
+def _batches(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+class Recommender(ABC):
+    """Base class of every model. Subclasses set ``name`` and ``Params`` and implement the hooks."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[ModelParams]] = ModelParams
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            MODELS[cls.name] = cls
+
+    def __init__(self, params: ModelParams | dict[str, Any] | None = None, **kwargs: Any):
+        if isinstance(params, ModelParams):
+            self.params = params
+        else:
+            self.params = self.Params(**{**(params or {}), **kwargs})
+        self.n_members = 0
+        self.n_products = 0
+        self.history: sp.csr_matrix | None = None  # members x products, what each member bought
+        self.category: np.ndarray | None = None  # product -> category code
+        self.is_fitted = False
+
+    # ----------------------------------------------------------------- fitting
+    def fit(self, data: TrainData) -> Recommender:
+        self.n_members, self.n_products = data.n_members, data.n_products
+        self.history = data.interactions.matrix("binary")
+        cat = data.product_tags.get("category")
+        self.category = cat.codes if cat is not None else np.zeros(self.n_products, np.int32)
+        self._fit(data)
+        self.is_fitted = True
+        return self
+
+    @abstractmethod
+    def _fit(self, data: TrainData) -> None: ...
+
+    @abstractmethod
+    def _score_items(self, members: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def _score_members(self, products: np.ndarray) -> np.ndarray: ...
+
+    def _item_vectors(self) -> np.ndarray | None:
+        """Dense product vectors for similar products, when the model has them."""
+        return None
+
+    # ----------------------------------------------------------------- public API
+    def recommend(
+        self,
+        members: np.ndarray,
+        k: int = 10,
+        *,
+        mode: Mode = "discover",
+        include: np.ndarray | None = None,
+        exclude: np.ndarray | None = None,
+        categories: np.ndarray | None = None,
+        batch_size: int = 1024,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k products for each member (internal indices).
+
+        Parameters
+        ----------
+        members : member indices
+        mode : ``"discover"`` leaves out what the member already bought; ``"replenish"`` keeps it
+        include : only these product indices (a whitelist)
+        exclude : never these product indices (a blacklist)
+        categories : only products whose category code is in this array
+
+        Returns
+        -------
+        (indices, scores), each ``(len(members), k)``; -1 / -inf where fewer than k qualify.
+        """
+        self._check_fitted()
+        members = np.asarray(members, dtype=np.int64)
+        allowed = self._allowed_products(include, exclude, categories)
+        out_i = np.empty((len(members), k), dtype=np.int64)
+        out_s = np.empty((len(members), k), dtype=np.float32)
+        for sl in _batches(len(members), batch_size):
+            batch = members[sl]
+            scores = np.array(self._score_items(batch), dtype=np.float32, copy=True)
+            if allowed is not None:
+                scores[:, ~allowed] = NEG_INF
+            if mode == "discover":
+                seen = self.history[batch].tocoo()
+                scores[seen.row, seen.col] = NEG_INF
+            elif mode != "replenish":
+                raise ValueError(f"mode must be 'discover' or 'replenish', not {mode!r}")
+            out_i[sl], out_s[sl] = topk_rows(scores, k)
+        return out_i, out_s
+
+    def audience(
+        self,
+        products: np.ndarray,
+        n: int = 1000,
+        *,
+        member_mask: np.ndarray | None = None,
+        batch_size: int = 64,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-n members for each product (internal indices); ``member_mask`` keeps only some."""
+        self._check_fitted()
+        products = np.asarray(products, dtype=np.int64)
+        out_i = np.empty((len(products), n), dtype=np.int64)
+        out_s = np.empty((len(products), n), dtype=np.float32)
+        for sl in _batches(len(products), batch_size):
+            scores = np.array(self._score_members(products[sl]), dtype=np.float32, copy=True)
+            if member_mask is not None:
+                scores[:, ~member_mask] = NEG_INF
+            out_i[sl], out_s[sl] = topk_rows(scores, n)
+        return out_i, out_s
+
+    def similar_items(self, products: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k most similar products (cosine of the model's product vectors, or of buyers)."""
+        self._check_fitted()
+        products = np.asarray(products, dtype=np.int64)
+        vecs = self._item_vectors()
+        if vecs is None:  # fall back on co-purchase: cosine over the buyer sets
+            x = sp.csc_matrix(self.history)
+            norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel()) + 1e-9
+            sims = (x[:, products].T @ x).toarray() / norms[products][:, None] / norms[None, :]
+        else:
+            norms = np.linalg.norm(vecs, axis=1) + 1e-9
+            sims = (vecs[products] @ vecs.T) / norms[products][:, None] / norms[None, :]
+        sims = sims.astype(np.float32)
+        sims[np.arange(len(products)), products] = NEG_INF
+        return topk_rows(sims, k)
+
+    # ----------------------------------------------------------------- persistence
+    def _state(self) -> dict[str, Any]:
+        return {}
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def save(self, path: Path | str) -> Path:
+        """Write the model to a folder: ``model.json`` (name, params, JSON state) + ``arrays.npz``."""
+        self._check_fitted()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {"history": self.history, "category": self.category, **self._state()}
+        arrays: dict[str, np.ndarray] = {}
+        meta: dict[str, Any] = {}
+        for key, value in state.items():
+            if sp.issparse(value):
+                csr = sp.csr_matrix(value)
+                arrays[f"{key}.data"], arrays[f"{key}.indices"] = csr.data, csr.indices
+                arrays[f"{key}.indptr"] = csr.indptr
+                arrays[f"{key}.shape"] = np.asarray(csr.shape)
+                meta[key] = {"__sparse__": True}
+            elif isinstance(value, np.ndarray):
+                arrays[key] = value
+                meta[key] = {"__array__": True}
+            else:
+                meta[key] = value
+        np.savez(path / "arrays.npz", **arrays)
+        doc = {
+            "model": self.name,
+            "params": self.params.model_dump(mode="json"),
+            "n_members": self.n_members,
+            "n_products": self.n_products,
+            "state": meta,
+        }
+        (path / "model.json").write_text(json.dumps(doc, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str) -> Recommender:
+        path = Path(path)
+        doc = json.loads((path / "model.json").read_text())
+        model_cls = MODELS.get(doc["model"])
+        if model_cls is None:
+            raise ValueError(f"{path}: unknown model {doc['model']!r}; known: {sorted(MODELS)}")
+        model = model_cls(doc["params"])
+        model.n_members, model.n_products = doc["n_members"], doc["n_products"]
+        with np.load(path / "arrays.npz", allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        state: dict[str, Any] = {}
+        for key, value in doc["state"].items():
+            if isinstance(value, dict) and value.get("__sparse__"):
+                state[key] = sp.csr_matrix(
+                    (arrays[f"{key}.data"], arrays[f"{key}.indices"], arrays[f"{key}.indptr"]),
+                    shape=tuple(arrays[f"{key}.shape"]),
+                )
+            elif isinstance(value, dict) and value.get("__array__"):
+                state[key] = arrays[key]
+            else:
+                state[key] = value
+        model.history = state.pop("history")
+        model.category = state.pop("category")
+        model._set_state(state)
+        model.is_fitted = True
+        return model
+
+    # ----------------------------------------------------------------- helpers
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() or load() first")
+
+    def _allowed_products(
+        self,
+        include: np.ndarray | None,
+        exclude: np.ndarray | None,
+        categories: np.ndarray | None,
+    ) -> np.ndarray | None:
+        if include is None and exclude is None and categories is None:
+            return None
+        allowed = np.ones(self.n_products, dtype=bool)
+        if include is not None:
+            allowed[:] = False
+            allowed[np.asarray(include, dtype=np.int64)] = True
+        if exclude is not None:
+            allowed[np.asarray(exclude, dtype=np.int64)] = False
+        if categories is not None:
+            allowed &= np.isin(self.category, np.asarray(categories))
+        return allowed
+
+
+def get_model(name: str) -> type[Recommender]:
+    import recsys.models  # noqa: F401  (registers every model module)
+
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}") from None

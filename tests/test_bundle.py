@@ -1,0 +1,150 @@
+"""The serving bundle: save -> load gives exactly the same answers; broken bundles are refused."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recsys.bundle import FORMAT_VERSION, Bundle, BundleError, load_bundle, save_bundle
+from recsys.idmap import IdMap
+from recsys.interactions import Interactions
+from recsys.models import Tag, TrainData, get_model
+
+# (member, product, days before as_of): m0 is a regular of p0; p0 has the most buyers.
+OCCASIONS = [
+    (0, 0, 1), (0, 0, 8), (0, 0, 15), (0, 1, 3),
+    (1, 1, 2), (1, 1, 9), (1, 2, 4),
+    (2, 0, 5), (2, 3, 6),
+    (3, 2, 1), (3, 2, 7), (3, 4, 2),
+    (4, 0, 3), (4, 1, 3), (4, 2, 10),
+    (5, 3, 4), (5, 0, 12),
+]
+MEMBERS = [f"m{i}" for i in range(6)]
+PRODUCTS = [f"p{i}" for i in range(5)]
+CATEGORIES = ["dairy", "dairy", "bakery", "bakery", "snacks"]
+SEGMENTS = ["high", "mid", "low", "mid", "high", None]
+
+MODELS = {
+    "popular": {},
+    "simple_blend": {},
+    "als": {"factors": 4, "iterations": 3, "num_threads": 1, "seed": 7, "weighting": "count"},
+}
+
+
+def tiny_data() -> TrainData:
+    m, p, age = (np.array(col, dtype=np.int32) for col in zip(*OCCASIONS, strict=True))
+    x = Interactions(
+        members=IdMap(MEMBERS), products=IdMap(PRODUCTS), member=m, product=p, age_days=age,
+        quantity=np.ones(len(m), np.float32), amount=np.full(len(m), 2.5, np.float32),
+        as_of=date(2001, 2, 1),
+    )
+    return TrainData(
+        x,
+        member_tags={"value_segment": Tag.from_values(SEGMENTS)},
+        product_tags={"category": Tag.from_values(CATEGORIES)},
+    )
+
+
+def tiny_bundle(model_name: str, **params: object) -> Bundle:
+    data = tiny_data()
+    model = get_model(model_name)({**MODELS.get(model_name, {}), **params}).fit(data)
+    return Bundle(
+        model=model,
+        members=data.interactions.members,
+        products=data.interactions.products,
+        member_table=pa.table({"member_id": MEMBERS, "value_segment": SEGMENTS}),
+        product_table=pa.table({"product_id": PRODUCTS, "category": CATEGORIES}),
+        meta={"run_id": "run-123", "metrics": {"recall@10": 0.25}},
+    )
+
+
+@pytest.fixture(params=sorted(MODELS))
+def saved(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Bundle, Path]:
+    bundle = tiny_bundle(request.param)
+    return bundle, save_bundle(tmp_path / "bundle", bundle)
+
+
+def test_save_load_gives_identical_answers(saved: tuple[Bundle, Path]) -> None:
+    original, path = saved
+    loaded = load_bundle(path)
+
+    assert type(loaded.model) is type(original.model)
+    assert loaded.model.params == original.model.params
+    assert loaded.members == original.members and loaded.products == original.products
+    assert loaded.meta["run_id"] == "run-123" and loaded.meta["format_version"] == FORMAT_VERSION
+    assert loaded.member_table.equals(original.member_table)
+    members = np.arange(len(MEMBERS))
+    for mode in ("discover", "replenish"):
+        want_i, want_s = original.model.recommend(members, 4, mode=mode)
+        got_i, got_s = loaded.model.recommend(members, 4, mode=mode)
+        assert (want_i >= 0).any()  # the comparison is not between two empty answers
+        np.testing.assert_array_equal(got_i, want_i)
+        np.testing.assert_array_equal(got_s, want_s)
+    want_i, want_s = original.model.audience(np.arange(len(PRODUCTS)), 3)
+    got_i, got_s = loaded.model.audience(np.arange(len(PRODUCTS)), 3)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_array_equal(got_s, want_s)
+    mask = loaded.member_tags()["value_segment"].mask(["high"])
+    np.testing.assert_array_equal(
+        loaded.model.audience(np.array([2]), 2, member_mask=mask)[0],
+        original.model.audience(np.array([2]), 2, member_mask=mask)[0],
+    )
+
+
+def test_known_answer_survives_the_round_trip(tmp_path: Path) -> None:
+    loaded = load_bundle(save_bundle(tmp_path / "b", tiny_bundle("simple_blend")))
+    top, _ = loaded.model.recommend(loaded.members.to_index(["m0"]), 2, mode="replenish")
+    # m0 bought p0 on three days and p1 on one
+    assert loaded.products.to_external(top[0]).tolist() == ["p0", "p1"]
+
+
+def test_other_format_version_is_refused_naming_both(tmp_path: Path) -> None:
+    path = save_bundle(tmp_path / "b", tiny_bundle("popular"))
+    meta = json.loads((path / "bundle.json").read_text())
+    meta["format_version"] = FORMAT_VERSION + 98
+    (path / "bundle.json").write_text(json.dumps(meta))
+
+    with pytest.raises(BundleError) as err:
+        load_bundle(path)
+    assert f"version {FORMAT_VERSION + 98}" in str(err.value)
+    assert f"reads version {FORMAT_VERSION}" in str(err.value)
+
+
+def test_missing_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="no bundle.json"):
+        load_bundle(tmp_path / "nowhere")
+
+
+def test_corrupt_json_is_refused(tmp_path: Path) -> None:
+    path = save_bundle(tmp_path / "b", tiny_bundle("popular"))
+    (path / "bundle.json").write_text('{"format_version": 1,')
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(path)
+
+
+def test_missing_model_arrays_are_refused(tmp_path: Path) -> None:
+    path = save_bundle(tmp_path / "b", tiny_bundle("simple_blend"))
+    (path / "model" / "arrays.npz").unlink()
+    with pytest.raises(BundleError, match="incomplete or corrupt"):
+        load_bundle(path)
+
+
+def test_id_list_that_disagrees_with_the_model_is_refused(tmp_path: Path) -> None:
+    path = save_bundle(tmp_path / "b", tiny_bundle("popular"))
+    pq.write_table(pa.table({"member_id": MEMBERS[:-1]}), path / "members.parquet")
+    with pytest.raises(BundleError, match="do not match the model"):
+        load_bundle(path)
+
+
+@pytest.mark.parametrize("table", ["member_table", "product_table"])
+def test_tables_out_of_order_are_refused_on_save(tmp_path: Path, table: str) -> None:
+    bundle = tiny_bundle("popular")
+    setattr(bundle, table, getattr(bundle, table).take(pa.array([1, 0, *range(2, getattr(bundle, table).num_rows)])))
+    with pytest.raises(ValueError, match="order"):
+        save_bundle(tmp_path / "b", bundle)
