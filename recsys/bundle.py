@@ -63,14 +63,14 @@ class Bundle:
 def save_bundle(path: Path | str, bundle: Bundle) -> Path:
     """Write ``bundle`` to a fresh folder (replacing one that is there)."""
     path = Path(path)
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    bundle.model.save(path / "model")
     if bundle.member_table.column(Col.MEMBER).to_pylist() != bundle.members.external_ids.tolist():
         raise ValueError("member_table must list member ids in the model's row order")
     if bundle.product_table.column(Col.PRODUCT).to_pylist() != bundle.products.external_ids.tolist():
         raise ValueError("product_table must list product ids in the model's column order")
+    if path.exists():  # only once the new bundle is known to be consistent
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    bundle.model.save(path / "model")
     pq.write_table(bundle.member_table, path / "members.parquet")
     pq.write_table(bundle.product_table, path / "products.parquet")
     meta = {
