@@ -1,0 +1,97 @@
+"""``recsys serve``: run the HTTP server with uvicorn (the lead wires :func:`serve` into the CLI).
+
+Settings travel to the worker processes through ``RECSYS_*`` environment variables, so one and
+several workers start the same way (``uvicorn --factory serving.app:create_app_from_env``).
+BLAS / OpenMP are pinned to one thread before numpy is imported by any worker.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from recsys.errors import InputError
+
+
+def serve(
+    bundle: Path | None = None,
+    registered_model: str | None = None,
+    alias: str = "champion",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    *,
+    api_keys_file: Path | None = None,
+    events_dir: Path | None = None,
+    audit_log: Path | None = None,
+    tracking_uri: str | None = None,
+    auth_disabled: bool = False,
+    log_level: str = "info",
+) -> None:
+    """Serve ``bundle`` (a folder) or the ``alias`` version of ``registered_model`` until stopped.
+
+    Parameters
+    ----------
+    bundle, registered_model, alias
+        The model: a local bundle folder, or a registered model name and alias / version.
+    host, port, workers
+        Where to listen; one worker per core is the usual choice (each loads the model; live
+        events reach every worker through the shared events file).
+    api_keys_file
+        TOML / JSON file of hashed keys (see :mod:`serving.keys`); required unless
+        ``auth_disabled`` (development only) or ``RECSYS_API_KEYS`` is set.
+    events_dir, audit_log
+        Where live purchase events and the audience-export audit trail are written.
+
+    Raises
+    ------
+    InputError
+        When the settings are inconsistent (both or neither model source, no keys, ...).
+
+    Examples
+    --------
+    >>> serve(Path("bundles/latest"), api_keys_file=Path("keys.toml"), port=8080, workers=2)  # doctest: +SKIP
+    """
+    if (bundle is None) == (not registered_model):
+        raise InputError("serve needs exactly one of a bundle folder or a registered model name")
+    env = {
+        "RECSYS_BUNDLE": str(Path(bundle).resolve()) if bundle is not None else None,
+        "RECSYS_REGISTERED_MODEL": registered_model,
+        "RECSYS_ALIAS": alias,
+        "RECSYS_API_KEYS_FILE": str(Path(api_keys_file).resolve()) if api_keys_file is not None else None,
+        "RECSYS_EVENTS_DIR": str(Path(events_dir).resolve()) if events_dir is not None else None,
+        "RECSYS_AUDIT_LOG": str(Path(audit_log).resolve()) if audit_log is not None else None,
+        "RECSYS_MLFLOW_TRACKING_URI": tracking_uri,
+        "RECSYS_AUTH_DISABLED": "true" if auth_disabled else None,
+    }
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+
+    from pydantic import ValidationError
+
+    from serving.app import create_app_from_env
+    from serving.settings import ServingSettings
+
+    try:
+        ServingSettings()  # fail here, with the message, rather than in every worker
+        if workers <= 1:
+            app = create_app_from_env()  # also checks the keys before listening
+        else:
+            create_app_from_env()
+    except ValidationError as exc:
+        raise InputError(f"server settings: {exc.errors()[0]['msg']}") from None
+
+    import uvicorn
+
+    if workers <= 1:
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+    else:
+        uvicorn.run(
+            "serving.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
+            log_level=log_level,
+        )

@@ -1,0 +1,1 @@
+"""One router per resource: picks, similar products, audiences, events, model admin, health."""

@@ -1,0 +1,80 @@
+"""Audiences for a product (以物找人, 人群包): as JSON with a profile, or exported as CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import StreamingResponse
+
+from serving import service
+from serving.deps import Audit, MetricsDep, State, require
+from serving.keys import Principal
+from serving.schemas import AudienceRequest, AudienceResponse, ErrorResponse
+
+router = APIRouter(tags=["audiences"], responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
+Caller = Annotated[Principal, Depends(require("audiences"))]
+CSV_CHUNK_ROWS = 5_000
+
+
+@router.post(
+    "/v1/audiences",
+    summary="The members most likely to buy a product, with a profile of the audience",
+    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+def audiences(state: State, _: Caller, body: AudienceRequest) -> AudienceResponse:
+    # a def handler: a 100,000-member audience is tens of milliseconds of numpy, kept off the loop
+    return service.audience(state, body)
+
+
+def _csv_rows(result: AudienceResponse) -> Iterator[bytes]:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["member_id", "score", "rank"])
+    for rank, m in enumerate(result.members, start=1):
+        writer.writerow([m.member_id, f"{m.score:.6g}", rank])
+        if rank % CSV_CHUNK_ROWS == 0:
+            yield buf.getvalue().encode("utf-8")
+            buf.seek(0)
+            buf.truncate()
+    yield buf.getvalue().encode("utf-8")
+
+
+@router.post(
+    "/v1/audiences/export",
+    summary="The same audience as a CSV file (member_id,score,rank); every export is audited",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "member_id,score,rank with a header row"},
+        404: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+    },
+)
+def export_audience(
+    state: State, caller: Caller, audit: Audit, metrics: MetricsDep, body: AudienceRequest
+) -> StreamingResponse:
+    result = service.audience(state, body)
+    audit.write({
+        "key_id": caller.key_id,
+        "product_id": body.product_id,
+        "attributes": body.attributes.model_dump() if body.attributes else None,
+        "filters": body.filters.active(),
+        "exclude_bought_within_days": body.exclude_bought_within_days,
+        "size": body.size,
+        "rows": len(result.members),
+        "model_version": result.model_version,
+    })
+    metrics.exports.inc()
+    target = body.product_id or f"new-{body.attributes.category if body.attributes else 'product'}"
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in target)[:80]
+    return StreamingResponse(
+        _csv_rows(result),
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": f'attachment; filename="audience-{safe}.csv"',
+            "X-Model-Version": result.model_version,
+        },
+    )

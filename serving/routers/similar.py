@@ -1,0 +1,28 @@
+"""Similar products (相似商品)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query
+
+from serving import service
+from serving.deps import State, require
+from serving.keys import Principal
+from serving.schemas import ErrorResponse, SimilarResponse
+
+router = APIRouter(tags=["similar"], responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
+
+
+@router.get(
+    "/v1/products/{product_id}/similar",
+    summary="Products most similar to a product (active products only)",
+    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+)
+async def similar_products(
+    state: State,
+    _: Annotated[Principal, Depends(require("similar"))],
+    product_id: Annotated[str, Path(min_length=1, max_length=200)],
+    k: Annotated[int, Query(ge=1, le=10_000, description="At most max_k (100)")] = 10,
+) -> SimilarResponse:
+    return service.similar(state, product_id, k)

@@ -1,0 +1,194 @@
+"""Request and response bodies of the HTTP API (pydantic; unknown fields in a request are a 422).
+
+Static limits are enforced here with ``Field`` constraints; limits from the settings and values
+that depend on the loaded bundle (tag values, categories) are checked in :mod:`serving.service`,
+whose errors also answer 422 and list what is allowed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Mode = Literal["discover", "replenish"]
+ReasonCode = Literal["often_buys", "also_bought", "popular_in_segment", "popular"]
+FallbackReason = Literal["unknown_member", "new_member"]
+TagName = Literal["value_segment", "lifecycle", "price_sensitivity", "age_group", "region"]
+
+ID = Field(min_length=1, max_length=200)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- picks
+class Pick(BaseModel):
+    product_id: str
+    score: float
+    reason: str = Field(description="What a store clerk can say, in Chinese, e.g. 您经常购买「鲜牛奶」")
+    reason_en: str
+    reason_code: ReasonCode
+    anchor_product_id: str | None = Field(None, description="For also_bought: the product the member bought")
+    category: str | None = None
+    name: str | None = None
+
+
+class PicksResponse(BaseModel):
+    member_id: str
+    model_version: str
+    fallback: bool
+    fallback_reason: FallbackReason | None = None
+    picks: list[Pick]
+
+
+class BatchPicksRequest(Strict):
+    member_ids: list[str] = Field(min_length=1, description="At most max_batch (1,000 by default) members")
+    k: int = Field(10, ge=1, description="Picks per member, at most max_k (100 by default)")
+    mode: Mode = "replenish"
+    category: list[str] | None = Field(None, description="Only products of these categories")
+    exclude: list[str] | None = Field(None, description="Never these product ids")
+    segment: str | None = Field(None, description="value_segment of unknown members, for their fallback")
+
+
+class BatchPicksResponse(BaseModel):
+    model_version: str
+    results: list[PicksResponse]
+
+
+# --------------------------------------------------------------------------- similar
+class SimilarProduct(BaseModel):
+    product_id: str
+    score: float
+    category: str | None = None
+    name: str | None = None
+
+
+class SimilarResponse(BaseModel):
+    product_id: str
+    model_version: str
+    similar: list[SimilarProduct]
+
+
+# --------------------------------------------------------------------------- audiences
+class ProductAttributes(Strict):
+    """A product not yet sold, described by the attributes merchandisers know."""
+
+    category: str = Field(min_length=1, max_length=200)
+    price: float | None = Field(None, gt=0, lt=1e9)
+    brand: str | None = Field(None, min_length=1, max_length=200)
+
+
+class TagFilters(Strict):
+    """Member tags to keep: OR within a tag, AND across tags; an empty list keeps nobody."""
+
+    value_segment: list[str] | None = Field(None, max_length=100)
+    lifecycle: list[str] | None = Field(None, max_length=100)
+    price_sensitivity: list[str] | None = Field(None, max_length=100)
+    age_group: list[str] | None = Field(None, max_length=100)
+    region: list[str] | None = Field(None, max_length=1000)
+
+    def active(self) -> dict[str, list[str]]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class AudienceRequest(Strict):
+    product_id: str | None = Field(None, min_length=1, max_length=200)
+    attributes: ProductAttributes | None = None
+    size: int = Field(1000, ge=1, description="Members to return, at most max_audience (100,000 by default)")
+    filters: TagFilters = TagFilters()
+    exclude_bought_within_days: int | None = Field(
+        None, ge=0, le=3650, description="Leave out members who bought the product within this many days"
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> AudienceRequest:
+        if (self.product_id is None) == (self.attributes is None):
+            raise ValueError("give exactly one of product_id (a product we sell) or attributes (a product not yet sold)")
+        return self
+
+
+class AudienceMember(BaseModel):
+    member_id: str
+    score: float
+
+
+class AudienceProfile(BaseModel):
+    size: int
+    counts: dict[str, dict[str, int]] = Field(description="Per member tag: members of the audience per value")
+    expected_buyers: float | None = Field(
+        None, description="Sum of calibrated purchase probabilities, when the model provides them"
+    )
+
+
+class AudienceResponse(BaseModel):
+    model_version: str
+    product_id: str | None
+    reference_products: list[str] = Field(
+        description="The products the audience was scored from (the product itself, or the reference "
+        "products of a product not yet sold)"
+    )
+    members: list[AudienceMember]
+    profile: AudienceProfile
+    notes: list[str] = []
+
+
+# --------------------------------------------------------------------------- events
+class PurchaseEvent(Strict):
+    member_id: str = ID
+    product_id: str = ID
+    ts: datetime | None = Field(None, description="When it was bought (ISO 8601; default: now; naive = UTC)")
+    quantity: float = Field(1.0, gt=0, lt=1e6)
+    amount: float | None = Field(None, ge=0, lt=1e9)
+    channel: str | None = Field(None, max_length=50)
+
+
+class EventsResponse(BaseModel):
+    accepted: int
+    applied: int
+    new_members: list[str]
+    model_version: str
+
+
+# --------------------------------------------------------------------------- operations
+class ModelResponse(BaseModel):
+    model_version: str
+    model: str
+    run_id: str | None
+    trained_on: str | None
+    saved_at: str | None
+    metrics: dict[str, object]
+    source: str
+    registered_model: str | None
+    registry_version: str | None
+    loaded_at: str
+    n_members: int
+    n_products: int
+    live_members_added: int
+    events_applied: int
+    scorer: dict[str, object]
+
+
+class ReloadRequest(Strict):
+    bundle: str | None = Field(None, min_length=1, max_length=4096, description="A bundle folder on the server")
+    alias: str | None = Field(
+        None, min_length=1, max_length=200, description="A registry alias or version of the configured model"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ReloadRequest:
+        if self.bundle is not None and self.alias is not None:
+            raise ValueError("give a bundle path or a registry alias, not both")
+        return self
+
+
+class ReloadResponse(BaseModel):
+    previous_version: str | None
+    model_version: str
+    seconds: float
+
+
+class ErrorResponse(BaseModel):
+    detail: str

@@ -1,0 +1,275 @@
+"""The scorer layer: the one thing routes ask for scores, whatever the model is.
+
+* :class:`VectorScorer` — models with member and product vectors (``user_factors`` /
+  ``item_factors``: ALS, BPR, and any model of the same shape). Picks, audiences and similar
+  products are FAISS searches (:mod:`serving.index`); a live purchase folds the member's vector
+  in again (:func:`als_fold_in`), so the next request already reflects it.
+* :class:`ModelScorer` — every other :class:`~recsys.models.base.Recommender`: the model's own
+  ``recommend`` / ``audience`` / ``similar_items``, which score densely.
+
+Both answer in internal indices with ``-1`` / ``-inf`` padding, and both take the same inputs: a
+mask of allowed products and, per member, the products to leave out (what they bought, in
+discover mode), so the service above has one code path per route.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys.models.base import NEG_INF, Recommender, topk_rows
+from serving.index import VectorIndex, _sort_candidates
+from serving.settings import IndexSettings
+
+
+def drop_seen(
+    idx: np.ndarray, sc: np.ndarray, seen: list[np.ndarray], k: int, n_products: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Remove, per row, the product indices listed in ``seen[row]`` and keep the best ``k``.
+
+    Vectorised: (row, product) pairs are encoded as one integer and looked up with ``np.isin``.
+    """
+    if any(len(s) for s in seen):
+        seen_keys = np.concatenate(
+            [r * n_products + np.asarray(s, dtype=np.int64) for r, s in enumerate(seen)]
+        )
+        keys = np.arange(len(idx), dtype=np.int64)[:, None] * n_products + idx
+        hit = np.isin(keys, seen_keys) & (idx >= 0)
+        idx = np.where(hit, -1, idx)
+        sc = np.where(hit, NEG_INF, sc)
+    return _sort_candidates(idx, sc, k)
+
+
+def als_fold_in(
+    item_factors: np.ndarray,
+    yty: np.ndarray,
+    products: np.ndarray,
+    confidence: np.ndarray,
+    regularization: float,
+) -> np.ndarray:
+    """One member's ALS vector from the products they bought, the other factors held fixed.
+
+    Solves ``(YᵀY + λI + Yᵀ(C−I)Y) x = YᵀCp`` with ``C = diag(confidence)`` over the bought
+    products and ``p = 1`` on them — the same normal equations implicit's ALS solves for a user
+    (``recalculate_user``), where ``confidence = alpha * weight``.
+
+    Examples
+    --------
+    >>> y = np.eye(2, dtype=np.float32)
+    >>> als_fold_in(y, y.T @ y, np.array([0]), np.array([3.0]), 0.0).round(3).tolist()
+    [1.0, 0.0]
+    """
+    y = np.asarray(item_factors[products], dtype=np.float64)
+    c = np.asarray(confidence, dtype=np.float64)
+    a = np.asarray(yty, dtype=np.float64) + regularization * np.eye(yty.shape[0])
+    a += (y.T * (c - 1.0)) @ y
+    b = y.T @ c
+    return np.linalg.solve(a, b).astype(np.float32)
+
+
+class Scorer(ABC):
+    """What the service asks of a model. Indices are internal; -1 / -inf pad short answers."""
+
+    kind: str = ""
+
+    def __init__(self, model: Recommender):
+        self.model = model
+
+    @property
+    @abstractmethod
+    def n_members(self) -> int:
+        """Members this scorer can personalise for (bundle members + folded-in new ones)."""
+
+    @abstractmethod
+    def picks(
+        self, members: np.ndarray, k: int, allowed: np.ndarray | None, seen: list[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` allowed products per member, leaving out ``seen[i]`` for member ``i``."""
+
+    @abstractmethod
+    def audience(
+        self, products: np.ndarray, n: int, member_mask: np.ndarray | None, vector: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` members for the product group ``products`` (one product, or the reference
+        products of a product not yet sold) among ``member_mask``; shapes ``(n,)``. ``vector`` is a
+        model-made product vector (the ``virtual_item_vector`` hook), used when the scorer has
+        vectors."""
+
+    @abstractmethod
+    def similar(self, product: int, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` products most similar to ``product`` (never itself); shapes ``(k,)``."""
+
+    @abstractmethod
+    def item_similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Cosine similarity ``(len(a), len(b))`` between products, for pick reasons."""
+
+    def fold_in(self, member: int, products: np.ndarray, weights: np.ndarray) -> bool:
+        """Recompute (or add, when ``member == n_members``) a member's vector from what they
+        bought; False when the model has no member vectors to update."""
+        return False
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+
+def _vectors(model: Recommender) -> tuple[np.ndarray, np.ndarray] | None:
+    users = getattr(model, "user_factors", None)
+    items = getattr(model, "item_factors", None)
+    if items is None:
+        items = model._item_vectors()
+    if not isinstance(users, np.ndarray) or not isinstance(items, np.ndarray):
+        return None
+    if users.ndim != 2 or items.ndim != 2 or users.shape[1] != items.shape[1]:
+        return None
+    if users.shape[0] != model.n_members or items.shape[0] != model.n_products:
+        return None
+    return users.astype(np.float32, copy=False), items.astype(np.float32, copy=False)
+
+
+class VectorScorer(Scorer):
+    """FAISS search over the model's member and product vectors (scores = dot products)."""
+
+    kind = "vectors"
+
+    def __init__(self, model: Recommender, users: np.ndarray, items: np.ndarray, settings: IndexSettings):
+        super().__init__(model)
+        self.items = np.ascontiguousarray(items, dtype=np.float32)
+        norms = np.linalg.norm(self.items, axis=1, keepdims=True) + 1e-9
+        self.items_unit = (self.items / norms).astype(np.float32)
+        self.member_index = VectorIndex(users, exact_max=settings.exact_max_members, settings=settings)
+        self.product_index = VectorIndex(self.items, exact_max=settings.exact_max_products, settings=settings)
+        self.similar_index = VectorIndex(self.items_unit, exact_max=settings.exact_max_products, settings=settings)
+        self.yty = self.items.T.astype(np.float64) @ self.items.astype(np.float64)
+        params = model.params
+        self.regularization = float(getattr(params, "regularization", 0.01))
+        self.alpha = float(getattr(params, "alpha", 1.0))
+
+    @property
+    def n_members(self) -> int:
+        return len(self.member_index)
+
+    def picks(
+        self, members: np.ndarray, k: int, allowed: np.ndarray | None, seen: list[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        extra = max((len(s) for s in seen), default=0)
+        queries = self.member_index.vectors[np.asarray(members, dtype=np.int64)]
+        idx, sc = self.product_index.search(queries, min(k + extra, len(self.items)), allowed)
+        return drop_seen(idx, sc, seen, k, len(self.items))
+
+    def audience(
+        self, products: np.ndarray, n: int, member_mask: np.ndarray | None, vector: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if vector is None:  # one product's vector, or the mean of the reference products'
+            vector = self.items[np.asarray(products, dtype=np.int64)].mean(axis=0)
+        idx, sc = self.member_index.search(np.asarray(vector, np.float32)[None, :], n, member_mask)
+        return idx[0], sc[0]
+
+    def similar(self, product: int, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        keep = np.ones(len(self.items), dtype=bool) if allowed is None else allowed.copy()
+        keep[product] = False
+        idx, sc = self.similar_index.search(self.items_unit[product][None, :], k, keep)
+        return idx[0], sc[0]
+
+    def item_similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return self.items_unit[np.asarray(a, np.int64)] @ self.items_unit[np.asarray(b, np.int64)].T
+
+    def fold_in(self, member: int, products: np.ndarray, weights: np.ndarray) -> bool:
+        products = np.asarray(products, dtype=np.int64)
+        hook = getattr(self.model, "fold_in_member", None)
+        if callable(hook):
+            vector = np.asarray(hook(products, np.asarray(weights, np.float32)), dtype=np.float32)
+        else:
+            vector = als_fold_in(self.items, self.yty, products, self.alpha * np.asarray(weights), self.regularization)
+        self.member_index.set(member, vector)
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "members": self.member_index.describe(),
+            "products": self.product_index.describe(),
+            "similar_products": self.similar_index.describe(),
+        }
+
+
+class ModelScorer(Scorer):
+    """The model's own dense scoring, for models without member and product vectors."""
+
+    kind = "model"
+
+    def __init__(self, model: Recommender):
+        super().__init__(model)
+        history = sp.csc_matrix(model.history, dtype=np.float32)
+        self._buyers = history
+        self._buyer_norms = np.sqrt(np.asarray(history.multiply(history).sum(axis=0)).ravel()) + 1e-9
+        vectors = model._item_vectors()
+        self._unit = None
+        if vectors is not None:
+            v = np.asarray(vectors, dtype=np.float32)
+            self._unit = v / (np.linalg.norm(v, axis=1, keepdims=True) + 1e-9)
+
+    @property
+    def n_members(self) -> int:
+        return self.model.n_members
+
+    def picks(
+        self, members: np.ndarray, k: int, allowed: np.ndarray | None, seen: list[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        extra = max((len(s) for s in seen), default=0)
+        include = None if allowed is None else np.flatnonzero(allowed)
+        k_fetch = min(k + extra, self.model.n_products)
+        idx, sc = self.model.recommend(np.asarray(members, np.int64), k_fetch, mode="replenish", include=include)
+        return drop_seen(idx, sc, seen, k, self.model.n_products)
+
+    def audience(
+        self, products: np.ndarray, n: int, member_mask: np.ndarray | None, vector: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        products = np.asarray(products, dtype=np.int64)
+        mask = None if member_mask is None else member_mask[: self.model.n_members]
+        if len(products) == 1:
+            idx, sc = self.model.audience(products, n, member_mask=mask)
+            return idx[0], sc[0]
+        # a product not yet sold: the mean of its reference products' scores (the base hook)
+        total = np.zeros((1, self.model.n_members), dtype=np.float64)
+        for start in range(0, len(products), 8):  # bounded memory: 8 dense member rows at a time
+            chunk = np.asarray(self.model._score_members(products[start : start + 8]), dtype=np.float64)
+            total += np.where(np.isfinite(chunk), chunk, 0.0).sum(axis=0, keepdims=True)
+        scores = (total / len(products)).astype(np.float32)
+        if mask is not None:
+            scores = scores.copy()
+            scores[:, ~mask] = NEG_INF
+        idx, sc = topk_rows(scores, n)
+        return idx[0], sc[0]
+
+    def similar(self, product: int, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        k_fetch = self.model.n_products if allowed is not None else min(k, self.model.n_products)
+        idx, sc = self.model.similar_items(np.array([product]), k_fetch)
+        idx, sc = idx[0], sc[0]
+        if allowed is not None:
+            ok = (idx >= 0) & allowed[np.maximum(idx, 0)]
+            idx, sc = idx[ok], sc[ok]
+        idx, sc = idx[:k], sc[:k]
+        if len(idx) < k:
+            idx = np.pad(idx, (0, k - len(idx)), constant_values=-1)
+            sc = np.pad(sc, (0, k - len(sc)), constant_values=NEG_INF)
+        return idx, sc
+
+    def item_similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+        if self._unit is not None:
+            return self._unit[a] @ self._unit[b].T
+        # co-purchase cosine over the buyer sets
+        co = (self._buyers[:, a].T @ self._buyers[:, b]).toarray()
+        return (co / self._buyer_norms[a][:, None] / self._buyer_norms[b][None, :]).astype(np.float32)
+
+
+def build_scorer(model: Recommender, settings: IndexSettings) -> Scorer:
+    """A :class:`VectorScorer` when the model has member and product vectors, else a
+    :class:`ModelScorer`."""
+    vecs = _vectors(model)
+    if vecs is not None:
+        return VectorScorer(model, vecs[0], vecs[1], settings)
+    return ModelScorer(model)

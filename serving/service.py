@@ -1,0 +1,383 @@
+"""What each route does, in one place: ids in, the scorer asked once, ids and reasons out.
+
+Routes parse and authorise; these functions validate against the loaded bundle (categories, tag
+values), convert external ids to rows, ask :class:`~serving.scorer.Scorer` and turn rows back into
+ids. Errors are :mod:`serving.errors` / :class:`~recsys.errors.InputError` (404 / 422).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from recsys.errors import InputError
+from serving.errors import NotFoundError
+from serving.events import EventRecord
+from serving.schemas import (
+    AudienceMember,
+    AudienceProfile,
+    AudienceRequest,
+    AudienceResponse,
+    Mode,
+    Pick,
+    PicksResponse,
+    PurchaseEvent,
+    SimilarProduct,
+    SimilarResponse,
+)
+from serving.state import SEGMENT_TAG, UNKNOWN, ServingState
+
+# a bought product this similar (cosine) to a pick is named as its reason
+REASON_MIN_SIMILARITY = 0.1
+# a product not yet sold is scored from at most this many reference products (the most bought)
+MAX_REFERENCE_PRODUCTS = 50
+MIN_BRAND_REFERENCES = 3
+
+
+def _listing(values: list[str] | tuple[str, ...], limit: int = 30) -> str:
+    shown = ", ".join(values[:limit])
+    return shown + (f" ... ({len(values)} in all)" if len(values) > limit else "")
+
+
+# --------------------------------------------------------------------------- products
+def product_allowed(
+    state: ServingState, categories: list[str] | None, exclude: list[str] | None
+) -> np.ndarray:
+    """Mask of products that may be recommended: active, in ``categories``, not in ``exclude``
+    (unknown excluded ids are ignored: a cart may hold products the model has never seen)."""
+    allowed = state.product_active.copy()
+    if categories:
+        unknown = [c for c in categories if state.category.code(c) < 0]
+        if unknown:
+            raise InputError(
+                f"unknown category {', '.join(map(repr, unknown))}; categories: {_listing(state.category.labels)}"
+            )
+        allowed &= state.category.mask(categories)
+    if exclude:
+        rows = state.products.to_index(exclude, missing="ignore")
+        allowed[rows[rows >= 0]] = False
+    return allowed
+
+
+def _product_row(state: ServingState, product_id: str) -> int:
+    row = state.products.get(product_id)
+    if row < 0:
+        raise NotFoundError(f"unknown product {product_id!r}: not in the model's catalogue ({state.info.version})")
+    return row
+
+
+def _label(state: ServingState, row: int) -> str:
+    if state.product_names is not None and state.product_names[row]:
+        return str(state.product_names[row])
+    return str(state.products.external_ids[row])
+
+
+def _category(state: ServingState, row: int) -> str | None:
+    code = state.category.codes[row]
+    return state.category.labels[code] if code >= 0 else None
+
+
+def _name(state: ServingState, row: int) -> str | None:
+    if state.product_names is None or state.product_names[row] is None:
+        return None
+    return str(state.product_names[row])
+
+
+# --------------------------------------------------------------------------- picks
+@dataclass
+class _Ranked:
+    rows: np.ndarray
+    scores: np.ndarray
+
+
+def _reasons(
+    state: ServingState, bought: dict[int, float], rows: np.ndarray, segment: str | None
+) -> list[tuple[str, str, str, str | None]]:
+    """(code, zh, en, anchor product id) for each pick: bought it, bought something similar, or
+    popular in the member's segment."""
+    out: list[tuple[str, str, str, str | None]] = [("", "", "", None)] * len(rows)
+    bought_rows = np.fromiter(bought.keys(), dtype=np.int64, count=len(bought))
+    is_bought = np.isin(rows, bought_rows)
+    anchors = np.full(len(rows), -1, dtype=np.int64)
+    rest = np.flatnonzero(~is_bought)
+    if len(rest) and len(bought_rows):
+        sims = state.scorer.item_similarity(rows[rest], bought_rows)
+        best = np.argmax(sims, axis=1)
+        ok = sims[np.arange(len(rest)), best] >= REASON_MIN_SIMILARITY
+        anchors[rest[ok]] = bought_rows[best[ok]]
+    for i, row in enumerate(rows.tolist()):
+        if is_bought[i]:
+            n = int(bought[row])
+            name = _label(state, row)
+            times = f"（{n}次）" if n > 1 else ""
+            out[i] = ("often_buys", f"您经常购买「{name}」{times}", f"often buys {name}", None)
+        elif anchors[i] >= 0:
+            anchor = int(anchors[i])
+            name = _label(state, anchor)
+            out[i] = (
+                "also_bought", f"购买「{name}」的会员也常买这款", f"members who buy {name} also buy this",
+                str(state.products.external_ids[anchor]),
+            )
+        elif segment is not None:
+            out[i] = ("popular_in_segment", "您所在会员群体的热门商品", "popular in your segment", None)
+        else:
+            out[i] = ("popular", "热门商品", "popular with members", None)
+    return out
+
+
+def _popular(
+    state: ServingState, segment: str | None, k: int, allowed: np.ndarray, seen: np.ndarray
+) -> _Ranked:
+    if segment is not None and segment in state.segment_order:
+        order, scores = state.segment_order[segment], state.segment_scores[segment]
+    else:
+        order, scores = state.popular_order, state.popular_scores
+    keep = allowed[order] & ~np.isin(order, seen)
+    return _Ranked(order[keep][:k], scores[keep][:k])
+
+
+def _member_segment(state: ServingState, member: int) -> str | None:
+    tag = state.member_tags.get(SEGMENT_TAG)
+    if tag is None or member < 0 or member >= len(tag.codes) or tag.codes[member] < 0:
+        return None
+    return tag.labels[tag.codes[member]]
+
+
+def picks(
+    state: ServingState,
+    member_ids: list[str],
+    k: int,
+    mode: Mode,
+    categories: list[str] | None = None,
+    exclude: list[str] | None = None,
+    segment: str | None = None,
+) -> list[PicksResponse]:
+    """Picks for each member, in input order; unknown members get a flagged popular fallback."""
+    if k > state.settings.max_k:
+        raise InputError(f"k must be between 1 and {state.settings.max_k}; got {k}")
+    if segment is not None:
+        tag = state.member_tags.get(SEGMENT_TAG)
+        if tag is None or segment not in tag.labels:
+            allowed_segments = tag.labels if tag is not None else ()
+            raise InputError(f"unknown segment {segment!r}; segments: {_listing(allowed_segments) or 'none in this bundle'}")
+    allowed = product_allowed(state, categories, exclude)
+    rows = np.array([state.members.get(m) for m in member_ids], dtype=np.int64)
+    with state.lock:  # a consistent view of live purchases and folded-in vectors
+        bought = [state.bought(int(r)) if r >= 0 else {} for r in rows]
+        personal = np.array([state.personalised(int(r)) for r in rows], dtype=bool)
+        seen = [
+            np.fromiter(b.keys(), dtype=np.int64, count=len(b)) if mode == "discover" else np.empty(0, np.int64)
+            for b in bought
+        ]
+        ranked: dict[int, _Ranked] = {}
+        sel = np.flatnonzero(personal)
+        if len(sel):
+            idx, sc = state.scorer.picks(rows[sel], k, allowed, [seen[i] for i in sel])
+            for j, i in enumerate(sel.tolist()):
+                ok = idx[j] >= 0
+                ranked[i] = _Ranked(idx[j][ok], sc[j][ok])
+    out: list[PicksResponse] = []
+    for i, member_id in enumerate(member_ids):
+        fallback = not personal[i]
+        member_segment = _member_segment(state, int(rows[i])) if not fallback else segment
+        if fallback:
+            ranked[i] = _popular(state, segment, k, allowed, seen[i])
+        r = ranked[i]
+        reasons = _reasons(state, bought[i], r.rows, member_segment)
+        out.append(
+            PicksResponse(
+                member_id=member_id,
+                model_version=state.info.version,
+                fallback=fallback,
+                fallback_reason=None if not fallback else ("new_member" if rows[i] >= 0 else "unknown_member"),
+                picks=[
+                    Pick(
+                        product_id=str(state.products.external_ids[p]),
+                        score=float(s),
+                        reason=zh,
+                        reason_en=en,
+                        reason_code=code,  # type: ignore[arg-type]
+                        anchor_product_id=anchor,
+                        category=_category(state, p),
+                        name=_name(state, p),
+                    )
+                    for p, s, (code, zh, en, anchor) in zip(r.rows.tolist(), r.scores.tolist(), reasons, strict=True)
+                ],
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- similar
+def similar(state: ServingState, product_id: str, k: int) -> SimilarResponse:
+    if k > state.settings.max_k:
+        raise InputError(f"k must be between 1 and {state.settings.max_k}; got {k}")
+    row = _product_row(state, product_id)
+    idx, sc = state.scorer.similar(row, k, state.product_active)
+    ok = idx >= 0
+    return SimilarResponse(
+        product_id=product_id,
+        model_version=state.info.version,
+        similar=[
+            SimilarProduct(
+                product_id=str(state.products.external_ids[p]), score=float(s),
+                category=_category(state, p), name=_name(state, p),
+            )
+            for p, s in zip(idx[ok].tolist(), sc[ok].tolist(), strict=True)
+        ],
+    )
+
+
+# --------------------------------------------------------------------------- audiences
+def member_mask(state: ServingState, filters: dict[str, list[str]]) -> np.ndarray | None:
+    """Members (over every row, live ones included) whose tags pass ``filters``; None: all."""
+    if not filters:
+        return None
+    mask = np.ones(state.members.n_base, dtype=bool)
+    for tag, labels in filters.items():
+        masks = state.tag_masks.get(tag)
+        if masks is None:
+            present = ", ".join(sorted(state.tag_masks)) or "none"
+            raise InputError(f"member tag {tag!r} is not in this bundle; tags: {present}")
+        unknown = [v for v in labels if v not in masks]
+        if unknown:
+            raise InputError(
+                f"unknown {tag} value(s) {', '.join(map(repr, unknown))}; allowed: {_listing(sorted(masks))}"
+            )
+        keep = np.zeros(state.members.n_base, dtype=bool)
+        for label in labels:
+            keep |= masks[label]
+        mask &= keep
+    # members first seen in live events have no tags yet: no tag filter keeps them
+    return np.concatenate([mask, np.zeros(len(state.members) - state.members.n_base, dtype=bool)])
+
+
+def _reference_products(state: ServingState, category: str, price: float | None, brand: str | None) -> tuple[np.ndarray, list[str]]:
+    """Products that stand in for a product not yet sold: the most bought of the same category,
+    narrowed to the price band of the nearest-priced product and then to the brand when enough
+    such products exist."""
+    code = state.category.code(category)
+    if code < 0:
+        raise InputError(f"unknown category {category!r}; categories: {_listing(state.category.labels)}")
+    in_cat = state.category.codes == code
+    sold = np.asarray(state.history.sum(axis=0)).ravel()
+    warm = getattr(state.bundle.model, "warm_items", None)
+    warm = np.asarray(warm, dtype=bool) if warm is not None and len(warm) == state.n_products else sold > 0
+    cand = in_cat & warm if (in_cat & warm).any() else in_cat
+    notes = [f"scored from products of category {category!r}"]
+    table = state.product_table
+    if price is not None and {"price", "price_band"} <= set(table.column_names):
+        prices = np.asarray(table.column("price").to_pylist(), dtype=np.float64)
+        bands = np.asarray(table.column("price_band").to_pylist(), dtype=object)
+        priced = np.flatnonzero(cand & np.isfinite(prices))
+        if len(priced):
+            nearest = priced[np.argmin(np.abs(prices[priced] - price))]
+            band = bands[nearest]
+            narrowed = cand & (bands == band)
+            if band is not None and narrowed.any():
+                cand = narrowed
+                notes.append(f"price band {band!r} (nearest-priced product {state.products.external_ids[nearest]})")
+    if brand is not None and "brand" in table.column_names:
+        brands = np.asarray(table.column("brand").to_pylist(), dtype=object)
+        narrowed = cand & (brands == brand)
+        if narrowed.sum() >= MIN_BRAND_REFERENCES:
+            cand = narrowed
+            notes.append(f"brand {brand!r}")
+    rows = np.flatnonzero(cand)
+    rows = rows[np.lexsort((rows, -sold[rows]))][:MAX_REFERENCE_PRODUCTS]
+    return rows, notes
+
+
+def audience(state: ServingState, req: AudienceRequest) -> AudienceResponse:
+    """The members most likely to buy the product (or a product described by attributes)."""
+    if req.size > state.settings.max_audience:
+        raise InputError(f"size must be between 1 and {state.settings.max_audience}; got {req.size}")
+    notes: list[str] = []
+    vector = None
+    if req.product_id is not None:
+        reference = np.array([_product_row(state, req.product_id)], dtype=np.int64)
+    else:
+        attrs = req.attributes
+        assert attrs is not None  # the request model guarantees one of the two
+        reference, notes = _reference_products(state, attrs.category, attrs.price, attrs.brand)
+        hook = getattr(state.bundle.model, "virtual_item_vector", None)
+        if callable(hook) and state.scorer.kind == "vectors":
+            vector = hook(attrs.model_dump())
+            if vector is not None:
+                notes = ["scored from the model's own vector for these attributes"]
+    with state.lock:  # live events may add member rows: mask and search see the same rows
+        mask = member_mask(state, req.filters.active())
+        if req.exclude_bought_within_days is not None:
+            if req.product_id is None:
+                notes.append("exclude_bought_within_days ignored: a product not yet sold has no buyers")
+            else:
+                recent, dated = state.recent_buyers(int(reference[0]), req.exclude_bought_within_days)
+                if not dated:
+                    notes.append(
+                        "purchase dates are not in this bundle: every past buyer of the product is excluded "
+                        "(plus live buyers within the window)"
+                    )
+                mask = (np.ones(len(state.members), dtype=bool) if mask is None else mask) & ~recent
+        idx, sc = state.scorer.audience(reference, req.size, mask, vector)
+    ok = idx >= 0
+    rows, scores = idx[ok], sc[ok]
+    ids = state.members.external(rows)
+    return AudienceResponse(
+        model_version=state.info.version,
+        product_id=req.product_id,
+        reference_products=state.products.to_external(reference).tolist(),
+        members=[AudienceMember(member_id=m, score=float(s)) for m, s in zip(ids, scores.tolist(), strict=True)],
+        profile=profile(state, rows, scores),
+        notes=notes,
+    )
+
+
+def profile(state: ServingState, rows: np.ndarray, scores: np.ndarray) -> AudienceProfile:
+    """Members per tag value (``unknown`` for none) and, when the model provides calibrated
+    probabilities (a ``purchase_probability(scores)`` hook), the expected number of buyers."""
+    counts: dict[str, dict[str, int]] = {}
+    base = rows[rows < state.members.n_base]
+    n_new = len(rows) - len(base)
+    for tag, t in state.member_tags.items():
+        codes = t.codes[base]
+        bins = np.bincount(np.where(codes >= 0, codes, len(t.labels)), minlength=len(t.labels) + 1)
+        c = {label: int(bins[i]) for i, label in enumerate(t.labels) if bins[i]}
+        if bins[-1] + n_new:
+            c[UNKNOWN] = int(bins[-1]) + n_new
+        counts[tag] = c
+    expected = None
+    hook = getattr(state.bundle.model, "purchase_probability", None)
+    if callable(hook) and len(scores):
+        expected = float(np.sum(np.asarray(hook(scores), dtype=np.float64)))
+    elif callable(hook):
+        expected = 0.0
+    return AudienceProfile(size=int(len(rows)), counts=counts, expected_buyers=expected)
+
+
+# --------------------------------------------------------------------------- events
+def record_events(state: ServingState, events: list[PurchaseEvent]) -> tuple[int, int, list[str]]:
+    """Write the events durably, then apply everything new in the file (these included).
+
+    Returns (accepted, applied, ids of members first seen here). Every product must be in the
+    model's catalogue (404 naming the unknown ones; nothing is written then).
+    """
+    if len(events) > state.settings.max_events:
+        raise InputError(f"at most {state.settings.max_events} events per request; got {len(events)}")
+    unknown = sorted({e.product_id for e in events if state.products.get(e.product_id) < 0})
+    if unknown:
+        raise NotFoundError(f"unknown product(s) {', '.join(map(repr, unknown[:20]))}: not in the model's catalogue")
+    now = datetime.now(UTC)
+    records = [
+        EventRecord(
+            member_id=e.member_id, product_id=e.product_id,
+            ts=(e.ts if e.ts is None or e.ts.tzinfo else e.ts.replace(tzinfo=UTC)) or now,
+            quantity=e.quantity, amount=e.amount, channel=e.channel, received_at=now,
+        )
+        for e in events
+    ]
+    new_members = sorted({e.member_id for e in events if state.members.get(e.member_id) < 0})
+    state.event_log.append(records)
+    applied = state.sync_events()
+    return len(records), applied, new_members

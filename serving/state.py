@@ -1,0 +1,440 @@
+"""Everything the server answers from, built once per loaded bundle: :class:`ServingState`.
+
+:func:`build_state` loads a bundle, checks it answers, builds the scorer (FAISS indexes), tag
+masks, popularity orders and the live-purchase overlay, and replays the events file. The app
+holds the current state in a :class:`StateHolder`; a reload builds a complete new state off the
+request path and swaps the reference in one assignment, so a request sees one state throughout.
+
+Live purchases never modify the bundle's arrays: they go to :class:`LiveHistory` (what each
+member bought, and when), new members to :class:`MemberRegistry`, and — for vector models — the
+member's folded-in vector to the scorer's member index.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+
+from recsys.bundle import Bundle, BundleError, load_bundle
+from recsys.columns import Col
+from recsys.idmap import IdMap
+from recsys.models.base import Tag
+from serving.events import EventLog, EventRecord
+from serving.scorer import Scorer, build_scorer
+from serving.settings import ServingSettings
+
+log = logging.getLogger("serving.state")
+
+FILTER_TAGS: tuple[str, ...] = ("value_segment", "lifecycle", "price_sensitivity", "age_group", "region")
+SEGMENT_TAG = "value_segment"
+UNKNOWN = "unknown"
+
+
+# --------------------------------------------------------------------------- model identity
+@dataclass(frozen=True)
+class ModelInfo:
+    """Who the model is: what ``GET /v1/model`` and every response's ``model_version`` say."""
+
+    version: str
+    model: str
+    run_id: str | None
+    trained_on: str | None
+    saved_at: str | None
+    metrics: dict[str, Any]
+    source: str
+    registered_model: str | None = None
+    registry_version: str | None = None
+
+    @classmethod
+    def from_meta(
+        cls, meta: dict[str, Any], source: str, registered_model: str | None = None,
+        registry_version: str | None = None,
+    ) -> ModelInfo:
+        run_id = meta.get("run_id")
+        if meta.get("model_version"):
+            version = str(meta["model_version"])
+        elif registered_model and registry_version:
+            version = f"{registered_model}/v{registry_version}"
+        else:
+            version = f"{meta.get('model', 'model')}:{(run_id or 'local')[:12]}:{meta.get('saved_at', '')}"
+        metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+        return cls(
+            version=version,
+            model=str(meta.get("model", "")),
+            run_id=run_id,
+            trained_on=_as_of(meta).isoformat(),
+            saved_at=meta.get("saved_at"),
+            metrics=metrics,
+            source=source,
+            registered_model=registered_model,
+            registry_version=registry_version,
+        )
+
+
+def _as_of(meta: dict[str, Any]) -> date:
+    """The date the model's data ends (exclusive): ``as_of`` / ``trained_on`` in the bundle
+    metadata, else the day it was saved."""
+    for key in ("as_of", "trained_on", "train_end"):
+        value = meta.get(key)
+        if value:
+            try:
+                return date.fromisoformat(str(value)[:10])
+            except ValueError:
+                continue
+    saved = meta.get("saved_at")
+    if saved:
+        try:
+            return date.fromisoformat(str(saved)[:10])
+        except ValueError:
+            pass
+    return datetime.now(UTC).date()
+
+
+# --------------------------------------------------------------------------- members
+class MemberRegistry:
+    """The bundle's member ids plus members first seen in live events (appended rows)."""
+
+    def __init__(self, base: IdMap):
+        self.base = base
+        self.n_base = len(base)
+        self._extra: dict[str, int] = {}
+        self._extra_ids: list[str] = []
+
+    def __len__(self) -> int:
+        return self.n_base + len(self._extra_ids)
+
+    def get(self, member_id: str) -> int:
+        """Internal row of ``member_id``, or -1."""
+        row = self.base.get(member_id)
+        return row if row >= 0 else self._extra.get(member_id, -1)
+
+    def add(self, member_id: str) -> int:
+        row = self.get(member_id)
+        if row < 0:
+            row = self.n_base + len(self._extra_ids)
+            self._extra[member_id] = row
+            self._extra_ids.append(member_id)
+        return row
+
+    def external(self, rows: np.ndarray) -> list[str]:
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(self._extra_ids) or (rows < self.n_base).all():
+            return self.base.to_external(rows).tolist()
+        extra = np.asarray(self._extra_ids, dtype=object)
+        base_part = rows < self.n_base
+        out = np.empty(len(rows), dtype=object)
+        out[base_part] = self.base.to_external(rows[base_part])
+        out[~base_part] = extra[rows[~base_part] - self.n_base]
+        return out.tolist()
+
+
+# --------------------------------------------------------------------------- live purchases
+class LiveHistory:
+    """Purchases received while serving: per member (counts, last day) and per product."""
+
+    def __init__(self) -> None:
+        self.count: dict[int, dict[int, float]] = defaultdict(dict)  # member -> product -> occasions
+        self.last: dict[int, dict[int, float]] = defaultdict(dict)  # product -> member -> last ts (epoch s)
+
+    def add(self, member: int, product: int, ts: float) -> None:
+        bought = self.count[member]
+        bought[product] = bought.get(product, 0.0) + 1.0
+        buyers = self.last[product]
+        buyers[member] = max(buyers.get(member, -np.inf), ts)
+
+    def products_of(self, member: int) -> dict[int, float]:
+        return dict(self.count.get(member, {}))
+
+
+# --------------------------------------------------------------------------- the state
+@dataclass
+class ServingState:
+    """Everything a request needs, built once per bundle (see the module docstring)."""
+
+    settings: ServingSettings
+    bundle: Bundle
+    info: ModelInfo
+    scorer: Scorer
+    members: MemberRegistry
+    products: IdMap
+    product_active: np.ndarray
+    category: Tag
+    product_names: np.ndarray | None
+    product_table: pa.Table
+    member_tags: dict[str, Tag]
+    tag_masks: dict[str, dict[str, np.ndarray]]
+    history: sp.csr_matrix
+    purchase_counts: sp.csr_matrix
+    buyers_by_product: sp.csc_matrix
+    last_age: sp.csc_matrix | None
+    as_of: date
+    popular_order: np.ndarray
+    popular_scores: np.ndarray
+    segment_order: dict[str, np.ndarray]
+    segment_scores: dict[str, np.ndarray]
+    event_log: EventLog
+    live: LiveHistory = field(default_factory=LiveHistory)
+    events_offset: int = 0
+    events_applied: int = 0
+    events_skipped: int = 0
+    loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    # ---------------------------------------------------------------- lookups
+    @property
+    def n_products(self) -> int:
+        return len(self.products)
+
+    def product_index(self, product_id: str) -> int:
+        return self.products.get(product_id)
+
+    def bought(self, member: int) -> dict[int, float]:
+        """Products ``member`` bought (bundle history + live events) -> purchase occasions."""
+        out: dict[int, float] = {}
+        counts = self.purchase_counts
+        if 0 <= member < counts.shape[0]:
+            row = slice(counts.indptr[member], counts.indptr[member + 1])
+            out = {int(p): float(c) for p, c in zip(counts.indices[row], counts.data[row], strict=True) if c > 0}
+        for p, c in self.live.count.get(member, {}).items():
+            out[p] = out.get(p, 0.0) + c
+        return out
+
+    def recent_buyers(self, product: int, days: int, now: datetime | None = None) -> tuple[np.ndarray, bool]:
+        """Members (a mask over all rows) who bought ``product`` within ``days`` days, and
+        whether purchase dates were known for the bundle's history.
+
+        Without a ``last_age`` array in the model every past buyer in the bundle counts as recent
+        (the conservative choice for "do not target members who just bought it").
+        """
+        now = now or datetime.now(UTC)
+        mask = np.zeros(len(self.members), dtype=bool)
+        dated = self.last_age is not None
+        if dated:
+            col = slice(self.last_age.indptr[product], self.last_age.indptr[product + 1])
+            rows, ages = self.last_age.indices[col], self.last_age.data[col]
+            # age 1 = the day before as_of; days since purchase = age + days from as_of to today
+            since = ages + (now.date() - self.as_of).days
+            mask[rows[(ages > 0) & (since <= days)]] = True
+        else:
+            col = slice(self.buyers_by_product.indptr[product], self.buyers_by_product.indptr[product + 1])
+            mask[self.buyers_by_product.indices[col]] = True
+        cutoff = now.timestamp() - days * 86400.0
+        for member, ts in self.live.last.get(product, {}).items():
+            if ts >= cutoff:
+                mask[member] = True
+        return mask, dated
+
+    # ---------------------------------------------------------------- live events
+    def sync_events(self) -> int:
+        """Apply events appended to the file since this state last read it; returns how many."""
+        with self.lock:
+            records, offset, bad = self.event_log.read_from(self.events_offset)
+            self.events_offset = offset
+            self.events_skipped += bad
+            return self._apply(records) if records else 0
+
+    def _apply(self, records: list[EventRecord]) -> int:
+        start = datetime.combine(self.as_of, datetime.min.time(), tzinfo=UTC)
+        touched: set[int] = set()
+        applied = 0
+        for rec in records:
+            if rec.ts < start:  # already in the bundle's training data
+                continue
+            product = self.products.get(rec.product_id)
+            if product < 0:  # a product of another bundle: kept in the file for training
+                self.events_skipped += 1
+                continue
+            member = self.members.add(rec.member_id)  # the existing row, or a new one
+            self.live.add(member, product, rec.ts.timestamp())
+            touched.add(member)
+            applied += 1
+        # new members get consecutive rows, so ascending order appends their vectors in step
+        for member in sorted(touched):
+            if member > self.scorer.n_members:
+                continue  # cannot happen with a vector scorer; other scorers keep no rows
+            bought = self.bought(member)
+            products = np.fromiter(bought.keys(), dtype=np.int64, count=len(bought))
+            weights = np.fromiter(bought.values(), dtype=np.float32, count=len(bought))
+            self.scorer.fold_in(member, products, weights)
+        self.events_applied += applied
+        return applied
+
+    def personalised(self, member: int) -> bool:
+        """Whether ``member`` has a row the scorer can rank for (bundle or folded-in member)."""
+        return 0 <= member < self.scorer.n_members
+
+
+class StateHolder:
+    """The current :class:`ServingState` (None until the first load succeeds) and why not."""
+
+    def __init__(self) -> None:
+        self.state: ServingState | None = None
+        self.error: str | None = None
+        self.loading = False
+        self.reload_lock = threading.Lock()
+
+
+# --------------------------------------------------------------------------- building
+def _string_column(table: pa.Table, name: str) -> np.ndarray | None:
+    if name not in table.column_names:
+        return None
+    return np.asarray(table.column(name).to_pylist(), dtype=object)
+
+
+def _popular_orders(
+    history: sp.csr_matrix, segment: Tag | None
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    buyers = np.asarray(history.sum(axis=0)).ravel().astype(np.float64)
+    n = len(buyers)
+    order = np.lexsort((np.arange(n), -buyers))
+    top = max(float(buyers.max(initial=0.0)), 1.0)
+    seg_order: dict[str, np.ndarray] = {}
+    seg_scores: dict[str, np.ndarray] = {}
+    if segment is not None:
+        codes = segment.codes
+        known = codes >= 0
+        onehot = sp.csr_matrix(
+            (np.ones(int(known.sum()), np.float32), (codes[known], np.flatnonzero(known))),
+            shape=(len(segment.labels), history.shape[0]),
+        )
+        counts = np.asarray((onehot @ history).todense(), dtype=np.float64)
+        for s, label in enumerate(segment.labels):
+            # segment buyers first, then global buyers, then the product index
+            o = np.lexsort((np.arange(n), -buyers, -counts[s]))
+            seg_order[label] = o
+            seg_scores[label] = (counts[s][o] / max(float(counts[s].max(initial=0.0)), 1.0)).astype(np.float32)
+    return order, (buyers[order] / top).astype(np.float32), seg_order, seg_scores
+
+
+def _model_matrix(model: Any, name: str, shape: tuple[int, int]) -> sp.spmatrix | None:
+    """An optional members x products matrix the model carries, as an attribute of the model or
+    of its ``state``: ``last_age`` (days before as_of of the last purchase, 0 = never, as
+    :meth:`recsys.interactions.Interactions.last_age`) or ``counts`` (purchase days)."""
+    for holder in (model, getattr(model, "state", None)):
+        value = getattr(holder, name, None) if holder is not None else None
+        if value is not None and sp.issparse(value):
+            if value.shape != shape:
+                raise BundleError(f"model.{name} has shape {value.shape}; the history is {shape}; re-export it")
+            return value
+    return None
+
+
+def _smoke_test(state: ServingState) -> None:
+    """Ask the new state for one pick list, one audience and one similar list before serving it."""
+    n_members = state.bundle.model.n_members
+    if n_members == 0 or state.n_products == 0:
+        raise BundleError(f"{state.info.source}: the bundle has no members or no products; nothing to serve")
+    idx, sc = state.scorer.picks(np.array([0]), 1, None, [np.empty(0, np.int64)])
+    aud_i, _ = state.scorer.audience(np.array([0]), 1, None)
+    sim_i, _ = state.scorer.similar(0, 1, None)
+    for name, arr in (("picks", idx), ("audience", aud_i), ("similar", sim_i)):
+        if arr.min(initial=0) < -1:
+            raise BundleError(f"{state.info.source}: the model returned invalid {name} indices")
+    if np.isnan(sc).any():
+        raise BundleError(f"{state.info.source}: the model returned NaN scores; re-train or re-export it")
+
+
+def build_state(
+    settings: ServingSettings,
+    bundle_path: Path,
+    *,
+    registered_model: str | None = None,
+    registry_version: str | None = None,
+) -> ServingState:
+    """Load, validate and index a bundle, then replay the live events; raises
+    :class:`~recsys.bundle.BundleError` when the bundle cannot be served."""
+    t0 = time.perf_counter()
+    bundle = load_bundle(bundle_path)
+    model = bundle.model
+    if model.history is None or model.history.shape != (model.n_members, model.n_products):
+        raise BundleError(f"{bundle_path}: the model has no purchase history of the right shape; re-export it")
+    info = ModelInfo.from_meta(bundle.meta, str(bundle_path), registered_model, registry_version)
+
+    ptable = bundle.product_table
+    if "active" in ptable.column_names:
+        active = np.asarray(ptable.column("active").fill_null(False).to_pylist(), dtype=bool)
+    else:
+        active = np.ones(len(bundle.products), dtype=bool)
+    cat_values = _string_column(ptable, Col.CATEGORY)
+    category = Tag.from_values(cat_values) if cat_values is not None else Tag(
+        np.zeros(len(bundle.products), np.int32), ("all",)
+    )
+    names = _string_column(ptable, Col.NAME)
+
+    member_tags = bundle.member_tags(FILTER_TAGS)
+    tag_masks = {
+        tag: {label: t.codes == code for code, label in enumerate(t.labels)} for tag, t in member_tags.items()
+    }
+    history = sp.csr_matrix(model.history, dtype=np.float32)
+    last_age = _model_matrix(model, "last_age", history.shape)
+    counts = _model_matrix(model, "counts", history.shape)
+    pop_o, pop_s, seg_o, seg_s = _popular_orders(history, member_tags.get(SEGMENT_TAG))
+
+    scorer = build_scorer(model, settings.index)
+    state = ServingState(
+        settings=settings,
+        bundle=bundle,
+        info=info,
+        scorer=scorer,
+        members=MemberRegistry(bundle.members),
+        products=bundle.products,
+        product_active=active,
+        category=category,
+        product_names=names,
+        product_table=ptable,
+        member_tags=member_tags,
+        tag_masks=tag_masks,
+        history=history,
+        purchase_counts=sp.csr_matrix(counts) if counts is not None else history,
+        buyers_by_product=history.tocsc(),
+        last_age=sp.csc_matrix(last_age) if last_age is not None else None,
+        as_of=_as_of(bundle.meta),
+        popular_order=pop_o,
+        popular_scores=pop_s,
+        segment_order=seg_o,
+        segment_scores=seg_s,
+        event_log=EventLog(settings.events_file),
+    )
+    _smoke_test(state)
+    applied = state.sync_events()
+    log.info(
+        "loaded %s (%s, %d members, %d products, scorer %s) in %.2fs; replayed %d live event(s)",
+        info.version, info.model, len(bundle.members), len(bundle.products), scorer.kind,
+        time.perf_counter() - t0, applied,
+    )
+    return state
+
+
+def resolve_and_build(
+    settings: ServingSettings,
+    bundle: Path | None = None,
+    alias: str | None = None,
+) -> ServingState:
+    """Build a state from a bundle folder, or from the registered model's ``alias`` version
+    (defaults: the settings' bundle, or their registered model and alias)."""
+    if bundle is None and alias is None and settings.bundle is not None:
+        bundle = settings.bundle
+    if bundle is not None:
+        return build_state(settings, Path(bundle))
+    name = settings.registered_model
+    if not name:
+        raise BundleError("no registered model configured (RECSYS_REGISTERED_MODEL); pass a bundle path instead")
+    from recsys.pyfunc import download_bundle, mlflow_client, resolve_tracking_uri, resolve_version
+
+    uri = resolve_tracking_uri(settings.mlflow_tracking_uri)
+    version = resolve_version(mlflow_client(uri), name, alias or settings.alias)
+    dst = None
+    if settings.bundle_cache_dir is not None:
+        dst = settings.bundle_cache_dir / f"{name}-v{version}"
+    path = download_bundle(name, version, uri, dst)
+    return build_state(settings, path, registered_model=name, registry_version=version)

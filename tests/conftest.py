@@ -1,0 +1,176 @@
+"""Shared fixtures. Serving: tiny bundles with known answers, API keys per role, app factories.
+
+The serving data (7 products, 6 members) is small enough to work every expected answer out by
+hand; the comments in tests/test_serving_*.py show the arithmetic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import scipy.sparse as sp
+
+from recsys.bundle import Bundle, save_bundle
+from recsys.idmap import IdMap
+from recsys.interactions import Interactions
+from recsys.models import Tag, TrainData, get_model
+from recsys.models.baselines import TopFrequency
+
+# (member, product, days before as_of). Every member buys at most one product a day, so
+# "activity" is the same whether it counts shopping days or purchase occasions.
+SERVING_OCCASIONS = [
+    (0, 0, 1), (0, 0, 8), (0, 0, 15), (0, 1, 3),
+    (1, 1, 2), (1, 1, 9), (1, 2, 4),
+    (2, 0, 5), (2, 3, 6),
+    (3, 2, 1), (3, 2, 7), (3, 4, 2),
+    (4, 0, 3), (4, 1, 4), (4, 2, 10),
+    (5, 3, 4), (5, 0, 12), (5, 5, 2),
+]
+S_MEMBERS = [f"m{i}" for i in range(6)]
+S_PRODUCTS = [f"p{i}" for i in range(7)]
+S_CATEGORIES = ["dairy", "dairy", "bakery", "bakery", "snacks", "snacks", "snacks"]
+S_NAMES = ["鲜牛奶", "酸奶", "吐司", "蛋糕", "薯片", "旧款饼干", "新品坚果"]
+S_PRICES = [12.0, 6.0, 9.0, 30.0, 8.0, 5.0, 25.0]
+S_BANDS = ["high", "low", "mid", "high", "mid", "low", "high"]
+S_BRANDS = ["光明", "光明", "桃李", "好利来", "乐事", "乐事", "三只松鼠"]
+S_ACTIVE = [True, True, True, True, True, False, True]  # p5 is delisted
+S_SEGMENTS = ["high", "mid", "low", "mid", "high", None]
+S_LIFECYCLE = ["active", "active", "sleeping", "new", "active", "lost"]
+S_REGIONS = ["上海", "北京", "上海", "广州", "北京", "上海"]
+TRAIN_AS_OF = date(2001, 2, 1)
+
+KEYS = {"app": "app-secret-1", "merchandiser": "merch-secret-1", "admin": "admin-secret-1"}
+
+
+class DatedTopFrequency(TopFrequency):
+    """TopFrequency that also carries the serving hooks: ``last_age`` (days before as_of of each
+    member's last purchase of each product), ``counts`` and calibrated ``purchase_probability``."""
+
+    name = "serving_test_dated_top_frequency"
+
+    def _fit(self, data: TrainData) -> None:
+        super()._fit(data)
+        self.last_age = data.interactions.last_age()
+
+    @property
+    def counts(self) -> sp.csr_matrix:
+        """Purchase days per member and product (the serving hook for "bought it N times")."""
+        return self.freq
+
+    def purchase_probability(self, scores: np.ndarray) -> np.ndarray:
+        s = np.maximum(np.asarray(scores, dtype=np.float64), 0.0)
+        return s / (1.0 + s)
+
+    def _state(self) -> dict[str, Any]:
+        return {**super()._state(), "last_age": self.last_age}
+
+    def _set_state(self, s: dict[str, Any]) -> None:
+        self.last_age = s.pop("last_age")
+        super()._set_state(s)
+
+
+def serving_train_data() -> TrainData:
+    m, p, age = (np.array(col, dtype=np.int32) for col in zip(*SERVING_OCCASIONS, strict=True))
+    x = Interactions(
+        members=IdMap(S_MEMBERS), products=IdMap(S_PRODUCTS), member=m, product=p, age_days=age,
+        quantity=np.ones(len(m), np.float32), amount=np.full(len(m), 9.9, np.float32), as_of=TRAIN_AS_OF,
+    )
+    return TrainData(
+        x,
+        member_tags={"value_segment": Tag.from_values(S_SEGMENTS)},
+        product_tags={"category": Tag.from_values(S_CATEGORIES), "price_band": Tag.from_values(S_BANDS)},
+        product_price=np.array(S_PRICES, np.float32),
+    )
+
+
+def serving_bundle(model_name: str, as_of: date = TRAIN_AS_OF, **params: Any) -> Bundle:
+    defaults: dict[str, dict[str, Any]] = {
+        "als": {"factors": 4, "iterations": 10, "num_threads": 1, "seed": 7, "weighting": "count",
+                "regularization": 0.1},
+    }
+    data = serving_train_data()
+    model = get_model(model_name)({**defaults.get(model_name, {}), **params}).fit(data)
+    return Bundle(
+        model=model,
+        members=data.interactions.members,
+        products=data.interactions.products,
+        member_table=pa.table({
+            "member_id": S_MEMBERS, "value_segment": S_SEGMENTS, "lifecycle": S_LIFECYCLE, "region": S_REGIONS,
+        }),
+        product_table=pa.table({
+            "product_id": S_PRODUCTS, "category": S_CATEGORIES, "name": S_NAMES, "price": S_PRICES,
+            "price_band": S_BANDS, "brand": S_BRANDS, "active": S_ACTIVE,
+        }),
+        meta={"run_id": f"run-{model_name}", "metrics": {"recall@10": 0.25}, "as_of": as_of.isoformat()},
+    )
+
+
+@pytest.fixture(scope="session")
+def serving_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Saved bundles: ``top_frequency`` (exact answers), ``als`` (vectors), ``dated`` (hooks,
+    as_of = today so purchase ages are days before today)."""
+    root = tmp_path_factory.mktemp("serving-bundles")
+    today = datetime.now(UTC).date()
+    return {
+        "top_frequency": save_bundle(root / "top_frequency", serving_bundle("top_frequency")),
+        "als": save_bundle(root / "als", serving_bundle("als")),
+        "dated": save_bundle(root / "dated", serving_bundle(DatedTopFrequency.name, as_of=today)),
+    }
+
+
+@pytest.fixture
+def serving_settings(tmp_path: Path, serving_bundles: dict[str, Path]) -> Callable[..., Any]:
+    """``make(bundle="top_frequency", **overrides)`` -> ServingSettings with per-test files."""
+    from serving.keys import hash_key
+    from serving.settings import ApiKeySpec, ServingSettings
+
+    def make(bundle: str | Path = "top_frequency", **overrides: Any) -> ServingSettings:
+        path = serving_bundles[bundle] if isinstance(bundle, str) and bundle in serving_bundles else Path(bundle)
+        values: dict[str, Any] = {
+            "bundle": path,
+            "api_keys": [ApiKeySpec(id=f"{role}-key", role=role, sha256=hash_key(secret))  # type: ignore[arg-type]
+                         for role, secret in KEYS.items()],
+            "events_dir": tmp_path / "events",
+            "audit_log": tmp_path / "audit" / "exports.jsonl",
+            "load_in_background": False,
+            "events_poll_seconds": 0,
+            "max_batch": 5,
+        }
+        values.update(overrides)
+        return ServingSettings(**values)
+
+    return make
+
+
+@pytest.fixture
+def serving_client(serving_settings: Callable[..., Any]) -> Callable[..., Any]:
+    """``with make_client(bundle, **overrides) as client:`` a started TestClient."""
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+
+    def make(bundle: str | Path = "top_frequency", **overrides: Any) -> TestClient:
+        return TestClient(create_app(serving_settings(bundle, **overrides)))
+
+    return make
+
+
+def auth(role: str) -> dict[str, str]:
+    return {"X-API-Key": KEYS[role]}
+
+
+@pytest.fixture
+def client(serving_client: Callable[..., Any]) -> Iterator[Any]:
+    """A started TestClient on the top_frequency bundle."""
+    with serving_client() as c:
+        yield c
+
+
+def history_matrix() -> sp.csr_matrix:
+    return serving_train_data().interactions.matrix("binary")
