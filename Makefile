@@ -18,10 +18,13 @@ $(BIN)/recsys: pyproject.toml
 
 install: $(BIN)/recsys
 
+CONFIG ?= experiments/configs/default.toml
+
 demo: install
 	$(BIN)/recsys data fetch tafeng --data-dir $(DATA)
 	$(BIN)/recsys data ingest tafeng --data-dir $(DATA)
 	$(BIN)/recsys features build --data-dir $(DATA) --dataset tafeng --as-of $(AS_OF)
+	$(BIN)/recsys train --config $(CONFIG)
 
 test: install
 	$(BIN)/python -m pytest -q

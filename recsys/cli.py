@@ -117,5 +117,68 @@ def features_build(
     snapshot.print_summary(console)
 
 
+@app.command("train")
+def train(
+    config: Annotated[Path, typer.Option("--config", help="Experiment config (TOML), e.g. experiments/configs/default.toml.")],
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db).")] = None,
+    no_register: Annotated[bool, typer.Option("--no-register", help="Log the run but do not register the model.")] = False,
+) -> None:
+    """Fit a model, evaluate it in both directions, log it to MLflow and register it; the alias
+    `champion` moves only when it beats the current champion on the primary metric."""
+    from training.config import TrainConfig
+    from training.pipeline import run_training, summary_table
+
+    try:
+        cfg = TrainConfig.from_toml(config)
+        if no_register:
+            cfg.mlflow.register = False
+        result = run_training(cfg, config_path=config, tracking_uri=tracking_uri, console=err_console)
+    except RecsysError as exc:
+        _fail(exc)
+    console.print(summary_table(result, f"{cfg.model.name} on {cfg.data.dataset} (run {result.run_id})"))
+
+
+@app.command("promote")
+def promote(
+    registered_model: Annotated[str, typer.Option(help="Registered model name.")] = "recsys-tafeng",
+    version: Annotated[Optional[str], typer.Option(help="Version to promote (default: the latest).")] = None,
+    alias: Annotated[str, typer.Option(help="Alias to set.")] = "champion",
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI.")] = None,
+) -> None:
+    """Move an alias (champion by default) to a model version by hand."""
+    from training.cli_commands import promote_command
+
+    try:
+        console.print(promote_command(registered_model, version, alias, tracking_uri))
+    except RecsysError as exc:
+        _fail(exc)
+
+
+@app.command("serve")
+def serve(
+    bundle: Annotated[Optional[Path], typer.Option(help="Serve a local bundle folder instead of the registry.")] = None,
+    registered_model: Annotated[Optional[str], typer.Option(help="Registered model to serve (alias below).")] = None,
+    alias: Annotated[str, typer.Option(help="Registry alias or version to serve.")] = "champion",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    api_keys_file: Annotated[Optional[Path], typer.Option(help="TOML/JSON file of hashed API keys.")] = None,
+    events_dir: Annotated[Optional[Path], typer.Option(help="Where live purchase events are appended.")] = None,
+    audit_log: Annotated[Optional[Path], typer.Option(help="Audience-export audit log (JSON lines).")] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI.")] = None,
+) -> None:
+    """Run the HTTP API (picks, similar products, audiences, events) with uvicorn."""
+    from serving.cli import serve as run_server
+
+    if bundle is None and registered_model is None:
+        registered_model = "recsys-tafeng"
+    try:
+        run_server(bundle, registered_model if bundle is None else None, alias, host, port, workers,
+                   api_keys_file=api_keys_file, events_dir=events_dir, audit_log=audit_log,
+                   tracking_uri=tracking_uri)
+    except RecsysError as exc:
+        _fail(exc)
+
+
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())

@@ -22,6 +22,12 @@ def _scaled(x: np.ndarray) -> np.ndarray:
     return x / top if top > 0 else np.zeros_like(x)
 
 
+def _activity(x: Any) -> np.ndarray:
+    """How active each member is: purchase occasions (product-days), scaled to [0, 1]. This is
+    the "most active members" audience, and every audience's tie-breaker."""
+    return _scaled(np.bincount(x.member, minlength=len(x.members)).astype(np.float32))
+
+
 def _dense_rows(m: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
     return np.asarray(m[rows].todense(), dtype=np.float32)
 
@@ -47,7 +53,7 @@ class Popularity(Recommender):
         weighting = {"buyers": "binary", "occasions": "count", "recency": "recency"}[p.by]
         m = x.matrix(weighting, half_life_days=p.half_life_days)
         self.item_pop = _scaled(np.asarray(m.sum(axis=0)).ravel())
-        self.activity = _scaled(x.member_days().astype(np.float32))
+        self.activity = _activity(x)
 
     def _score_items(self, members: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.item_pop, (len(members), self.n_products))
@@ -93,7 +99,7 @@ class SegmentPopularity(Recommender):
         a = self.params.smoothing
         self.seg_pop = ((seg_counts + a * glob) / (seg_sizes[:, None] + a)).astype(np.float32)
         self.member_seg = codes.astype(np.int32)
-        self.activity = _scaled(data.interactions.member_days().astype(np.float32))
+        self.activity = _activity(data.interactions)
 
     def _score_items(self, members: np.ndarray) -> np.ndarray:
         return self.seg_pop[self.member_seg[members]]
@@ -129,7 +135,7 @@ class TopFrequency(Recommender):
         self.freq_csc = self.freq.tocsc()
         # popularity only orders what the member never bought: scaled far below one purchase
         self.item_pop = _scaled(np.asarray(x.matrix("binary").sum(axis=0)).ravel()) * 1e-3
-        self.activity = _scaled(x.member_days().astype(np.float32))
+        self.activity = _activity(x)
 
     def _score_items(self, members: np.ndarray) -> np.ndarray:
         s = _dense_rows(self.freq, members)
@@ -168,7 +174,7 @@ class SimpleBlend(Recommender):
         self.rel = (scale @ counts).tocsr().astype(np.float32)
         self.rel_csc = self.rel.tocsc()
         self.item_pop = _scaled(np.asarray(x.matrix("binary").sum(axis=0)).ravel())
-        self.activity = _scaled(x.member_days().astype(np.float32))
+        self.activity = _activity(x)
 
     def _score_items(self, members: np.ndarray) -> np.ndarray:
         return _dense_rows(self.rel, members) + self.params.popularity_weight * self.item_pop
@@ -205,7 +211,7 @@ class CategoryBuyers(Recommender):
         self.member_cat_csc = self.member_cat.tocsc()
         self.item_cat = cat.astype(np.int32)
         self.item_pop = _scaled(np.asarray(data.interactions.matrix("binary").sum(axis=0)).ravel())
-        self.activity = _scaled(data.interactions.member_days().astype(np.float32))
+        self.activity = _activity(data.interactions)
 
     def _score_items(self, members: np.ndarray) -> np.ndarray:
         per_cat = _dense_rows(self.member_cat, members)

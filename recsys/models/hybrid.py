@@ -1,0 +1,533 @@
+"""The default model: repeat behaviour + collaborative filtering + propensity, learned.
+
+Picks (person -> product)
+    Candidates per member — everything they bought, the nearest products by ALS, the popular
+    ones — are scored by a gradient-boosted classifier over pair features: how often and how
+    recently the member bought the product, how repeatable the product is, the ALS affinity, the
+    member's affinity to the product's category, item-kNN similarity to their basket, popularity.
+    The classifier learns from the model's own training data: the last window before the cut-off
+    (a *label window*) is hidden, features are computed on what came before it, and the label is
+    whether the member bought the product in the window. Windows that overlap a configured
+    holiday are skipped: a holiday rush teaches the model a popularity that does not last.
+
+Audiences (product -> person)
+    A logistic model over member features for the product — bought it before, category affinity,
+    activity, recency, ALS affinity (from attributes for a never-sold product) — trained on the
+    same label windows with sampled negatives and corrected for the sampling, so its scores are
+    calibrated purchase probabilities: an audience of N contains sum(p) expected buyers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from recsys.interactions import Interactions
+from recsys.models.base import ModelParams, Recommender, Tag, TrainData
+from recsys.models.factorization import attribute_vectors
+
+NEG_INF = np.float32(-np.inf)
+
+PAIR_FEATURES = (
+    "count", "count_rel", "count_rate", "recency14", "last_age", "cf", "buyers_rate",
+    "occasions_rate", "recent_pop", "rebuy_rate", "member_days_rate", "member_last_age",
+    "blend", "member_repeat_share", "category_count", "category_share", "knn", "member_occ_rate",
+)
+AUDIENCE_FEATURES = (
+    "log_count", "log_category_count", "category_share", "log_member_occ", "log_member_days",
+    "log_member_last_age", "cf", "log_knn", "member_repeat_share", "log_brand_count",
+    "log_count_x_recency", "log_category_x_occ", "log_early_adoptions", "early_adoption_share",
+)
+
+
+class HybridParams(ModelParams):
+    # collaborative filtering (implicit ALS on BM25-weighted purchase-day counts)
+    factors: int = 64
+    iterations: int = 15
+    regularization: float = 0.05
+    bm25_k1: float = 100.0
+    bm25_b: float = 0.8
+    knn_neighbours: int = 100
+    # Without a brand column, a product id that is a retail barcode (EAN-13 / GS1) still names its
+    # maker in its first digits: group products by that prefix as a stand-in for brand.
+    brand_from_id_prefix: int | None = None
+    # candidates for picks
+    candidates_popular: int = 60
+    candidates_cf: int = 40
+    # label windows
+    label_mode: Literal["days", "last_basket"] = "days"
+    label_days: int = 31
+    label_windows: int = 1  # how many windows (newest usable first) to learn from
+    holidays: list[date] = []
+    holiday_margin_days: int = 14
+    # the picks ranker (LightGBM)
+    n_estimators: int = 150
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_child_samples: int = 100
+    negative_rate: float = 0.25
+    drop_features: list[str] = ["buyers_rate", "occasions_rate", "recent_pop"]
+    # the audience model (logistic regression)
+    audience_negatives: int = 20
+    audience_max_products: int = 3000
+    audience_l2: float = 1.0
+    # a never-sold product has no purchase history to learn from, and a model with many free
+    # weights over-fits the one window it learns from: keep it to the signals that transfer
+    cold_audience_features: list[str] = [
+        "log_category_count", "log_member_occ", "cf", "log_brand_count", "log_early_adoptions",
+    ]
+    seed: int = 0
+    num_threads: int = 0
+
+
+# ----------------------------------------------------------------------------- feature state
+@dataclass
+class FeatureState:
+    """Everything pair features are computed from, for one history (train or a label window's)."""
+
+    counts: sp.csr_matrix
+    counts_csc: sp.csc_matrix
+    last_age: sp.csr_matrix
+    last_age_csc: sp.csc_matrix
+    recency14: sp.csr_matrix
+    recency14_csc: sp.csc_matrix
+    member_cat: sp.csr_matrix
+    member_cat_csc: sp.csc_matrix
+    member_brand: sp.csr_matrix | None
+    member_brand_csc: sp.csc_matrix | None
+    knn: sp.csr_matrix  # product x product similarity
+    user_factors: np.ndarray
+    item_factors: np.ndarray
+    item_cat: np.ndarray
+    item_brand: np.ndarray | None
+    span: float
+    buyers: np.ndarray
+    occasions: np.ndarray
+    recent_pop: np.ndarray
+    rebuy_rate: np.ndarray
+    member_days: np.ndarray
+    member_last: np.ndarray
+    member_max: np.ndarray
+    member_occ: np.ndarray
+    member_repeat: np.ndarray
+    member_early: np.ndarray  # purchases of products in their first weeks on sale
+
+    @property
+    def n_members(self) -> int:
+        return self.counts.shape[0]
+
+    @property
+    def n_products(self) -> int:
+        return self.counts.shape[1]
+
+
+def _group_matrix(counts: sp.csr_matrix, groups: np.ndarray) -> sp.csr_matrix:
+    coo = counts.tocoo()
+    n_groups = int(groups.max(initial=-1)) + 2
+    g = np.where(groups >= 0, groups, n_groups - 1)
+    return sp.csr_matrix((coo.data, (coo.row, g[coo.col])), shape=(counts.shape[0], n_groups)).astype(np.float32)
+
+
+def _gather(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Values of a sparse matrix at (rows, cols) pairs, 0 where absent, without densifying."""
+    m = sp.csr_matrix(m)
+    if m.nnz == 0:
+        return np.zeros(len(rows), dtype=np.float32)
+    n = m.shape[1]
+    row_of = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
+    keys = row_of * n + m.indices  # csr with sorted indices gives sorted keys
+    if not m.has_sorted_indices:
+        order = np.argsort(keys)
+        keys, data = keys[order], m.data[order]
+    else:
+        data = m.data
+    q = rows.astype(np.int64) * n + cols.astype(np.int64)
+    pos = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
+    return np.where(keys[pos] == q, data[pos], 0).astype(np.float32)
+
+
+def build_state(
+    x: Interactions, params: HybridParams, item_cat: np.ndarray, item_brand: np.ndarray | None,
+    product_tags: dict[str, Tag],
+) -> FeatureState:
+    from implicit.cpu.als import AlternatingLeastSquares
+    from implicit.nearest_neighbours import CosineRecommender, bm25_weight
+
+    counts = x.matrix("count")
+    counts.sort_indices()
+    with threadpool_limits(1, "blas"):
+        als = AlternatingLeastSquares(
+            factors=params.factors, iterations=params.iterations, regularization=params.regularization,
+            random_state=params.seed, num_threads=params.num_threads,
+        )
+        als.fit(bm25_weight(counts, K1=params.bm25_k1, B=params.bm25_b).tocsr(), show_progress=False)
+        knn = CosineRecommender(K=params.knn_neighbours, num_threads=params.num_threads)
+        knn.fit(counts, show_progress=False)
+    warm = np.diff(counts.tocsc().indptr) > 0
+    item_factors = attribute_vectors(np.asarray(als.item_factors, np.float32), warm, product_tags)
+    binary = counts.copy()
+    binary.data[:] = 1.0
+    buyers = np.asarray(binary.sum(axis=0)).ravel().astype(np.float32)
+    occasions = np.asarray(counts.sum(axis=0)).ravel().astype(np.float32)
+    rebuy = np.asarray((counts > 1).sum(axis=0)).ravel().astype(np.float32)
+    recency14 = x.matrix("recency", half_life_days=14.0)
+    recency14.sort_indices()
+    last_age = x.last_age()
+    last_age.sort_indices()
+    member_occ = np.asarray(counts.sum(axis=1)).ravel().astype(np.float32)
+    distinct = np.diff(counts.indptr).astype(np.float32)
+    member_cat = _group_matrix(counts, item_cat)
+    member_cat.sort_indices()
+    member_brand = None
+    if item_brand is not None and (item_brand >= 0).any():
+        member_brand = _group_matrix(counts, item_brand)
+        member_brand.sort_indices()
+    span = float(max(int(x.age_days.max(initial=1)), 1))
+    return FeatureState(
+        counts=counts, counts_csc=counts.tocsc(), last_age=last_age, last_age_csc=last_age.tocsc(),
+        recency14=recency14, recency14_csc=recency14.tocsc(),
+        member_cat=member_cat, member_cat_csc=member_cat.tocsc(),
+        member_brand=member_brand, member_brand_csc=member_brand.tocsc() if member_brand is not None else None,
+        knn=sp.csr_matrix(knn.similarity, dtype=np.float32),
+        user_factors=np.asarray(als.user_factors, np.float32), item_factors=item_factors,
+        item_cat=item_cat, item_brand=item_brand, span=span,
+        buyers=buyers, occasions=occasions,
+        recent_pop=np.asarray(recency14.sum(axis=0)).ravel().astype(np.float32),
+        rebuy_rate=(rebuy + 1.5) / (buyers + 5.0),
+        member_days=x.member_days().astype(np.float32),
+        member_last=x.member_last_age().astype(np.float32),
+        member_max=np.asarray(counts.max(axis=1).todense()).ravel().astype(np.float32),
+        member_occ=member_occ,
+        member_repeat=(member_occ - distinct) / np.maximum(member_occ, 1.0),
+        member_early=early_adoptions(x),
+    )
+
+
+def early_adoptions(x: Interactions, weeks: int = 2) -> np.ndarray:
+    """Per member: purchases of products within ``weeks`` of the product's first sale, counting
+    only products whose first sale is well inside the history (not at its start)."""
+    if len(x.age_days) == 0:
+        return np.zeros(len(x.members), np.float32)
+    first = np.zeros(len(x.products), dtype=np.int64)
+    np.maximum.at(first, x.product, x.age_days)
+    oldest = int(x.age_days.max())
+    launched_inside = first[x.product] < oldest - 7 * weeks
+    early = launched_inside & (first[x.product] - x.age_days <= 7 * weeks)
+    return np.bincount(x.member[early], minlength=len(x.members)).astype(np.float32)
+
+
+def pair_features(s: FeatureState, members: np.ndarray, products: np.ndarray) -> np.ndarray:
+    """``(n_pairs, len(PAIR_FEATURES))`` float32 for (member, product) pairs."""
+    u, i = members.astype(np.int64), products.astype(np.int64)
+    cnt = _gather(s.counts, u, i)
+    rel = cnt / np.maximum(s.member_max[u], 1.0)
+    last = np.where(cnt > 0, _gather(s.last_age, u, i), 999.0)
+    cf = np.einsum("ij,ij->i", s.user_factors[u], s.item_factors[i])
+    pop_max = max(float(s.buyers.max(initial=0)), 1.0)
+    ucat = _gather(s.member_cat, u, s.item_cat[i])
+    knn = _knn_pairs(s, u, i)
+    return np.column_stack([
+        cnt, rel, cnt / np.maximum(s.member_days[u], 1.0), _gather(s.recency14, u, i), last, cf,
+        s.buyers[i] / s.span, s.occasions[i] / s.span, s.recent_pop[i], s.rebuy_rate[i],
+        s.member_days[u] / s.span, s.member_last[u], rel + 0.05 * s.buyers[i] / pop_max,
+        s.member_repeat[u], ucat, ucat / np.maximum(s.member_occ[u], 1.0), knn, s.member_occ[u] / s.span,
+    ]).astype(np.float32)
+
+
+def _knn_pairs(s: FeatureState, u: np.ndarray, i: np.ndarray) -> np.ndarray:
+    """sum over the member's history h of similarity(h, i), for each pair."""
+    uniq, inv = np.unique(u, return_inverse=True)
+    scores = (s.counts[uniq] @ s.knn).tocsr()
+    scores.sort_indices()
+    return _gather(scores, inv, i)
+
+
+def audience_features(s: FeatureState, products: np.ndarray, members: np.ndarray | None = None) -> np.ndarray:
+    """``(len(AUDIENCE_FEATURES), n_members, len(products))`` float32: each product against every
+    (or the given) member, computed for a block of products at once."""
+    products = np.atleast_1d(np.asarray(products, dtype=np.int64))
+    m = slice(None) if members is None else np.asarray(members, dtype=np.int64)
+
+    def cols(mat: sp.csc_matrix | None, idx: np.ndarray) -> np.ndarray:
+        if mat is None:
+            return np.zeros((s.n_members, len(idx)), np.float32)
+        safe = np.where(idx >= 0, idx, 0)
+        out = np.asarray(mat[:, safe].todense(), dtype=np.float32)
+        out[:, idx < 0] = 0.0
+        return out
+
+    cnt = cols(s.counts_csc, products)[m]
+    ucat = cols(s.member_cat_csc, s.item_cat[products])[m]
+    last = cols(s.last_age_csc, products)[m]
+    rec = np.where(cnt > 0, 1.0 / (1.0 + last / 30.0), 0.0)
+    cf = (s.user_factors @ s.item_factors[products].T)[m]
+    knn = np.asarray((s.counts @ s.knn[:, products]).todense(), dtype=np.float32)[m]
+    brand_idx = s.item_brand[products] if s.item_brand is not None else np.full(len(products), -1)
+    brand = cols(s.member_brand_csc, brand_idx)[m]
+    occ = s.member_occ[m][:, None]
+    ones = np.ones((1, len(products)), np.float32)
+    log_occ = np.log1p(occ)
+    return np.stack([
+        np.log1p(cnt), np.log1p(ucat), ucat / np.maximum(occ, 1.0), log_occ * ones,
+        np.log1p(s.member_days[m])[:, None] * ones,
+        np.log1p(np.minimum(s.member_last[m], 1e4))[:, None] * ones, cf, np.log1p(knn),
+        s.member_repeat[m][:, None] * ones, np.log1p(brand), np.log1p(cnt) * rec, np.log1p(ucat) * log_occ,
+        np.log1p(s.member_early[m])[:, None] * ones, (s.member_early[m][:, None] / np.maximum(occ, 1.0)) * ones,
+    ]).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- label windows
+def label_windows(x: Interactions, p: HybridParams) -> list[tuple[Interactions, sp.csr_matrix]]:
+    """(history, labels) pairs carved out of the training occasions, newest usable first."""
+    out: list[tuple[Interactions, sp.csr_matrix]] = []
+    if p.label_mode == "last_basket":
+        last = x.member_last_age()
+        is_label = x.age_days == last[x.member]
+        shift = last[x.member]
+        out.append(_carve(x, is_label, shift, x.as_of))
+        return out
+    holidays = [h for h in p.holidays]
+    offset = 0
+    max_age = int(x.age_days.max(initial=0))
+    while len(out) < p.label_windows and (offset + 1) * p.label_days < max_age:
+        lo, hi = offset * p.label_days, (offset + 1) * p.label_days  # ages in (lo, hi]
+        start, end = x.as_of - timedelta(days=hi), x.as_of - timedelta(days=lo)
+        offset += 1
+        margin = timedelta(days=p.holiday_margin_days)
+        if any(start - margin < h < end + margin for h in holidays):
+            continue
+        is_label = (x.age_days > lo) & (x.age_days <= hi)
+        out.append(_carve(x, is_label, np.full(len(x.age_days), hi), start, before=x.age_days > hi))
+    return out
+
+
+def _carve(
+    x: Interactions, is_label: np.ndarray, shift: np.ndarray, as_of: date, before: np.ndarray | None = None
+) -> tuple[Interactions, sp.csr_matrix]:
+    hist = ~is_label if before is None else before
+    history = Interactions(
+        x.members, x.products, x.member[hist], x.product[hist], (x.age_days[hist] - shift[hist]).astype(np.int32),
+        x.quantity[hist], x.amount[hist], as_of,
+    )
+    labels = sp.csr_matrix(
+        (np.ones(int(is_label.sum()), np.float32), (x.member[is_label], x.product[is_label])), shape=x.shape
+    )
+    labels.data[:] = 1.0
+    return history, labels
+
+
+# ----------------------------------------------------------------------------- the model
+class Hybrid(Recommender):
+    """The default model for both directions (see the module docstring)."""
+
+    name = "hybrid"
+    Params = HybridParams
+
+    def _tags(self, data: TrainData) -> tuple[np.ndarray, np.ndarray | None]:
+        cat = data.product_tags.get("category")
+        brand = data.product_tags.get("brand")
+        item_cat = cat.codes if cat is not None else np.zeros(data.n_products, np.int32)
+        item_brand = brand.codes if brand is not None and (brand.codes >= 0).any() else None
+        n = self.params.brand_from_id_prefix
+        if item_brand is None and n:
+            ids = data.interactions.products.external_ids.astype(str)
+            prefix = np.array([i[:n] if len(i) >= 12 else "" for i in ids], dtype=object)
+            item_brand = Tag.from_values(prefix).codes  # ids that are not barcodes stay unknown (-1)
+        return item_cat, item_brand
+
+    def _fit(self, data: TrainData) -> None:
+        import lightgbm as lgb
+
+        p = self.params
+        item_cat, item_brand = self._tags(data)
+        rng = np.random.default_rng(p.seed)
+        keep_cols = [j for j, f in enumerate(PAIR_FEATURES) if f not in set(p.drop_features)]
+        X_parts, y_parts, A_parts, b_parts, cold_parts = [], [], [], [], []
+        windows = label_windows(data.interactions, p)
+        if not windows:
+            raise ValueError("not enough history for a label window; lower label_days or add data")
+        for history, labels in windows:
+            s = build_state(history, p, item_cat, item_brand, data.product_tags)
+            users = np.where(np.diff(labels.indptr) > 0)[0]
+            users = users[np.diff(s.counts.indptr)[users] > 0]  # members with a history to learn from
+            r, c = self._candidates(s, users)
+            y = _gather(labels, users[r], c) > 0
+            keep = y | (rng.random(len(y)) < p.negative_rate)
+            X_parts.append(pair_features(s, users[r[keep]], c[keep])[:, keep_cols])
+            y_parts.append(y[keep])
+            A, b, cold = self._audience_examples(s, labels, rng)
+            A_parts.append(A)
+            b_parts.append(b)
+            cold_parts.append(cold)
+        X, y = np.vstack(X_parts), np.concatenate(y_parts)
+        self.ranker = lgb.LGBMClassifier(
+            n_estimators=p.n_estimators, learning_rate=p.learning_rate, num_leaves=p.num_leaves,
+            min_child_samples=p.min_child_samples, subsample=0.8, subsample_freq=1,
+            random_state=p.seed, n_jobs=max(p.num_threads, 1) if p.num_threads else 1, verbose=-1,
+            deterministic=True, force_row_wise=True,
+        )
+        self.ranker.fit(X, y)
+        self.keep_cols = np.asarray(keep_cols, dtype=np.int64)
+        self._fit_audience(
+            np.vstack(A_parts), np.concatenate(b_parts), np.concatenate(cold_parts), rate=self._neg_rate
+        )
+        self.training_summary = {
+            "label_windows": len(windows), "ranker_rows": int(len(y)), "ranker_positive_rate": float(y.mean()),
+        }
+        # the final state: everything before the cut-off
+        self.state = build_state(data.interactions, p, item_cat, item_brand, data.product_tags)
+
+    # -- picks
+    def _candidates(self, s: FeatureState, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p = self.params
+        sub = s.counts[users]
+        rows = [np.repeat(np.arange(len(users)), np.diff(sub.indptr))]
+        cols = [sub.indices.astype(np.int64)]
+        n_pop = min(p.candidates_popular, s.n_products)
+        top_pop = np.argsort(-s.buyers, kind="stable")[:n_pop]
+        rows.append(np.repeat(np.arange(len(users)), n_pop))
+        cols.append(np.tile(top_pop, len(users)))
+        n_cf = min(p.candidates_cf, s.n_products - 1)
+        if n_cf > 0:
+            for start in range(0, len(users), 2048):
+                blk = users[start : start + 2048]
+                scores = s.user_factors[blk] @ s.item_factors.T
+                top = np.argpartition(-scores, n_cf - 1, axis=1)[:, :n_cf]
+                rows.append(np.repeat(np.arange(start, start + len(blk)), n_cf))
+                cols.append(top.ravel().astype(np.int64))
+        key = np.unique(np.concatenate(rows).astype(np.int64) * s.n_products + np.concatenate(cols))
+        return key // s.n_products, key % s.n_products
+
+    def _score_items(self, members: np.ndarray) -> np.ndarray:
+        s = self.state
+        r, c = self._candidates(s, members)
+        prob = self.ranker.predict_proba(pair_features(s, members[r], c)[:, self.keep_cols])[:, 1]
+        out = np.full((len(members), s.n_products), NEG_INF, dtype=np.float32)
+        out[r, c] = prob.astype(np.float32)
+        return out
+
+    def pick_probabilities(self, members: np.ndarray, products: np.ndarray) -> np.ndarray:
+        """Probability that each (member, product) pair is bought in a label-window-long period."""
+        s = self.state
+        return self.ranker.predict_proba(pair_features(s, members, products)[:, self.keep_cols])[:, 1]
+
+    # -- audiences
+    def _audience_examples(
+        self, s: FeatureState, labels: sp.csr_matrix, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        p = self.params
+        buyers = labels.tocsc()
+        n_buyers = np.diff(buyers.indptr)
+        products = np.where(n_buyers > 0)[0]
+        if len(products) > p.audience_max_products:
+            products = rng.choice(products, p.audience_max_products, replace=False)
+        feats, ys, cold = [], [], []
+        n_members = s.n_members
+        warm = np.diff(s.counts_csc.indptr) > 0
+        for j in products:
+            pos = buyers.indices[buyers.indptr[j] : buyers.indptr[j + 1]]
+            neg = rng.integers(0, n_members, size=p.audience_negatives * len(pos))
+            neg = neg[~np.isin(neg, pos)]
+            idx = np.concatenate([pos, neg])
+            feats.append(audience_features(s, np.array([j]), idx)[:, :, 0].T)
+            ys.append(np.r_[np.ones(len(pos)), np.zeros(len(neg))])
+            cold.append(np.full(len(idx), not warm[j]))
+        self._neg_rate = p.audience_negatives * float(n_buyers[products].sum()) / max(
+            n_members * len(products) - float(n_buyers[products].sum()), 1.0
+        )
+        return np.vstack(feats), np.concatenate(ys), np.concatenate(cold)
+
+    def _fit_audience(self, A: np.ndarray, b: np.ndarray, cold: np.ndarray, rate: float) -> None:
+        """Two logistic models: one for products with sales, one for never-sold products, whose
+        buyers follow other signals (category affinity, activity, trying new products)."""
+        w = np.zeros((2, A.shape[1]), np.float32)
+        bias = np.zeros(2, np.float32)
+        cold_cols = np.array([f in self.params.cold_audience_features for f in AUDIENCE_FEATURES])
+        for k, (rows, cols) in enumerate(((~cold, np.ones(A.shape[1], bool)), (cold, cold_cols))):
+            if rows.sum() < 50 or len(np.unique(b[rows])) < 2:
+                rows = np.ones(len(b), dtype=bool)  # too few cold examples: learn from all products
+            w[k, cols], bias[k] = _logistic(A[rows][:, cols], b[rows], self.params.audience_l2, rate)
+        self.audience_w, self.audience_b = w, bias
+
+    def _score_members(self, products: np.ndarray) -> np.ndarray:
+        warm = np.diff(self.state.counts_csc.indptr)[products] > 0
+        feats = audience_features(self.state, products)  # (F, members, products)
+        w = np.where(warm[:, None], self.audience_w[0][None, :], self.audience_w[1][None, :])  # (products, F)
+        b = np.where(warm, self.audience_b[0], self.audience_b[1])
+        return (np.einsum("fmp,pf->pm", feats, w) + b[:, None]).astype(np.float32)
+
+    def purchase_probability(self, scores: np.ndarray) -> np.ndarray:
+        """Audience scores (logits) -> calibrated purchase probabilities in a label window."""
+        return 1.0 / (1.0 + np.exp(-np.asarray(scores, dtype=np.float64)))
+
+    def _item_vectors(self) -> np.ndarray:
+        return self.state.item_factors
+
+    # -- persistence
+    def _state(self) -> dict[str, Any]:
+        s = self.state
+        out: dict[str, Any] = {
+            "ranker": self.ranker.booster_.model_to_string(),
+            "keep_cols": self.keep_cols, "audience_w": self.audience_w,
+            "audience_b": self.audience_b, "training_summary": self.training_summary,
+        }
+        for f in ("counts", "last_age", "recency14", "member_cat", "member_brand", "knn", "user_factors",
+                  "item_factors", "item_cat", "item_brand", "buyers", "occasions", "recent_pop", "rebuy_rate",
+                  "member_days", "member_last", "member_max", "member_occ", "member_repeat", "member_early"):
+            v = getattr(s, f)
+            if v is not None:
+                out[f"s_{f}"] = v
+        out["s_span"] = s.span
+        return out
+
+    def _set_state(self, st: dict[str, Any]) -> None:
+        import lightgbm as lgb
+
+        booster = lgb.Booster(model_str=st["ranker"])
+        self.ranker = _BoosterClassifier(booster)
+        self.keep_cols = st["keep_cols"]
+        self.audience_w, self.audience_b = st["audience_w"], st["audience_b"]
+        self.training_summary = st.get("training_summary", {})
+        g = {k[2:]: v for k, v in st.items() if k.startswith("s_")}
+        mb = g.get("member_brand")
+        self.state = FeatureState(
+            counts=g["counts"], counts_csc=g["counts"].tocsc(), last_age=g["last_age"],
+            last_age_csc=g["last_age"].tocsc(), recency14=g["recency14"], recency14_csc=g["recency14"].tocsc(),
+            member_cat=g["member_cat"], member_cat_csc=g["member_cat"].tocsc(),
+            member_brand=mb, member_brand_csc=mb.tocsc() if mb is not None else None,
+            knn=g["knn"], user_factors=g["user_factors"], item_factors=g["item_factors"],
+            item_cat=g["item_cat"], item_brand=g.get("item_brand"), span=float(g["span"]),
+            buyers=g["buyers"], occasions=g["occasions"], recent_pop=g["recent_pop"],
+            rebuy_rate=g["rebuy_rate"], member_days=g["member_days"], member_last=g["member_last"],
+            member_max=g["member_max"], member_occ=g["member_occ"], member_repeat=g["member_repeat"],
+            member_early=g["member_early"],
+        )
+
+
+def _logistic(A: np.ndarray, b: np.ndarray, l2: float, rate: float) -> tuple[np.ndarray, float]:
+    """Weights and bias on raw features; the bias undoes the negative sampling (``rate``) so that
+    sigmoid(score) is a probability for the whole population."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, std = A.mean(axis=0), A.std(axis=0) + 1e-6
+    lr = LogisticRegression(C=1.0 / l2, max_iter=1000)
+    lr.fit((A - mean) / std, b)
+    coef = lr.coef_.ravel()
+    bias = float(lr.intercept_[0] - (coef * mean / std).sum() + np.log(rate))
+    return (coef / std).astype(np.float32), bias
+
+
+class _BoosterClassifier:
+    """The one method of LGBMClassifier the model uses, over a loaded Booster."""
+
+    def __init__(self, booster: Any):
+        self.booster_ = booster
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        p = self.booster_.predict(X)
+        return np.column_stack([1 - p, p])

@@ -1,0 +1,85 @@
+"""Training configuration: one TOML file per experiment under ``experiments/configs/``."""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from recsys.errors import InputError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    dataset: str = "tafeng"
+    data_dir: Path = Path("data")
+    cutoff: date = Field(description="train on purchases before this date; features as of it")
+    test_end: date | None = Field(None, description="end (exclusive) of the test window")
+
+    @property
+    def canonical(self) -> Path:
+        return self.data_dir / self.dataset / "canonical"
+
+    @property
+    def features(self) -> Path:
+        return self.data_dir / self.dataset / "features" / self.cutoff.isoformat()
+
+
+class ModelConfig(_Strict):
+    name: str = "hybrid"
+    params: dict[str, Any] = {}
+
+
+class EvaluationConfig(_Strict):
+    ks: list[int] = [10, 20]
+    audience_sizes: list[int] = [100, 1000, 5000]
+    primary_metric: str = "recall@10"
+    next_basket: bool = True
+    min_buyers_known: int = 5
+    min_buyers_new: int = 3
+
+
+class MlflowConfig(_Strict):
+    experiment: str = "recsys"
+    registered_model: str = "recsys-default"
+    register: bool = True
+
+
+class TrainConfig(_Strict):
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+    @classmethod
+    def from_toml(cls, path: Path | str) -> TrainConfig:
+        path = Path(path)
+        if not path.exists():
+            raise InputError(f"config {path} not found; see experiments/configs/ for examples")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise InputError(f"{path}: not valid TOML ({exc})") from None
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(x) for x in first["loc"])
+            raise InputError(f"{path}: {loc}: {first['msg']}") from None
+
+    def model_params(self) -> Any:
+        from recsys.models import get_model
+
+        cls = get_model(self.model.name)
+        try:
+            return cls.Params(**self.model.params)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            loc = ".".join(str(x) for x in first["loc"])
+            raise InputError(f"model.params.{loc}: {first['msg']} (model {self.model.name!r})") from None

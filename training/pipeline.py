@@ -1,0 +1,219 @@
+"""``recsys train``: fit a model on a temporal split, evaluate it in both directions (and on the
+next-basket protocol), log everything to MLflow, register it and gate the champion alias."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+from rich.console import Console
+from rich.table import Table
+
+from recsys.bundle import Bundle, save_bundle
+from recsys.columns import Col
+from recsys.models import get_model
+from recsys.models.base import Recommender, TrainData
+from training.config import TrainConfig
+from training.data import DataPaths, load_split
+from training.evaluate import evaluate_audiences, evaluate_picks
+
+BUNDLE_MEMBER_COLUMNS = (
+    "value_segment", "lifecycle", "price_sensitivity", "age_group", "region",
+    "recency_days", "frequency", "monetary", "last_purchase", "top_categories",
+)
+BUNDLE_PRODUCT_COLUMNS = ("category", "price", "price_band", "brand", "name", "never_sold", "is_new")
+SUMMARY_KEYS = (
+    "recall@10", "ndcg@10", "recall@20", "repeat_recall@10", "new_recall@10", "coverage@10",
+    "audience_known_recall@1000", "audience_known_lift_most_active@1000",
+    "audience_new_recall@1000", "audience_new_lift_most_active@1000",
+    "nbr_recall@10", "nbr_ndcg@10", "nbr_hit_rate@10",
+)
+
+
+@dataclass
+class TrainResult:
+    model: Recommender
+    metrics: dict[str, float]
+    timings: dict[str, float]
+    run_id: str | None = None
+    version: str | None = None
+    alias: str | None = None
+    bundle_dir: Path | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def fit_and_evaluate(cfg: TrainConfig, console: Console | None = None, on_iteration: Any = None) -> TrainResult:
+    """The modelling part of a run, without MLflow: load, fit, evaluate."""
+    console = console or Console(stderr=True)
+    timings: dict[str, float] = {}
+    paths = DataPaths(cfg.data.canonical, cfg.data.features)
+    t0 = time.perf_counter()
+    with console.status("loading the split"):
+        data, split = load_split(paths, cfg.data.cutoff, cfg.data.test_end)
+    timings["load_s"] = time.perf_counter() - t0
+    params = cfg.model_params()
+    model = get_model(cfg.model.name)(params)
+    if on_iteration is not None and hasattr(model, "on_iteration"):
+        model.on_iteration = on_iteration
+    t0 = time.perf_counter()
+    with console.status(f"fitting {cfg.model.name} on {data.n_members:,} members x {data.n_products:,} products"):
+        model.fit(data)
+    timings["fit_s"] = time.perf_counter() - t0
+
+    ev = cfg.evaluation
+    truth, seen = split.truth(), split.seen()
+    t0 = time.perf_counter()
+    with console.status("evaluating picks"):
+        metrics = evaluate_picks(model, truth, seen, ks=tuple(ev.ks))
+    with console.status("evaluating audiences"):
+        reference = get_model("popular")({"by": "occasions"}).fit(data)
+        metrics.update(evaluate_audiences(
+            model, truth, seen, sizes=tuple(ev.audience_sizes), min_buyers_known=ev.min_buyers_known,
+            min_buyers_new=ev.min_buyers_new, reference=reference,
+        ))
+    timings["evaluate_s"] = time.perf_counter() - t0
+    if ev.next_basket:
+        from training.next_basket import evaluate_next_basket, load_next_basket
+
+        t0 = time.perf_counter()
+        with console.status("next-basket protocol"):
+            nbr = load_next_basket(paths.transactions, paths.canonical / "products.parquet")
+            nbr_params = params.model_copy(update={"label_mode": "last_basket"}) if hasattr(params, "label_mode") else params
+            nbr_model = get_model(cfg.model.name)(nbr_params).fit(nbr.train)
+            metrics.update({f"nbr_{k}": v for k, v in evaluate_next_basket(nbr_model, nbr, tuple(ev.ks)).items()})
+        timings["next_basket_s"] = time.perf_counter() - t0
+    report = {"config": cfg.model_dump(mode="json"), "metrics": metrics, "timings": timings,
+              "train": {"members": data.n_members, "products": data.n_products,
+                        "occasions": int(len(data.interactions.member))}}
+    return TrainResult(model, metrics, timings, report=report)
+
+
+def build_bundle(cfg: TrainConfig, result: TrainResult, data_members: Any, data_products: Any, out: Path,
+                 run_id: str | None) -> Path:
+    """The serving bundle: the model + member tags and product metadata in index order."""
+    con = duckdb.connect()
+    mem = _aligned(con, cfg.data.features / "members.parquet", Col.MEMBER, data_members, BUNDLE_MEMBER_COLUMNS)
+    prod = _aligned(con, cfg.data.features / "products.parquet", Col.PRODUCT, data_products, BUNDLE_PRODUCT_COLUMNS)
+    prod = prod.append_column("active", pa.array(np.ones(prod.num_rows, dtype=bool)))
+    meta = {
+        "run_id": run_id, "as_of": cfg.data.cutoff.isoformat(), "trained_on": cfg.data.cutoff.isoformat(),
+        "dataset": cfg.data.dataset, "config": cfg.model_dump(mode="json"),
+        "metrics": {k: result.metrics.get(k) for k in SUMMARY_KEYS if k in result.metrics},
+        "features_manifest": json.loads((cfg.data.features / "manifest.json").read_text()),
+    }
+    return save_bundle(out, Bundle(result.model, data_members, data_products, mem, prod, meta))
+
+
+def _aligned(con: duckdb.DuckDBPyConnection, table: Path, key: str, ids: Any, wanted: tuple[str, ...]) -> pa.Table:
+    cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{table}')").fetchall()}
+    sel = [c for c in wanted if c in cols]
+    con.register("ids", pa.table({key: pa.array(ids.external_ids.tolist(), pa.string()),
+                                  "_pos": pa.array(np.arange(len(ids)))}))
+    q = "".join(f", t.{c}" for c in sel)
+    return con.execute(
+        f"SELECT ids.{key}{q} FROM ids LEFT JOIN read_parquet('{table}') t USING ({key}) ORDER BY ids._pos"
+    ).to_arrow_table()
+
+
+def run_training(cfg: TrainConfig, config_path: Path | None = None, tracking_uri: str | None = None,
+                 console: Console | None = None) -> TrainResult:
+    """Fit, evaluate, log to MLflow, register and gate the champion alias."""
+    from training.tracking import Tracker, gate_champion, log_bundle_model
+
+    console = console or Console(stderr=True)
+    t_all = time.perf_counter()
+    with Tracker(cfg.mlflow.experiment, run_name=cfg.model.name, tracking_uri=tracking_uri) as tracker:
+        tracker.log_params({"config": cfg.model_dump(mode="json"), "model_params": cfg.model_params().model_dump(mode="json")})
+        if config_path is not None:
+            tracker.log_file(config_path)
+        tracker.log_file(cfg.data.features / "manifest.json", artifact_path="features")
+
+        def on_iteration(it: int, seconds: float, loss: float) -> None:
+            tracker.log_iteration("train_loss", it, loss)
+            tracker.log_iteration("train_seconds", it, seconds)
+
+        result = fit_and_evaluate(cfg, console, on_iteration)
+        result.run_id = tracker.run_id
+        tracker.log_metrics(result.metrics)
+        tracker.log_metrics(result.timings)
+        summary = getattr(result.model, "training_summary", None)
+        if summary:
+            tracker.log_dict(summary, "training_summary.json")
+        tracker.log_dict(result.report, "evaluation/report.json")
+        for name, fig in _plots(result.metrics, cfg).items():
+            tracker.log_figure(fig, f"evaluation/{name}.png")
+        with tempfile.TemporaryDirectory() as tmp:
+            data_members = _train_ids(cfg, "members")
+            data_products = _train_ids(cfg, "products")
+            bundle_dir = build_bundle(cfg, result, data_members, data_products, Path(tmp) / "bundle", tracker.run_id)
+            if cfg.mlflow.register:
+                with console.status("registering the model"):
+                    mv = log_bundle_model(tracker, bundle_dir, cfg.mlflow.registered_model)
+                result.version = str(mv.version)
+                primary = result.metrics.get(cfg.evaluation.primary_metric, float("nan"))
+                result.alias = gate_champion(
+                    cfg.mlflow.registered_model, mv.version, cfg.evaluation.primary_metric, primary,
+                    tracking_uri=tracking_uri,
+                )
+    result.timings["total_s"] = time.perf_counter() - t_all
+    return result
+
+
+def _train_ids(cfg: TrainConfig, which: str) -> Any:
+    from recsys.interactions import load_interactions
+    from training.data import catalogue
+
+    paths = DataPaths(cfg.data.canonical, cfg.data.features)
+    if which == "products":
+        return catalogue(paths)
+    return load_interactions(paths.transactions, cfg.data.cutoff, products=catalogue(paths)).members
+
+
+def _plots(metrics: dict[str, float], cfg: TrainConfig) -> dict[str, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs: dict[str, Any] = {}
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for group, label in (("", "all"), ("repeat_", "repeat"), ("new_", "new to member")):
+        ks = [k for k in cfg.evaluation.ks if f"{group}recall@{k}" in metrics]
+        ax.plot(ks, [metrics[f"{group}recall@{k}"] for k in ks], marker="o", label=label)
+    ax.set_xlabel("k")
+    ax.set_ylabel("recall@k")
+    ax.set_title("person -> product")
+    ax.legend()
+    figs["picks_recall_vs_k"] = fig
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for group in ("known", "new"):
+        sizes = [n for n in cfg.evaluation.audience_sizes if f"audience_{group}_recall@{n}" in metrics]
+        ax.plot(sizes, [metrics[f"audience_{group}_recall@{n}"] for n in sizes], marker="o", label=f"{group} products")
+    ax.set_xscale("log")
+    ax.set_xlabel("audience size N")
+    ax.set_ylabel("recall@N")
+    ax.set_title("product -> person")
+    ax.legend()
+    figs["audience_recall_vs_size"] = fig
+    return figs
+
+
+def summary_table(result: TrainResult, title: str = "training run") -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k in SUMMARY_KEYS:
+        if k in result.metrics:
+            table.add_row(k, f"{result.metrics[k]:.4f}")
+    for k, v in result.timings.items():
+        table.add_row(k, f"{v:.1f}")
+    if result.version:
+        table.add_row("registered version", f"{result.version} ({result.alias})")
+    return table
