@@ -19,12 +19,18 @@ $(BIN)/recsys: pyproject.toml
 install: $(BIN)/recsys
 
 CONFIG ?= experiments/configs/default.toml
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
 
 demo: install
 	$(BIN)/recsys data fetch tafeng --data-dir $(DATA)
 	$(BIN)/recsys data ingest tafeng --data-dir $(DATA)
 	$(BIN)/recsys features build --data-dir $(DATA) --dataset tafeng --as-of $(AS_OF)
 	$(BIN)/recsys train --config $(CONFIG)
+	$(BIN)/python -m serving.keys demo $(DATA)/demo-keys.toml
+	@echo "serving on http://$(HOST):$(PORT)  (API docs http://$(HOST):$(PORT)/docs, health /health/ready, metrics /metrics)"
+	$(BIN)/recsys serve --registered-model recsys-tafeng --api-keys-file $(DATA)/demo-keys.toml \
+		--events-dir $(DATA)/events --audit-log $(DATA)/audit.jsonl --host $(HOST) --port $(PORT)
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -182,3 +182,7 @@ def serve(
 
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -143,8 +143,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# secret (give it to the client; it is not stored): {secret}")
         print(f'[[keys]]\nid = "{args[1]}"\nrole = "{args[2]}"\nsha256 = "{hash_key(secret)}"')
         return 0
-    print("usage: python -m serving.keys hash <secret> | new <id> <app|merchandiser|admin>", file=sys.stderr)
+    if len(args) == 2 and args[0] == "demo":
+        return _demo_keys(Path(args[1]))
+    print(
+        "usage: python -m serving.keys hash <secret> | new <id> <app|merchandiser|admin> | demo <keys.toml>",
+        file=sys.stderr,
+    )
     return 2
+
+
+def _demo_keys(path: Path) -> int:
+    """One key per role for a local demo: the keys file holds digests only; the secrets go to a
+    sibling ``.secrets`` file readable by the owner alone. An existing pair is kept."""
+    secrets_path = path.with_suffix(".secrets")
+    if not (path.exists() and secrets_path.exists()):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entries, lines = [], []
+        for role in ("app", "merchandiser", "admin"):
+            secret = secrets.token_urlsafe(24)
+            entries.append(f'[[keys]]\nid = "demo-{role}"\nrole = "{role}"\nsha256 = "{hash_key(secret)}"\n')
+            lines.append(f"{role:13s} {secret}")
+        path.write_text("\n".join(entries))
+        secrets_path.write_text("\n".join(lines) + "\n")
+        secrets_path.chmod(0o600)
+    print(f"demo API keys (X-API-Key header), from {secrets_path}:")
+    print(secrets_path.read_text(), end="")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover - console entry

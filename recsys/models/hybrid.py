@@ -270,15 +270,24 @@ def audience_features(s: FeatureState, products: np.ndarray, members: np.ndarray
     brand_idx = s.item_brand[products] if s.item_brand is not None else np.full(len(products), -1)
     brand = cols(s.member_brand_csc, brand_idx)[m]
     occ = s.member_occ[m][:, None]
-    ones = np.ones((1, len(products)), np.float32)
     log_occ = np.log1p(occ)
-    return np.stack([
-        np.log1p(cnt), np.log1p(ucat), ucat / np.maximum(occ, 1.0), log_occ * ones,
-        np.log1p(s.member_days[m])[:, None] * ones,
-        np.log1p(np.minimum(s.member_last[m], 1e4))[:, None] * ones, cf, np.log1p(knn),
-        s.member_repeat[m][:, None] * ones, np.log1p(brand), np.log1p(cnt) * rec, np.log1p(ucat) * log_occ,
-        np.log1p(s.member_early[m])[:, None] * ones, (s.member_early[m][:, None] / np.maximum(occ, 1.0)) * ones,
-    ]).astype(np.float32)
+    early = s.member_early[m][:, None]
+    out = np.empty((len(AUDIENCE_FEATURES), cnt.shape[0], len(products)), dtype=np.float32)
+    out[0] = np.log1p(cnt)
+    out[1] = np.log1p(ucat)
+    out[2] = ucat / np.maximum(occ, 1.0)
+    out[3] = log_occ
+    out[4] = np.log1p(s.member_days[m])[:, None]
+    out[5] = np.log1p(np.minimum(s.member_last[m], 1e4))[:, None]
+    out[6] = cf
+    out[7] = np.log1p(knn)
+    out[8] = s.member_repeat[m][:, None]
+    out[9] = np.log1p(brand)
+    out[10] = out[0] * rec
+    out[11] = out[1] * log_occ
+    out[12] = np.log1p(early)
+    out[13] = early / np.maximum(occ, 1.0)
+    return out
 
 
 # ----------------------------------------------------------------------------- label windows
@@ -457,9 +466,11 @@ class Hybrid(Recommender):
     def _score_members(self, products: np.ndarray) -> np.ndarray:
         warm = np.diff(self.state.counts_csc.indptr)[products] > 0
         feats = audience_features(self.state, products)  # (F, members, products)
-        w = np.where(warm[:, None], self.audience_w[0][None, :], self.audience_w[1][None, :])  # (products, F)
-        b = np.where(warm, self.audience_b[0], self.audience_b[1])
-        return (np.einsum("fmp,pf->pm", feats, w) + b[:, None]).astype(np.float32)
+        f, n_m, n_p = feats.shape
+        # both models at once as one BLAS product, then each product takes its own
+        logits = (self.audience_w @ feats.reshape(f, n_m * n_p)).reshape(2, n_m, n_p)
+        logits += np.asarray(self.audience_b, np.float32)[:, None, None]
+        return np.where(warm[None, :], logits[0], logits[1]).T.astype(np.float32)
 
     def purchase_probability(self, scores: np.ndarray) -> np.ndarray:
         """Audience scores (logits) -> calibrated purchase probabilities in a label window."""
