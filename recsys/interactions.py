@@ -148,8 +148,8 @@ def load_interactions(
         [as_of.isoformat(), str(transactions), *params],
     ).fetchnumpy()
     m_ext, p_ext = rel["m"], rel["p"]
-    members = members or IdMap.from_values(m_ext)
-    products = products or IdMap.from_values(p_ext)
+    members = members if members is not None else IdMap.from_values(m_ext)
+    products = products if products is not None else IdMap.from_values(p_ext)
     mi = members.to_index(m_ext, missing="ignore")
     pi = products.to_index(p_ext, missing="ignore")
     keep = (mi >= 0) & (pi >= 0)

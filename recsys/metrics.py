@@ -37,7 +37,7 @@ def hit_matrix(topk: np.ndarray, truth: sp.spmatrix) -> np.ndarray:
     >>> hit_matrix(np.array([[1, 0], [2, -1]]), truth).tolist()
     [[True, False], [False, False]]
     """
-    truth = sp.csr_matrix(truth)
+    truth = _relevant(truth)
     n, k = topk.shape
     if truth.shape[0] != n:
         raise ValueError(f"topk has {n} rows but truth has {truth.shape[0]}")
@@ -51,8 +51,15 @@ def hit_matrix(topk: np.ndarray, truth: sp.spmatrix) -> np.ndarray:
     return hits & (topk >= 0)
 
 
+def _relevant(truth: sp.spmatrix) -> sp.csr_matrix:
+    """The non-zeros of ``truth`` (a stored zero is not relevant)."""
+    t = sp.csr_matrix(truth, copy=True)
+    t.eliminate_zeros()
+    return t
+
+
 def truth_sizes(truth: sp.spmatrix) -> np.ndarray:
-    return np.diff(sp.csr_matrix(truth).indptr)
+    return np.diff(_relevant(truth).indptr)
 
 
 def recall_at_k(

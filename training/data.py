@@ -3,6 +3,7 @@ features snapshot computed as of the same date."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -73,6 +74,12 @@ def catalogue(paths: DataPaths) -> IdMap:
 def load_split(paths: DataPaths, cutoff: date, end: date | None = None) -> tuple[TrainData, Split]:
     """Train data before ``cutoff`` and the test truth in ``[cutoff, end)``."""
     paths.check()
+    as_of = json.loads((paths.features / "manifest.json").read_text()).get("as_of")
+    if as_of != cutoff.isoformat():
+        raise InputError(
+            f"the features snapshot in {paths.features} is as of {as_of}, not the cutoff {cutoff}; "
+            f"build it with `recsys features build --as-of {cutoff}` (tags must not see the test window)"
+        )
     products = catalogue(paths)
     train = load_interactions(paths.transactions, cutoff, products=products)
     test_end = end or date(9999, 1, 1)

@@ -97,22 +97,42 @@ class ModelParams(BaseModel):
 MODELS: dict[str, type[Recommender]] = {}
 
 
-def topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k per row of a dense score matrix, best first; ``-inf`` entries come out as -1."""
+def topk_rows(
+    scores: np.ndarray, k: int, tiebreak: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k per row of a dense score matrix, best first; ``-inf`` entries come out as -1.
+
+    Ties are broken by ``tiebreak`` (higher first, e.g. member activity) and then by the lower
+    index, also at the cut: top-1 is always the head of top-2.
+
+    Examples
+    --------
+    >>> topk_rows(np.array([[0., 0., 1., 1.]], np.float32), 2)[0].tolist()
+    [[2, 3]]
+    >>> topk_rows(np.array([[0., 0., 1., 1.]], np.float32), 1)[0].tolist()
+    [[2]]
+    """
     n, m = scores.shape
     k_eff = min(k, m)
-    if k_eff == 0:
-        return np.full((n, k), -1, dtype=np.int64), np.full((n, k), NEG_INF, dtype=np.float32)
-    part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff] if k_eff < m else np.tile(np.arange(m), (n, 1))
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    # stable tie-break on the index so rankings are reproducible
-    order = np.lexsort((part, -part_scores), axis=1)
-    idx = np.take_along_axis(part, order, axis=1).astype(np.int64)
-    sc = np.take_along_axis(part_scores, order, axis=1).astype(np.float32)
+    idx = np.full((n, k), -1, dtype=np.int64)
+    sc = np.full((n, k), NEG_INF, dtype=np.float32)
+    if k_eff == 0 or n == 0:
+        return idx, sc
+    if k_eff < m:
+        kth = -np.partition(-scores, k_eff - 1, axis=1)[:, k_eff - 1]
+        rows, cols = np.nonzero(scores >= kth[:, None])  # every entry that can make the cut
+    else:
+        rows, cols = np.divmod(np.arange(n * m, dtype=np.int64), m)
+    vals = scores[rows, cols]
+    keys = [cols, -tiebreak[cols]] if tiebreak is not None else [cols]
+    order = np.lexsort((*keys, -vals, rows))
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    starts = np.searchsorted(rows, np.arange(n))
+    rank = np.arange(len(rows)) - starts[rows]
+    keep = rank < k_eff
+    idx[rows[keep], rank[keep]] = cols[keep]
+    sc[rows[keep], rank[keep]] = vals[keep]
     idx[~np.isfinite(sc)] = -1
-    if k_eff < k:
-        idx = np.pad(idx, ((0, 0), (0, k - k_eff)), constant_values=-1)
-        sc = np.pad(sc, ((0, 0), (0, k - k_eff)), constant_values=NEG_INF)
     return idx, sc
 
 
@@ -227,7 +247,7 @@ class Recommender(ABC):
             scores = np.array(self._score_members(products[sl]), dtype=np.float32, copy=True)
             if member_mask is not None:
                 scores[:, ~member_mask] = NEG_INF
-            out_i[sl], out_s[sl] = topk_rows(scores, n)
+            out_i[sl], out_s[sl] = topk_rows(scores, n, tiebreak=getattr(self, "activity", None))
         return out_i, out_s
 
     def similar_items(self, products: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:

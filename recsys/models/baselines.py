@@ -1,7 +1,7 @@
 """Baselines every default model must beat. Each is small; the shared mechanics are in the base.
 
-For audiences, "activity" (a member's number of shopping days) is the universal tie-breaker and
-the whole score of the most-active-members baseline.
+For audiences, ``activity`` (a member's purchase occasions) is the whole score of the
+most-active-members baseline and, through the base's top-k, every audience's tie-breaker.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ class SegmentPopularity(Recommender):
 
     def _score_members(self, products: np.ndarray) -> np.ndarray:
         share = self.seg_pop[:, products].T  # products x segments
-        return _scaled(share[:, self.member_seg]) + EPS * self.activity
+        top = share.max(axis=1, keepdims=True)  # each product scaled on its own
+        return np.divide(share, top, out=np.zeros_like(share), where=top > 0)[:, self.member_seg]
 
     def _state(self) -> dict[str, Any]:
         return {"seg_pop": self.seg_pop, "member_seg": self.member_seg, "activity": self.activity}
@@ -145,7 +146,7 @@ class TopFrequency(Recommender):
         return s
 
     def _score_members(self, products: np.ndarray) -> np.ndarray:
-        return _dense_cols(self.freq_csc, products) + EPS * self.activity[None, :]
+        return _dense_cols(self.freq_csc, products)
 
     def _state(self) -> dict[str, Any]:
         return {"freq": self.freq, "item_pop": self.item_pop, "activity": self.activity}
@@ -180,7 +181,7 @@ class SimpleBlend(Recommender):
         return _dense_rows(self.rel, members) + self.params.popularity_weight * self.item_pop
 
     def _score_members(self, products: np.ndarray) -> np.ndarray:
-        return _dense_cols(self.rel_csc, products) + EPS * self.activity[None, :]
+        return _dense_cols(self.rel_csc, products)
 
     def _state(self) -> dict[str, Any]:
         return {"rel": self.rel, "item_pop": self.item_pop, "activity": self.activity}
@@ -218,7 +219,7 @@ class CategoryBuyers(Recommender):
         return per_cat[:, self.item_cat] * (1.0 + self.item_pop[None, :]) + EPS * self.item_pop
 
     def _score_members(self, products: np.ndarray) -> np.ndarray:
-        return _dense_cols(self.member_cat_csc, self.item_cat[products]) + EPS * self.activity[None, :]
+        return _dense_cols(self.member_cat_csc, self.item_cat[products])
 
     def _state(self) -> dict[str, Any]:
         return {"member_cat": self.member_cat, "item_cat": self.item_cat,

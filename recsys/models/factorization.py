@@ -17,7 +17,6 @@ from threadpoolctl import threadpool_limits
 from recsys.interactions import Weighting
 from recsys.models.base import ModelParams, Recommender, Tag, TrainData
 
-EPS = np.float32(1e-6)
 
 
 def attribute_vectors(
@@ -207,7 +206,7 @@ class ItemKNN(Recommender):
     def _score_members(self, products: np.ndarray) -> np.ndarray:
         cols = self.similarity[:, products]  # products are columns of the similarity
         s = np.asarray((self.user_items @ cols).T.todense(), dtype=np.float32)
-        return s + EPS * self.activity[None, :]
+        return s
 
     def _state(self) -> dict[str, Any]:
         return {"similarity": self.similarity, "user_items": self.user_items, "activity": self.activity}

@@ -42,6 +42,7 @@ AUDIENCE_FEATURES = (
     "log_count", "log_category_count", "category_share", "log_member_occ", "log_member_days",
     "log_member_last_age", "cf", "log_knn", "member_repeat_share", "log_brand_count",
     "log_count_x_recency", "log_category_x_occ", "log_early_adoptions", "early_adoption_share",
+    "band_share", "log_category_recent",
 )
 
 
@@ -79,7 +80,7 @@ class HybridParams(ModelParams):
     # a never-sold product has no purchase history to learn from, and a model with many free
     # weights over-fits the one window it learns from: keep it to the signals that transfer
     cold_audience_features: list[str] = [
-        "log_category_count", "log_member_occ", "cf", "log_brand_count", "log_early_adoptions",
+        "log_category_count", "log_member_occ", "cf", "log_brand_count", "log_early_adoptions", "band_share",
     ]
     seed: int = 0
     num_threads: int = 0
@@ -98,6 +99,9 @@ class FeatureState:
     recency14_csc: sp.csc_matrix
     member_cat: sp.csr_matrix
     member_cat_csc: sp.csc_matrix
+    member_cat_recent: sp.csc_matrix  # recency-weighted (14-day half-life) category affinity
+    member_band: np.ndarray  # members x price bands (+1 unknown), purchase occasions
+    item_band: np.ndarray
     member_brand: sp.csr_matrix | None
     member_brand_csc: sp.csc_matrix | None
     knn: sp.csr_matrix  # product x product similarity
@@ -183,6 +187,8 @@ def build_state(
     distinct = np.diff(counts.indptr).astype(np.float32)
     member_cat = _group_matrix(counts, item_cat)
     member_cat.sort_indices()
+    band = product_tags.get("price_band")
+    item_band = band.codes if band is not None else np.full(x.shape[1], -1, np.int32)
     member_brand = None
     if item_brand is not None and (item_brand >= 0).any():
         member_brand = _group_matrix(counts, item_brand)
@@ -192,6 +198,9 @@ def build_state(
         counts=counts, counts_csc=counts.tocsc(), last_age=last_age, last_age_csc=last_age.tocsc(),
         recency14=recency14, recency14_csc=recency14.tocsc(),
         member_cat=member_cat, member_cat_csc=member_cat.tocsc(),
+        member_cat_recent=_group_matrix(recency14, item_cat).tocsc(),
+        member_band=np.asarray(_group_matrix(counts, item_band).todense(), dtype=np.float32),
+        item_band=item_band,
         member_brand=member_brand, member_brand_csc=member_brand.tocsc() if member_brand is not None else None,
         knn=sp.csr_matrix(knn.similarity, dtype=np.float32),
         user_factors=np.asarray(als.user_factors, np.float32), item_factors=item_factors,
@@ -287,6 +296,9 @@ def audience_features(s: FeatureState, products: np.ndarray, members: np.ndarray
     out[11] = out[1] * log_occ
     out[12] = np.log1p(early)
     out[13] = early / np.maximum(occ, 1.0)
+    bands = s.item_band[products]
+    out[14] = np.where(bands[None, :] >= 0, s.member_band[m][:, np.maximum(bands, 0)], 0.0) / np.maximum(occ, 1.0)
+    out[15] = np.log1p(cols(s.member_cat_recent, s.item_cat[products])[m])
     return out
 
 
@@ -489,7 +501,8 @@ class Hybrid(Recommender):
         }
         for f in ("counts", "last_age", "recency14", "member_cat", "member_brand", "knn", "user_factors",
                   "item_factors", "item_cat", "item_brand", "buyers", "occasions", "recent_pop", "rebuy_rate",
-                  "member_days", "member_last", "member_max", "member_occ", "member_repeat", "member_early"):
+                  "member_days", "member_last", "member_max", "member_occ", "member_repeat", "member_early",
+                  "member_cat_recent", "member_band", "item_band"):
             v = getattr(s, f)
             if v is not None:
                 out[f"s_{f}"] = v
@@ -516,7 +529,8 @@ class Hybrid(Recommender):
             buyers=g["buyers"], occasions=g["occasions"], recent_pop=g["recent_pop"],
             rebuy_rate=g["rebuy_rate"], member_days=g["member_days"], member_last=g["member_last"],
             member_max=g["member_max"], member_occ=g["member_occ"], member_repeat=g["member_repeat"],
-            member_early=g["member_early"],
+            member_early=g["member_early"], member_cat_recent=g["member_cat_recent"].tocsc(),
+            member_band=g["member_band"], item_band=g["item_band"],
         )
 
 

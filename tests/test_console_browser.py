@@ -1,0 +1,286 @@
+"""The web console at /console in a real browser: Debian's Chromium driven by Playwright, against a
+real uvicorn server over the ``dated`` test bundle (see tests/conftest.py; it has purchase
+probabilities and purchase dates, so expected buyers, lift and last purchase all show).
+
+Every number the page shows is checked against the API's own answer to the same request.
+Screenshots go to test-artifacts/console/*.png (gitignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from conftest import KEYS, auth
+
+from serving.app import create_app
+from serving.keys import hash_key
+from serving.settings import ApiKeySpec, ServingSettings
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium (run `make browser`)"
+)
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "console"
+LAUNCH_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+TIMEOUT_MS = 10_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, serving_bundles: dict[str, Path]) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("console-server")
+    settings = ServingSettings(
+        bundle=serving_bundles["dated"],
+        api_keys=[ApiKeySpec(id=f"{r}-key", role=r, sha256=hash_key(s)) for r, s in KEYS.items()],  # type: ignore[arg-type]
+        events_dir=root / "events",
+        audit_log=root / "audit.jsonl",
+        events_poll_seconds=0,
+        load_in_background=False,
+    )
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline and thread.is_alive(), "the server never became ready"
+        time.sleep(0.05)
+    yield base
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any, server: str) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1366, "height": 900}, accept_downloads=True, base_url=server)
+    context.set_default_timeout(TIMEOUT_MS)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    # self-contained: the page must never reach beyond the server it came from
+    outside: list[str] = []
+    pg.on("request", lambda req: None if req.url.startswith((server, "blob:", "data:")) else outside.append(req.url))
+    yield pg
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+    assert not outside, f"the page fetched from outside the server: {outside}"
+
+
+def shot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def sign_in(page: Any, role: str) -> None:
+    page.goto("/console/")
+    page.fill("#api-key", KEYS[role])
+    page.click("#signin-form button[type=submit]")
+    page.wait_for_selector("[data-testid=role]")
+
+
+def api(server: str, method: str, path: str, role: str = "merchandiser", **kw: Any) -> Any:
+    r = httpx.request(method, f"{server}{path}", headers=auth(role), timeout=10, **kw)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def nav_pages(page: Any) -> list[str]:
+    return page.eval_on_selector_all("#nav a", "els => els.map(e => e.dataset.page)")
+
+
+def bars(page: Any, selector: str) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in page.eval_on_selector_all(
+            f"{selector} g.bar", "els => els.map(e => [e.dataset.key, e.dataset.value])"
+        )
+    }
+
+
+def kpi(page: Any, testid: str) -> float | None:
+    value = page.get_attribute(f"[data-testid={testid}]", "data-value")
+    return float(value) if value else None
+
+
+def check_result_matches(page: Any, body: dict[str, Any]) -> None:
+    """The numbers on the page are the API's numbers for the same request."""
+    p = body["profile"]
+    assert kpi(page, "kpi-size") == p["size"]
+    assert kpi(page, "kpi-expected") == pytest.approx(p["expected_buyers"], rel=1e-12)
+    assert kpi(page, "kpi-lift-random") == pytest.approx(p["lift_vs_random"], rel=1e-12)
+    assert kpi(page, "kpi-lift-active") == pytest.approx(p["lift_vs_most_active"], rel=1e-12)
+    assert bars(page, "[data-testid=compare-chart]") == pytest.approx({
+        "audience": p["expected_buyers"], "random": p["random"]["expected_buyers"],
+        "most_active": p["most_active"]["expected_buyers"],
+    }, rel=1e-12)
+    for tag, counts in p["counts"].items():
+        assert bars(page, f"[data-testid=profile-{tag}]") == {k: float(v) for k, v in counts.items()}, tag
+    shown = page.eval_on_selector_all("[data-testid=audience-members] tbody tr td:nth-child(2)",
+                                      "els => els.map(e => e.textContent)")
+    assert shown == [m["member_id"] for m in body["members"]][:15]
+
+
+def test_merchandiser_builds_an_audience_downloads_it_and_sees_the_export(page: Any, server: str) -> None:
+    sign_in(page, "merchandiser")
+    assert nav_pages(page) == ["audience", "exports", "member", "model"]
+    assert "商品运营" in page.inner_text("[data-testid=role]")
+
+    # find the product by name, choose it, size 3, lifecycle active or lost
+    page.fill("#product-q", "牛")
+    page.click("#product-search")
+    page.click("button[data-product-id=p0]")
+    assert "p0" in page.inner_text("#selected-product")
+    page.fill("#size", "3")
+    page.check("input[name=filter-lifecycle][value=active]")
+    page.check("input[name=filter-lifecycle][value=lost]")
+    labels = page.inner_text("fieldset[data-tag=lifecycle]")
+    assert "活跃 active" in labels and "流失 lost" in labels and "生命周期 Lifecycle" in labels
+    page.click("#build")
+    page.wait_for_selector("[data-testid=kpi-expected]")
+
+    request = {"product_id": "p0", "size": 3, "filters": {"lifecycle": ["active", "lost"]}}
+    body = api(server, "POST", "/v1/audiences", json=request).json()
+    assert [m["member_id"] for m in body["members"]] == ["m0", "m4", "m5"]
+    check_result_matches(page, body)
+    assert page.inner_text("[data-testid=kpi-lift-random] .kpi-value") == f"{body['profile']['lift_vs_random']:.2f}×"
+    shot(page, "audience-product")
+
+    # the CSV download: the same members as the API's answer, in order
+    with page.expect_download() as info:
+        page.click("#download")
+    download = info.value
+    assert download.suggested_filename == "audience-p0.csv"
+    rows = list(csv.reader(io.StringIO(Path(download.path()).read_text(encoding="utf-8"))))
+    assert rows[0] == ["member_id", "score", "rank"]
+    assert [r[0] for r in rows[1:]] == ["m0", "m4", "m5"] and [r[2] for r in rows[1:]] == ["1", "2", "3"]
+    page.wait_for_selector(".banner.ok")
+
+    # the export is in the audit trail, shown on the exports page
+    page.click("#nav a[data-page=exports]")
+    page.wait_for_selector("[data-testid=exports-table] tbody tr")
+    first = page.inner_text("[data-testid=exports-table] tbody tr:first-child")
+    assert "merchandiser-key" in first and "p0" in first and "活跃 active" in first
+    assert len(api(server, "GET", "/v1/audiences/exports").json()["exports"]) >= 1
+    shot(page, "exports")
+
+
+def test_merchandiser_builds_an_audience_for_a_new_product(page: Any, server: str) -> None:
+    sign_in(page, "merchandiser")
+    page.click("#target-new")
+    page.select_option("#new-category", "dairy")
+    page.fill("#new-price", "11")
+    page.fill("#new-brand", "光明")
+    page.fill("#size", "4")
+    page.click("#build")
+    page.wait_for_selector("[data-testid=kpi-expected]")
+    request = {"attributes": {"category": "dairy", "price": 11, "brand": "光明"}, "size": 4, "filters": {}}
+    body = api(server, "POST", "/v1/audiences", json=request).json()
+    check_result_matches(page, body)
+    desc = page.inner_text("[data-testid=target-desc]")
+    assert "新品" in desc and "dairy" in desc and ", ".join(body["reference_products"]) in desc
+    shot(page, "audience-new-product")
+
+
+def test_member_view_shows_tags_and_picks_with_reasons(page: Any, server: str) -> None:
+    sign_in(page, "merchandiser")
+    page.click("#nav a[data-page=member]")
+    page.fill("#member-id", "m0")
+    page.click("#member-go")
+    page.wait_for_selector("[data-testid=picks][data-mode=discover]")
+    profile = api(server, "GET", "/v1/members/m0/profile").json()
+    for tag, value in profile["tags"].items():
+        assert page.get_attribute(f"[data-testid=tag-{tag}]", "data-value") == value
+    assert "活跃 active" in page.inner_text("[data-testid=tag-lifecycle]")
+    last = profile["last_purchase"]
+    assert last is not None and last["product_id"] == "p0"
+    assert f"{last['name']}（p0）" in page.inner_text("[data-testid=last-purchase]")
+    assert bars(page, "[data-testid=top-categories]") == {"dairy": 4.0}
+
+    for mode in ("discover", "replenish"):
+        if mode == "replenish":
+            page.click("#mode-replenish")
+            page.wait_for_selector("[data-testid=picks][data-mode=replenish]")
+        picks = api(server, "GET", "/v1/members/m0/picks", params={"mode": mode, "k": 10}).json()["picks"]
+        items = page.query_selector_all("[data-testid=picks] li")
+        assert [i.get_attribute("data-product-id") for i in items] == [p["product_id"] for p in picks]
+        for item, pick in zip(items, picks, strict=True):
+            assert item.query_selector(".reason-zh").inner_text() == pick["reason"]
+            assert item.get_attribute("data-reason-code") == pick["reason_code"]
+        shot(page, f"member-{mode}")
+    assert picks[0]["reason"] == "您经常购买「鲜牛奶」（3次）"  # replenish: the member's regulars first
+
+
+def test_app_key_gets_no_audience_builder_and_export_is_refused(page: Any, server: str) -> None:
+    sign_in(page, "app")
+    assert nav_pages(page) == ["member", "model"]
+    assert page.query_selector("#build") is None
+
+    # the model page: what GET /v1/model says
+    page.click("#nav a[data-page=model]")
+    page.wait_for_selector("[data-testid=model-info]")
+    model = api(server, "GET", "/v1/model", role="app").json()
+    assert page.inner_text("[data-field=model_version]") == model["model_version"]
+    assert page.inner_text("[data-field=trained_on]") == model["trained_on"]
+    assert page.inner_text("[data-metric='recall@10'] td.num") == "0.25"
+    shot(page, "model")
+
+    # typing the builder's address: the page says the role may not use it
+    page.goto("/console/#audience")
+    page.wait_for_selector("[data-testid=not-allowed]")
+    assert page.query_selector("#build") is None
+    # and the server refuses the export the page would send; the page shows the 403
+    status = page.evaluate(
+        """async () => {
+            const api = await import('/console/js/api.js');
+            try { await api.exportAudience({product_id: 'p0', size: 3}); return 200; }
+            catch (e) { return e.status; }
+        }"""
+    )
+    assert status == 403
+    banner = page.inner_text("#banner")
+    assert "403" in banner and "may not use audiences" in banner and "无权限" in banner
+    shot(page, "app-export-refused")
+
+
+def test_a_wrong_key_is_refused_at_sign_in(page: Any) -> None:
+    page.goto("/console")
+    page.fill("#api-key", "not-a-key")
+    page.click("#signin-form button[type=submit]")
+    page.wait_for_selector("#signin-error:not([hidden])")
+    assert "Invalid API key" in page.inner_text("#signin-error")
+    assert page.evaluate("sessionStorage.getItem('recsys.apiKey')") is None
+    shot(page, "sign-in-refused")

@@ -1,0 +1,216 @@
+"""Interaction matrices under every weighting, the occasion reductions, the Parquet loader and IdMap.
+
+Expected values are worked out by hand in the comments.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from recsys.idmap import IdMap
+from recsys.interactions import WEIGHTINGS, Interactions, load_interactions
+
+# (member, product, age_days), deliberately not sorted by age
+OCC = [
+    (0, 0, 30), (0, 0, 1), (0, 1, 30),
+    (1, 1, 60), (1, 2, 45), (1, 2, 15), (1, 2, 90),
+    (2, 0, 5),
+    (3, 2, 7),
+]  # member 4 never buys
+QTY = [2, 1, 1, 3, 1, 1, 2, 1, 1]
+AMT = [5.0, 2.5, 1.0, 9.0, 4.0, 4.0, 8.0, 3.0, 2.0]
+# count (purchase occasions) per member x product
+COUNT = [[2, 1, 0], [0, 1, 3], [1, 0, 0], [0, 0, 1], [0, 0, 0]]
+
+
+@pytest.fixture
+def x() -> Interactions:
+    m, p, a = (np.array(c, dtype=np.int32) for c in zip(*OCC, strict=True))
+    return Interactions(
+        IdMap([f"m{i}" for i in range(5)]), IdMap(["p0", "p1", "p2"]), m, p, a,
+        np.array(QTY, np.float32), np.array(AMT, np.float32), date(2001, 2, 1),
+    )
+
+
+def test_count_and_binary(x):
+    assert x.shape == (5, 3)
+    count = x.matrix("count")
+    assert count.dtype == np.float32
+    assert count.toarray().tolist() == COUNT
+    assert x.matrix("binary").toarray().tolist() == (np.array(COUNT) > 0).astype(float).tolist()
+
+
+def test_log(x):
+    assert x.matrix("log").toarray() == pytest.approx(np.log1p(np.array(COUNT, float)))
+
+
+def test_recency_half_life(x):
+    # 0.5 ** (age / 30): age 30 -> 0.5, age 60 -> 0.25, age 15 -> 2 ** -0.5, age 90 -> 0.125
+    r = x.matrix("recency", half_life_days=30.0).toarray()
+    assert r[0, 1] == pytest.approx(0.5)
+    assert r[1, 1] == pytest.approx(0.25)
+    assert r[0, 0] == pytest.approx(0.5 ** (1 / 30) + 0.5)
+    assert r[1, 2] == pytest.approx(2 ** -0.5 + 2 ** -1.5 + 0.125)
+    assert r[2, 0] == pytest.approx(0.5 ** (5 / 30))
+    # the half-life is a parameter: age 60 at half-life 60 is one half
+    assert x.matrix("recency", half_life_days=60.0).toarray()[1, 1] == pytest.approx(0.5)
+
+
+def test_amount_and_quantity_sum_the_occasions(x):
+    assert x.matrix("amount").toarray().tolist() == [
+        [7.5, 1.0, 0.0], [0.0, 9.0, 16.0], [3.0, 0.0, 0.0], [0.0, 0.0, 2.0], [0.0, 0.0, 0.0]]
+    assert x.matrix("quantity").toarray().tolist() == [
+        [3.0, 1.0, 0.0], [0.0, 3.0, 4.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
+
+
+def test_bm25_shape_positivity_and_value(x):
+    w = x.matrix("bm25", bm25_k1=1.2, bm25_b=0.75)
+    assert w.shape == (5, 3) and w.dtype == np.float32
+    assert (w.toarray() > 0).tolist() == (np.array(COUNT) > 0).tolist()  # same pattern, all positive
+    # BM25 of the counts: N = 5 members, every product has 2 buyers -> idf = log(5) - log(3);
+    # row sums 3, 4, 1, 1, 0 -> mean 9/5; m1 x p2: count 3, length norm 0.25 + 0.75 * 4 / 1.8
+    idf = np.log(5) - np.log(3)
+    norm = 0.25 + 0.75 * 4 / 1.8
+    assert w[1, 2] == pytest.approx(3 * 2.2 / (1.2 * norm + 3) * idf, rel=1e-5)
+    # more occasions of equally common products weigh more
+    assert w[1, 2] > w[1, 1]
+    # k1 is passed through
+    assert w[1, 2] != pytest.approx(x.matrix("bm25", bm25_k1=100.0)[1, 2])
+
+
+def test_every_weighting_keeps_the_purchase_pattern(x):
+    assert set(WEIGHTINGS) == {"binary", "count", "log", "bm25", "recency", "amount", "quantity"}
+    for w in WEIGHTINGS:
+        assert (x.matrix(w).toarray() > 0).tolist() == (np.array(COUNT) > 0).tolist(), w
+
+
+def test_unknown_weighting_is_an_error(x):
+    with pytest.raises(ValueError, match="unknown weighting"):
+        x.matrix("tfidf")  # type: ignore[arg-type]
+
+
+def test_last_age_keeps_the_minimum_age(x):
+    # m0 x p0 ages {30, 1} -> 1; m1 x p2 ages {45, 15, 90} -> 15 (not the sum 150)
+    assert x.last_age().toarray().tolist() == [
+        [1, 30, 0], [0, 60, 15], [5, 0, 0], [0, 0, 7], [0, 0, 0]]
+
+
+def test_member_days_counts_distinct_days(x):
+    # m0 has 3 occasions on 2 days (p0 and p1 both at age 30); m1 4 days; m4 none
+    assert x.member_days().tolist() == [2, 4, 1, 1, 0]
+
+
+def test_member_last_age(x):
+    assert x.member_last_age().tolist() == [1, 15, 5, 7, 10**6]
+
+
+# ------------------------------------------------------------------------------ Parquet loader
+AS_OF = date(2001, 2, 1)
+TX_SCHEMA = pa.schema([
+    ("member_id", pa.string()), ("product_id", pa.string()), ("ts", pa.timestamp("us")),
+    ("quantity", pa.float64()), ("amount", pa.float64()),
+])
+
+
+@pytest.fixture
+def tx_file(tmp_path):
+    lines = [
+        ("001", "0100", datetime(2001, 1, 31, 23, 59), 1.0, 2.0),   # age 1
+        ("001", "0100", datetime(2001, 1, 31, 8, 0), 2.0, 3.0),     # same day: one occasion
+        ("001", "0200", datetime(2001, 1, 2, 10, 0), 1.0, 1.5),     # age 30
+        ("002", "0100", datetime(2001, 2, 1, 0, 0), 1.0, 9.0),      # exactly as_of: excluded
+        ("003", "0300", datetime(2001, 2, 5, 12, 0), 1.0, 9.0),     # after as_of: excluded
+        ("002", "0200", datetime(2001, 1, 1, 0, 0), 1.0, 4.0),      # age 31, exactly at start
+        ("002", "0200", datetime(2000, 12, 31, 23, 59), 1.0, 4.0),  # age 32, before start
+    ]
+    cols = list(zip(*lines, strict=True))
+    path = tmp_path / "transactions.parquet"
+    pq.write_table(pa.table({n: list(c) for n, c in zip(TX_SCHEMA.names, cols, strict=True)}, schema=TX_SCHEMA),
+                   path)
+    return path
+
+
+def _triples(x: Interactions) -> list[tuple[str, str, int, float, float]]:
+    return sorted(zip(x.members.to_external(x.member).tolist(), x.products.to_external(x.product).tolist(),
+                      x.age_days.tolist(), x.quantity.tolist(), x.amount.tolist(), strict=True))
+
+
+def test_load_cuts_at_as_of_midnight_and_groups_a_day(tx_file):
+    x = load_interactions(tx_file, AS_OF)
+    assert x.as_of == AS_OF
+    # ids stay text with their leading zeros; 003 bought only after as_of
+    assert x.members.external_ids.tolist() == ["001", "002"]
+    assert x.products.external_ids.tolist() == ["0100", "0200"]
+    assert _triples(x) == [
+        ("001", "0100", 1, 3.0, 5.0),
+        ("001", "0200", 30, 1.0, 1.5),
+        ("002", "0200", 31, 1.0, 4.0),
+        ("002", "0200", 32, 1.0, 4.0),
+    ]
+    assert x.member.dtype == np.int32 and x.age_days.dtype == np.int32
+
+
+def test_load_start_bound_is_inclusive(tx_file):
+    x = load_interactions(tx_file, AS_OF, start=date(2001, 1, 1))
+    assert _triples(x) == [
+        ("001", "0100", 1, 3.0, 5.0),
+        ("001", "0200", 30, 1.0, 1.5),
+        ("002", "0200", 31, 1.0, 4.0),
+    ]
+
+
+def test_load_with_fixed_maps_keeps_never_sold_products_and_drops_unknown_ids(tx_file):
+    products = IdMap(["0050", "0100", "0200", "0999"])  # 0050 and 0999 never sold
+    members = IdMap(["002", "001"])  # a fixed order that is not sorted
+    x = load_interactions(tx_file, AS_OF, members=members, products=products)
+    assert x.members is members and x.products is products
+    assert x.matrix("count").toarray().tolist() == [[0, 0, 2, 0], [0, 1, 1, 0]]
+    # a member outside the map is dropped, not added
+    only = load_interactions(tx_file, AS_OF, members=IdMap(["001"]), products=products)
+    assert only.matrix("count").toarray().tolist() == [[0, 1, 1, 0]]
+
+
+# ------------------------------------------------------------------------------ IdMap
+def test_idmap_round_trip():
+    m = IdMap(["b", "007", "a"])
+    assert len(m) == 3
+    assert m.to_index(["a", "007"]).tolist() == [2, 1]
+    assert m.to_external([2, 0]).tolist() == ["a", "b"]
+    assert m.to_external(m.to_index(["007", "b", "a"])).tolist() == ["007", "b", "a"]
+    assert m.get("b") == 0 and m.get("zz") == -1
+    assert "007" in m and "7" not in m
+    assert m.to_index(["a", "zz"], missing="ignore").tolist() == [2, -1]
+    with pytest.raises(KeyError, match="zz"):
+        m.to_index(["a", "zz"])
+
+
+def test_idmap_from_values_is_sorted_distinct_text():
+    m = IdMap.from_values(["b", "a", "b", "010"])
+    assert m.external_ids.tolist() == ["010", "a", "b"]
+    assert m == IdMap(["010", "a", "b"]) and m != IdMap(["a", "b", "010"])
+
+
+def test_idmap_is_immutable():
+    source = ["x", "y"]
+    m = IdMap(source)
+    with pytest.raises(ValueError):
+        m.external_ids[0] = "z"
+    source[0] = "changed"  # the map holds its own copy
+    assert m.to_external([0]).tolist() == ["x"]
+    with pytest.raises(AttributeError):
+        m.extra = 1  # type: ignore[attr-defined]  # __slots__: no new attributes
+
+
+def test_idmap_rejects_duplicates():
+    with pytest.raises(ValueError, match="unique"):
+        IdMap(["a", "a"])
+
+
+def test_load_with_an_empty_fixed_member_map_keeps_it_empty(tx_file):
+    x = load_interactions(tx_file, AS_OF, members=IdMap([]))
+    assert len(x.members) == 0 and len(x.member) == 0

@@ -1,0 +1,312 @@
+"""Tiny matrices whose exact rankings are worked out by hand, and parity with raw implicit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from helpers_data import COLD_PRODUCT, literal_data, synthetic_data
+
+from recsys.models import Tag, TrainData, get_model
+from recsys.models.base import topk_rows
+from recsys.models.factorization import attribute_vectors
+
+ALL4 = np.arange(4)
+
+# ------------------------------------------------------------------------------ popularity
+# (member, product, age). buyers: p0 3, p1 2, p2 1, p3 1; occasions: p0 4, p1 5, p2 1, p3 1
+# member occasions (activity): m0 3, m1 2, m2 5, m3 1
+POP_OCC = [
+    (0, 0, 25), (0, 0, 30), (0, 1, 1),
+    (1, 0, 2), (1, 2, 3),
+    (2, 0, 1), (2, 1, 2), (2, 1, 9), (2, 1, 20), (2, 1, 30),
+    (3, 3, 4),
+]
+
+
+def pop_data() -> TrainData:
+    return literal_data(POP_OCC, 4, 4)
+
+
+def test_popularity_by_buyers():
+    model = get_model("popular")().fit(pop_data())
+    idx, sc = model.recommend(ALL4, k=4, mode="replenish")
+    # scaled buyers [3, 2, 1, 1] / 3; p2 and p3 tie -> lower index first
+    assert idx.tolist() == [[0, 1, 2, 3]] * 4
+    assert sc[0] == pytest.approx([1, 2 / 3, 1 / 3, 1 / 3])
+    # discover: m0 bought p0, p1; m2 bought p0, p1
+    idx, _ = model.recommend(ALL4, k=4, mode="discover")
+    assert idx.tolist() == [[2, 3, -1, -1], [1, 3, -1, -1], [2, 3, -1, -1], [0, 1, 2, -1]]
+
+
+def test_popularity_by_occasions():
+    model = get_model("popular")({"by": "occasions"}).fit(pop_data())
+    idx, sc = model.recommend(np.array([3]), k=4, mode="replenish")
+    assert idx.tolist() == [[1, 0, 2, 3]]
+    assert sc[0] == pytest.approx([1, 4 / 5, 1 / 5, 1 / 5])
+
+
+def test_popularity_audience_is_the_most_active_members():
+    model = get_model("popular")().fit(pop_data())
+    idx, sc = model.audience(np.array([3, 0]), n=4)
+    assert idx.tolist() == [[2, 0, 1, 3]] * 2  # occasions 5, 3, 2, 1
+    assert sc[0] == pytest.approx([1, 3 / 5, 2 / 5, 1 / 5])
+
+
+# ------------------------------------------------------------------------------ top frequency
+def test_p_topfreq_returns_only_what_the_member_bought():
+    model = get_model("top_frequency")({"pad_with_popular": False}).fit(pop_data())
+    idx, sc = model.recommend(ALL4, k=4, mode="replenish")
+    # counts: m0 p0 2, p1 1; m1 p0 1, p2 1 (tie -> index); m2 p1 4, p0 1; m3 p3 1
+    assert idx.tolist() == [[0, 1, -1, -1], [0, 2, -1, -1], [1, 0, -1, -1], [3, -1, -1, -1]]
+    assert sc[2].tolist() == [4.0, 1.0, -np.inf, -np.inf]
+    # nothing left to discover
+    assert (model.recommend(ALL4, k=4, mode="discover")[0] == -1).all()
+
+
+def test_gp_topfreq_pads_with_popular_products():
+    model = get_model("top_frequency")().fit(pop_data())
+    idx, sc = model.recommend(ALL4, k=4, mode="replenish")
+    # own counts first, then the rest by buyers (p1 2 > p2 1 = p3 1)
+    assert idx.tolist() == [[0, 1, 2, 3], [0, 2, 1, 3], [1, 0, 2, 3], [3, 0, 1, 2]]
+    # popularity is scaled far below one purchase: counts + buyers / 3 * 1e-3
+    assert sc[1] == pytest.approx([1 + 1e-3, 1 + 1e-3 / 3, 2e-3 / 3, 1e-3 / 3], rel=1e-6)
+    assert model.recommend(ALL4, k=4, mode="discover")[0].tolist() == [
+        [2, 3, -1, -1], [1, 3, -1, -1], [2, 3, -1, -1], [0, 1, 2, -1]]
+
+
+def test_topfreq_recency_weighting_prefers_the_recent_product():
+    # m0 bought p0 twice long ago (ages 25, 30) and p1 once yesterday: counts say p0, recency p1
+    # (half-life 10: 0.5**2.5 + 0.5**3 = 0.302 vs 0.5**0.1 = 0.933)
+    plain = get_model("top_frequency")().fit(pop_data())
+    recent = get_model("top_frequency")({"recency_half_life_days": 10.0}).fit(pop_data())
+    assert plain.recommend(np.array([0]), k=2, mode="replenish")[0].tolist() == [[0, 1]]
+    idx, sc = recent.recommend(np.array([0]), k=2, mode="replenish")
+    assert idx.tolist() == [[1, 0]]
+    assert sc[0] == pytest.approx([0.5 ** 0.1 + 2e-3 / 3, 0.5 ** 2.5 + 0.5 ** 3 + 1e-3], rel=1e-5)
+
+
+def test_topfreq_audience_is_the_most_frequent_buyers_then_the_most_active():
+    model = get_model("top_frequency")().fit(pop_data())
+    idx, _ = model.audience(np.array([1]), n=4)
+    assert idx.tolist() == [[2, 0, 1, 3]]  # p1 counts: m2 4, m0 1; then activity m1 2 > m3 1
+
+
+# ------------------------------------------------------------------------------ simple blend
+# counts  m0 [3, 1, 0, 0]   m1 [0, 2, 2, 0]   m2 [1, 0, 0, 1]   buyers [2, 2, 1, 1]
+BLEND_OCC = [
+    (0, 0, 1), (0, 0, 2), (0, 0, 3), (0, 1, 1),
+    (1, 1, 1), (1, 1, 5), (1, 2, 2), (1, 2, 4),
+    (2, 0, 6), (2, 3, 7),
+]
+
+
+def test_simple_blend_formula():
+    model = get_model("simple_blend")().fit(literal_data(BLEND_OCC, 3, 4))
+    idx, sc = model.recommend(np.arange(3), k=4, mode="replenish")
+    # count / row max + 0.05 * buyers / max buyers
+    expected = np.array([
+        [3 / 3 + 0.05, 1 / 3 + 0.05, 0 + 0.025, 0 + 0.025],
+        [0 + 0.05, 2 / 2 + 0.05, 2 / 2 + 0.025, 0 + 0.025],
+        [1 / 1 + 0.05, 0 + 0.05, 0 + 0.025, 1 / 1 + 0.025],
+    ])
+    assert idx.tolist() == [[0, 1, 2, 3], [1, 2, 0, 3], [0, 3, 1, 2]]
+    assert sc == pytest.approx(np.take_along_axis(expected, idx, axis=1), rel=1e-6)
+    heavy = get_model("simple_blend")({"popularity_weight": 0.5}).fit(literal_data(BLEND_OCC, 3, 4))
+    _, sc = heavy.recommend(np.array([1]), k=4, mode="replenish")
+    assert sc[0] == pytest.approx([1.5, 1.25, 0.5, 0.25])
+    idx, _ = heavy.audience(np.array([1]), n=3)
+    assert idx.tolist() == [[1, 0, 2]]  # rel 1, 1/3, 0
+
+
+# ------------------------------------------------------------------------------ segment popularity
+# buyers: m0 {p0, p1}, m1 {p0}, m2 {p2}, m3 {p2, p3}, m4 {p3}; segments a a b b unknown
+SEG_OCC = [(0, 0, 1), (0, 1, 1), (1, 0, 1), (2, 2, 1), (3, 2, 1), (3, 3, 1), (4, 3, 1)]
+SEGMENTS = ["a", "a", "b", "b", None]
+
+
+def test_segment_popular_uses_the_segment_counts():
+    model = get_model("segment_popular")({"smoothing": 0.0}).fit(
+        literal_data(SEG_OCC, 5, 4, segments=SEGMENTS))
+    idx, sc = model.recommend(np.arange(5), k=4, mode="replenish")
+    # a: [2, 1, 0, 0] / 2;  b: [0, 0, 2, 1] / 2;  unknown (its own bucket): [0, 0, 0, 1] / 1
+    assert idx.tolist() == [[0, 1, 2, 3], [0, 1, 2, 3], [2, 3, 0, 1], [2, 3, 0, 1], [3, 0, 1, 2]]
+    assert sc[0].tolist() == [1.0, 0.5, 0.0, 0.0]
+    assert sc[2].tolist() == [1.0, 0.5, 0.0, 0.0]
+
+
+def test_segment_popular_shrinks_to_the_global_popularity():
+    model = get_model("segment_popular")().fit(literal_data(SEG_OCC, 5, 4, segments=SEGMENTS))
+    # global buyer share = [2, 1, 2, 2] / 5; with smoothing 10:
+    # a: ([2, 1, 0, 0] + [4, 2, 4, 4]) / 12 ; b: ([0, 0, 2, 1] + [4, 2, 4, 4]) / 12
+    # unknown: ([0, 0, 0, 1] + [4, 2, 4, 4]) / 11
+    idx, sc = model.recommend(np.array([0, 2, 4]), k=4, mode="replenish")
+    assert idx.tolist() == [[0, 2, 3, 1], [2, 3, 0, 1], [3, 0, 2, 1]]
+    assert sc[0] == pytest.approx([6 / 12, 4 / 12, 4 / 12, 3 / 12])
+    assert sc[1] == pytest.approx([6 / 12, 5 / 12, 4 / 12, 2 / 12])
+    assert sc[2] == pytest.approx([5 / 11, 4 / 11, 4 / 11, 2 / 11])
+
+
+def test_segment_popular_audience_is_the_best_segment_first():
+    model = get_model("segment_popular")().fit(literal_data(SEG_OCC, 5, 4, segments=SEGMENTS))
+    idx, _ = model.audience(np.array([2]), n=5)
+    # p2's share: b 6/12 > unknown 4/11 > a 4/12; within a segment the more active member first
+    # (occasions m0 2, m1 1, m2 1, m3 2)
+    assert idx.tolist() == [[3, 2, 4, 0, 1]]
+
+
+def test_segment_popular_without_segments_is_global_popularity():
+    model = get_model("segment_popular")({"smoothing": 0.0}).fit(literal_data(SEG_OCC, 5, 4))
+    idx, sc = model.recommend(np.array([0]), k=4, mode="replenish")
+    assert idx.tolist() == [[0, 2, 3, 1]]
+    assert sc[0] == pytest.approx([2 / 5, 2 / 5, 2 / 5, 1 / 5])
+
+
+# ------------------------------------------------------------------------------ category buyers
+# categories x x y y y (p4 never sold)
+# counts m0 p0 3; m1 p1 1, p2 1; m2 p2 2, p3 2; m3 p0 2, p3 1; m4 nothing
+# per category: x m0 3, m3 2, m1 1;  y m2 4, m1 1, m3 1.  activity: m0 3, m1 2, m2 4, m3 3, m4 0
+CAT_OCC = [(0, 0, 1), (0, 0, 2), (0, 0, 3), (1, 1, 1), (1, 2, 2), (2, 2, 1), (2, 2, 2), (2, 3, 1),
+           (2, 3, 3), (3, 0, 4), (3, 0, 6), (3, 3, 5)]
+CATS = ["x", "x", "y", "y", "y"]
+
+
+def test_category_buyers_audience_order():
+    model = get_model("category_buyers")().fit(literal_data(CAT_OCC, 5, 5, categories=CATS))
+    idx, _ = model.audience(np.array([0, 3, 4]), n=5)
+    # x: m0 3, m3 2, m1 1, then by activity m2 (4) > m4 (0)
+    # y: m2 4, then m1 and m3 tie at 1 -> the more active m3 (3) before m1 (2); then m0, m4
+    # the never-sold p4 is in y: the same audience as p3
+    assert idx.tolist() == [[0, 3, 1, 2, 4], [2, 3, 1, 0, 4], [2, 3, 1, 0, 4]]
+
+
+def test_category_buyers_picks_favour_the_favourite_category():
+    model = get_model("category_buyers")().fit(literal_data(CAT_OCC, 5, 5, categories=CATS))
+    idx, sc = model.recommend(np.array([0, 2]), k=5, mode="replenish")
+    # buyers p0 2, p1 1, p2 2, p3 2, p4 0 -> scaled popularity [1, 1/2, 1, 1, 0]
+    # m0 (x 3): p0 3 x (1 + 1) = 6, p1 3 x 1.5 = 4.5; y products score EPS * popularity only
+    assert idx[0, :2].tolist() == [0, 1]
+    assert sc[0, :2] == pytest.approx([6, 4.5], rel=1e-5)
+    # m2 (y 4): p2 8, p3 8, p4 4; x products EPS * popularity: p0 before p1
+    assert idx[1].tolist() == [2, 3, 4, 0, 1]
+    assert sc[1, :3] == pytest.approx([8, 8, 4], rel=1e-5)
+
+
+# ------------------------------------------------------------------------------ top-k mechanics
+def test_topk_rows_pads_and_orders():
+    idx, sc = topk_rows(np.array([[0.5, -np.inf, 2.0]], np.float32), 4)
+    assert idx.tolist() == [[2, 0, -1, -1]]
+    assert sc.tolist() == [[2.0, 0.5, -np.inf, -np.inf]]
+
+
+def test_topk_rows_breaks_ties_at_the_cut_by_index():
+    scores = np.array([[0.0, 0.0, 1.0, 1.0]], np.float32)
+    assert topk_rows(scores, 2)[0].tolist() == [[2, 3]]
+    assert topk_rows(scores, 1)[0].tolist() == [[2]]  # lowest index among the tied best
+
+
+# ------------------------------------------------------------------------------ ALS vs implicit
+ALS_PARAMS = {"factors": 6, "iterations": 8, "regularization": 0.05, "alpha": 2.0, "seed": 11,
+              "num_threads": 1, "weighting": "bm25", "bm25_k1": 1.2, "bm25_b": 0.75}
+
+
+def parity_data() -> TrainData:
+    rng = np.random.default_rng(5)
+    occ = set()
+    for u in range(60):
+        for i in rng.choice(25, size=int(rng.integers(3, 9)), replace=False):
+            for _ in range(int(rng.integers(1, 4))):
+                occ.add((u, int(i), int(rng.integers(1, 60))))
+    return literal_data(sorted(occ), 60, 25)
+
+
+@pytest.mark.parametrize("mode,filter_liked", [("replenish", False), ("discover", True)])
+def test_als_top_k_equals_raw_implicit(mode, filter_liked):
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    data = parity_data()
+    model = get_model("als")(ALS_PARAMS).fit(data)
+    matrix = model.weighted_matrix(data)
+    assert (np.diff(matrix.tocsc().indptr) > 0).all()  # every product warm: no attribute vectors
+    p = model.params
+    raw = AlternatingLeastSquares(factors=p.factors, iterations=p.iterations, regularization=p.regularization,
+                                  alpha=p.alpha, random_state=p.seed, num_threads=1,
+                                  calculate_training_loss=True)
+    with threadpool_limits(1, "blas"):
+        raw.fit(matrix, show_progress=False)
+    users = np.arange(60)
+    ids, scores = raw.recommend(users, matrix[users], N=5, filter_already_liked_items=filter_liked)
+    got, got_scores = model.recommend(users, k=5, mode=mode)
+    np.testing.assert_array_equal(got, ids)
+    np.testing.assert_allclose(got_scores, scores, rtol=1e-5)
+    np.testing.assert_array_equal(model.item_factors, raw.item_factors)
+
+
+def checker_board(n: int) -> TrainData:
+    """Even members bought every even product, odd members every odd one, except member i never
+    bought product i: the one same-parity product left for each member."""
+    occ = [(i, j, 1) for i in range(n) for j in range(i % 2, n, 2) if j != i]
+    return literal_data(occ, n, n)
+
+
+def test_als_checkerboard_ranks_the_held_out_item_first():
+    n = 30
+    model = get_model("als")({"factors": 3, "regularization": 0.0, "iterations": 15, "seed": 23,
+                              "num_threads": 1, "weighting": "binary"}).fit(checker_board(n))
+    idx, _ = model.recommend(np.arange(n), k=1, mode="discover")
+    assert idx[:, 0].tolist() == list(range(n))
+    # and similar products stay within their parity
+    sim, _ = model.similar_items(np.arange(n), k=5)
+    assert ((sim % 2) == (np.arange(n) % 2)[:, None]).all()
+
+
+# ------------------------------------------------------------------------------ cold products
+def test_attribute_vectors_levels():
+    v = np.array([[1, 0], [3, 0], [0, 4], [0, 8], [9, 9], [9, 9], [9, 9], [5, 5]], np.float32)
+    warm = np.array([True, True, True, True, False, False, False, True])
+    tags = {
+        "category": Tag(np.array([0, 0, 1, 1, 0, 1, -1, -1], np.int32), ("c0", "c1")),
+        "price_band": Tag(np.array([0, 1, 0, 0, 1, 1, 0, 0], np.int32), ("hi", "lo")),
+    }
+    out = attribute_vectors(v, warm, tags)
+    # p4: category c0 + band lo -> only p1 shares both -> [3, 0]
+    # p5: c1 + lo has no warm product -> falls back to c1: mean of p2, p3 -> [0, 6]
+    # p6: unknown category is no group (not even with the warm p7, also unknown) -> mean of every
+    #     warm product: ([1, 0] + [3, 0] + [0, 4] + [0, 8] + [5, 5]) / 5
+    np.testing.assert_allclose(out[4:7], [[3, 0], [0, 6], [9 / 5, 17 / 5]], rtol=1e-6)
+    assert out[[0, 1, 2, 3, 7]].tolist() == v[[0, 1, 2, 3, 7]].tolist()  # warm vectors untouched
+    # without the price band: category means
+    assert attribute_vectors(v, warm, {"category": tags["category"]})[4].tolist() == [2, 0]
+
+
+def test_als_cold_product_gets_the_mean_of_its_category():
+    data = synthetic_data()
+    p = {"factors": 4, "iterations": 3, "num_threads": 1, "seed": 1}
+    # category only: the cold product 49 is in category 4 (products 40..49)
+    cat_only = TrainData(data.interactions, data.member_tags, {"category": data.product_tags["category"]})
+    model = get_model("als")(p).fit(cat_only)
+    raw = np.asarray(model.implicit_model.item_factors)
+    assert model.warm_items.tolist() == [True] * COLD_PRODUCT + [False]
+    np.testing.assert_allclose(model.item_factors[COLD_PRODUCT], raw[40:49].mean(axis=0), rtol=1e-5)
+    # with price bands the most specific group wins: band of 49 is 49 % 3 = 1, shared by 40, 43, 46
+    model = get_model("als")(p).fit(data)
+    raw = np.asarray(model.implicit_model.item_factors)
+    np.testing.assert_allclose(model.item_factors[COLD_PRODUCT], raw[[40, 43, 46]].mean(axis=0), rtol=1e-5)
+    # the cold product's audience is the category's: its scores are the mean of those products'
+    a_cold = model.audience(np.array([COLD_PRODUCT]), n=10)[1]
+    assert np.isfinite(a_cold).all()
+
+
+def test_history_is_the_binary_purchase_matrix():
+    model = get_model("popular")().fit(pop_data())
+    assert isinstance(model.history, sp.csr_matrix)
+    assert model.history.toarray().tolist() == [
+        [1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 0], [0, 0, 0, 1]]
+
+
+def test_topfreq_audience_ties_go_to_the_more_active_member_at_high_counts():
+    # m0 and m1 bought p0 on 10 days each; m1 also bought p1 on 5 days: m1 is the more active
+    occ = [(0, 0, d) for d in range(1, 11)] + [(1, 0, d) for d in range(1, 11)] + [(1, 1, d) for d in range(1, 6)]
+    model = get_model("top_frequency")().fit(literal_data(occ, 2, 2))
+    assert model.audience(np.array([0]), n=2)[0].tolist() == [[1, 0]]
