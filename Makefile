@@ -8,7 +8,7 @@ AS_OF  ?= 2001-02-01
 export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install browser lint bench clean
 
 $(BIN)/recsys: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,13 @@ demo: install
 	$(BIN)/recsys serve --registered-model recsys-tafeng --api-keys-file $(DATA)/demo-keys.toml \
 		--events-dir $(DATA)/events --audit-log $(DATA)/audit.jsonl --host $(HOST) --port $(PORT)
 
-test: install
+# The console's browser tests drive Debian's Chromium (never a browser downloaded by playwright);
+# a CJK font so its screenshots show the Chinese labels.
+browser:
+	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
+	fc-list :lang=zh | grep -q . || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y fonts-wqy-microhei)
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
 lint: install

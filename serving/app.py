@@ -34,7 +34,7 @@ from serving.audit import AuditLog
 from serving.errors import status_of
 from serving.keys import load_key_store
 from serving.metrics import Metrics, MetricsMiddleware
-from serving.routers import admin, audiences, events, health, picks, similar
+from serving.routers import admin, audiences, console, events, health, picks, similar
 from serving.settings import ServingSettings
 from serving.state import StateHolder, resolve_and_build
 
@@ -136,6 +136,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
 
     for router in (health.router, picks.router, similar.router, audiences.router, events.router, admin.router):
         app.include_router(router)
+    console.mount(app)  # the web console at /console (static files)
 
     @app.exception_handler(RecsysError)
     async def recsys_error(request: Request, exc: RecsysError) -> Response:

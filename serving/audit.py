@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,3 +32,18 @@ class AuditLog:
                 fh.write(line)
                 fh.flush()
                 os.fsync(fh.fileno())
+
+    def newest_first(self, key_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """Entries (of ``key_id`` when given), newest first; unreadable lines are skipped. Reads
+        the whole file: the trail grows by one short line per export."""
+        if not self.path.exists():
+            return
+        with self._lock, open(self.path, "rb") as fh:
+            lines = fh.read().splitlines()
+        for line in reversed(lines):
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(entry, dict) and (key_id is None or entry.get("key_id") == key_id):
+                yield entry

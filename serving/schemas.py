@@ -115,12 +115,32 @@ class AudienceMember(BaseModel):
     score: float
 
 
+class AudienceBaseline(BaseModel):
+    """Another way to pick the same number of members, among those the filters keep."""
+
+    size: int
+    expected_buyers: float
+
+
 class AudienceProfile(BaseModel):
     size: int
     counts: dict[str, dict[str, int]] = Field(description="Per member tag: members of the audience per value")
     expected_buyers: float | None = Field(
         None, description="Sum of calibrated purchase probabilities, when the model provides them"
     )
+    eligible: int | None = Field(
+        None, description="Members the filters (and exclusions) keep: the pool the audience and baselines come from"
+    )
+    random: AudienceBaseline | None = Field(
+        None, description="The same number of members drawn at random from the pool: size x the pool's mean "
+        "purchase probability (when the model provides probabilities)"
+    )
+    most_active: AudienceBaseline | None = Field(
+        None, description="The same number of the pool's most active members (most purchase occasions; ties by "
+        "member order) and their expected buyers (when the model provides probabilities)"
+    )
+    lift_vs_random: float | None = Field(None, description="expected_buyers / random.expected_buyers")
+    lift_vs_most_active: float | None = Field(None, description="expected_buyers / most_active.expected_buyers")
 
 
 class AudienceResponse(BaseModel):
@@ -133,6 +153,76 @@ class AudienceResponse(BaseModel):
     members: list[AudienceMember]
     profile: AudienceProfile
     notes: list[str] = []
+
+
+class AudienceOptions(BaseModel):
+    """What an audience request may name in this bundle: tag values, categories and brands."""
+
+    model_version: str
+    tags: dict[str, list[str]] = Field(description="Per member tag in the bundle: its values, for filters")
+    categories: list[str]
+    brands: list[str]
+    max_audience: int
+
+
+class ExportRecord(BaseModel):
+    """One audience export from the audit trail (no member data)."""
+
+    time: str | None = None
+    key_id: str | None = None
+    product_id: str | None = None
+    attributes: dict[str, object] | None = None
+    filters: dict[str, list[str]] | None = None
+    exclude_bought_within_days: int | None = None
+    size: int | None = None
+    rows: int | None = None
+    model_version: str | None = None
+
+
+class ExportsResponse(BaseModel):
+    exports: list[ExportRecord] = Field(description="Newest first")
+
+
+# --------------------------------------------------------------------------- products
+class ProductInfo(BaseModel):
+    product_id: str
+    name: str | None = None
+    category: str | None = None
+    brand: str | None = None
+    price: float | None = None
+    active: bool
+    buyers: int = Field(description="Members who bought it in the model's history")
+
+
+class ProductSearchResponse(BaseModel):
+    model_version: str
+    total: int = Field(description="Matches in all; at most `limit` are listed, most bought first")
+    products: list[ProductInfo]
+
+
+# --------------------------------------------------------------------------- member profile
+class CategoryShare(BaseModel):
+    category: str
+    purchases: float = Field(description="Purchase occasions of the category's products")
+
+
+class LastPurchase(BaseModel):
+    product_id: str
+    name: str | None = None
+    category: str | None = None
+    date: str | None = Field(None, description="ISO date, when purchase dates are known")
+    days_ago: int | None = None
+
+
+class MemberProfile(BaseModel):
+    member_id: str
+    model_version: str
+    known: bool = Field(description="Whether the member is in the model (bundle or live events)")
+    tags: dict[str, str | None] = Field(description="The member's tags (value_segment, lifecycle, ...)")
+    purchases: float = Field(description="Purchase occasions (bundle history + live events)")
+    products_bought: int
+    top_categories: list[CategoryShare]
+    last_purchase: LastPurchase | None = None
 
 
 # --------------------------------------------------------------------------- events
@@ -169,6 +259,12 @@ class ModelResponse(BaseModel):
     live_members_added: int
     events_applied: int
     scorer: dict[str, object]
+
+
+class WhoAmI(BaseModel):
+    key_id: str
+    role: str
+    permissions: list[str]
 
 
 class ReloadRequest(Strict):

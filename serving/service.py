@@ -8,7 +8,7 @@ ids. Errors are :mod:`serving.errors` / :class:`~recsys.errors.InputError` (404 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
@@ -16,13 +16,20 @@ from recsys.errors import InputError
 from serving.errors import NotFoundError
 from serving.events import EventRecord
 from serving.schemas import (
+    AudienceBaseline,
     AudienceMember,
+    AudienceOptions,
     AudienceProfile,
     AudienceRequest,
     AudienceResponse,
+    CategoryShare,
+    LastPurchase,
+    MemberProfile,
     Mode,
     Pick,
     PicksResponse,
+    ProductInfo,
+    ProductSearchResponse,
     PurchaseEvent,
     SimilarProduct,
     SimilarResponse,
@@ -321,17 +328,64 @@ def audience(state: ServingState, req: AudienceRequest) -> AudienceResponse:
                     )
                 mask = (np.ones(len(state.members), dtype=bool) if mask is None else mask) & ~recent
         idx, sc = state.scorer.audience(reference, req.size, mask, vector)
-    ok = idx >= 0
-    rows, scores = idx[ok], sc[ok]
+        ok = idx >= 0
+        rows, scores = idx[ok], sc[ok]
+        result = profile(state, rows, scores)
+        _add_baselines(state, result, reference, mask, vector)
     ids = state.members.external(rows)
     return AudienceResponse(
         model_version=state.info.version,
         product_id=req.product_id,
         reference_products=state.products.to_external(reference).tolist(),
         members=[AudienceMember(member_id=m, score=float(s)) for m, s in zip(ids, scores.tolist(), strict=True)],
-        profile=profile(state, rows, scores),
+        profile=result,
         notes=notes,
     )
+
+
+def member_activity(state: ServingState) -> np.ndarray:
+    """Purchase occasions per member row (bundle history + live events): who is "most active"."""
+    activity = np.zeros(len(state.members), dtype=np.float64)
+    base = np.asarray(state.purchase_counts.sum(axis=1), dtype=np.float64).ravel()
+    activity[: len(base)] = base
+    for member, bought in state.live.count.items():
+        if member < len(activity):
+            activity[member] += sum(bought.values())
+    return activity
+
+
+def _add_baselines(
+    state: ServingState, result: AudienceProfile, reference: np.ndarray, mask: np.ndarray | None,
+    vector: np.ndarray | None,
+) -> None:
+    """The pool the filters keep and, when the model gives calibrated purchase probabilities, the
+    expected buyers of two other ways to pick as many members from that pool: at random (size x
+    the pool's mean probability) and the most active members (most purchase occasions)."""
+    n_rows = state.scorer.n_members
+    pool_mask = np.ones(n_rows, dtype=bool) if mask is None else mask[:n_rows]
+    pool_size = int(pool_mask.sum())
+    result.eligible = pool_size
+    hook = getattr(state.bundle.model, "purchase_probability", None)
+    n = result.size
+    if not callable(hook) or result.expected_buyers is None or n == 0 or pool_size == 0:
+        return
+    # every pool member's score for the product: the same scorer call as the audience itself
+    idx, sc = state.scorer.audience(reference, pool_size, mask, vector)
+    ok = (idx >= 0) & np.isfinite(sc)
+    rows = idx[ok]
+    if not len(rows):
+        return
+    prob = np.zeros(n_rows, dtype=np.float64)
+    prob[rows] = np.asarray(hook(sc[ok]), dtype=np.float64)
+    pool = np.flatnonzero(pool_mask)
+    random_expected = n * float(prob[pool].mean())
+    activity = member_activity(state)[:n_rows][pool]
+    most_active = pool[np.lexsort((pool, -activity))][:n]
+    active_expected = float(prob[most_active].sum())
+    result.random = AudienceBaseline(size=n, expected_buyers=random_expected)
+    result.most_active = AudienceBaseline(size=len(most_active), expected_buyers=active_expected)
+    result.lift_vs_random = result.expected_buyers / random_expected if random_expected > 0 else None
+    result.lift_vs_most_active = result.expected_buyers / active_expected if active_expected > 0 else None
 
 
 def profile(state: ServingState, rows: np.ndarray, scores: np.ndarray) -> AudienceProfile:
@@ -354,6 +408,106 @@ def profile(state: ServingState, rows: np.ndarray, scores: np.ndarray) -> Audien
     elif callable(hook):
         expected = 0.0
     return AudienceProfile(size=int(len(rows)), counts=counts, expected_buyers=expected)
+
+
+# --------------------------------------------------------------------------- console look-ups
+def _column(state: ServingState, name: str) -> list[object] | None:
+    table = state.product_table
+    return table.column(name).to_pylist() if name in table.column_names else None
+
+
+def audience_options(state: ServingState) -> AudienceOptions:
+    """Tag values, categories and brands an audience request may name."""
+    brands = _column(state, "brand") or []
+    return AudienceOptions(
+        model_version=state.info.version,
+        tags={tag: sorted(masks) for tag, masks in state.tag_masks.items()},
+        categories=sorted(state.category.labels),
+        brands=sorted({str(b) for b in brands if b}),
+        max_audience=state.settings.max_audience,
+    )
+
+
+def search_products(state: ServingState, q: str | None, category: str | None, limit: int) -> ProductSearchResponse:
+    """Products whose id or name contains ``q`` (case-insensitive) and, when given, of
+    ``category``; an exact id match first, then the most bought."""
+    n = state.n_products
+    keep = np.ones(n, dtype=bool)
+    if category:
+        if state.category.code(category) < 0:
+            raise InputError(f"unknown category {category!r}; categories: {_listing(state.category.labels)}")
+        keep &= state.category.mask([category])
+    ids = state.products.external_ids
+    if q:
+        needle = q.strip().casefold()
+        names = state.product_names if state.product_names is not None else np.full(n, None, dtype=object)
+        hit = np.fromiter(
+            (needle in str(i).casefold() or (nm is not None and needle in str(nm).casefold())
+             for i, nm in zip(ids, names, strict=True)),
+            dtype=bool, count=n,
+        )
+        keep &= hit
+    buyers = np.asarray((state.history > 0).sum(axis=0)).ravel()
+    rows = np.flatnonzero(keep)
+    exact = np.array([str(ids[r]).casefold() == (q or "").strip().casefold() for r in rows], dtype=bool)
+    rows = rows[np.lexsort((rows, -buyers[rows], ~exact))]
+    brands, prices = _column(state, "brand"), _column(state, "price")
+    out = []
+    for r in rows[:limit].tolist():
+        price = prices[r] if prices is not None else None
+        out.append(ProductInfo(
+            product_id=str(ids[r]), name=_name(state, r), category=_category(state, r),
+            brand=str(brands[r]) if brands is not None and brands[r] else None,
+            price=float(price) if price is not None and np.isfinite(price) else None,
+            active=bool(state.product_active[r]), buyers=int(buyers[r]),
+        ))
+    return ProductSearchResponse(model_version=state.info.version, total=len(rows), products=out)
+
+
+def member_profile(state: ServingState, member_id: str, top: int = 5) -> MemberProfile:
+    """A member's tags, purchase totals, top categories and last purchase (when dates are known)."""
+    row = state.members.get(member_id)
+    tags: dict[str, str | None] = {}
+    for tag, t in state.member_tags.items():
+        code = t.codes[row] if 0 <= row < len(t.codes) else -1
+        tags[tag] = t.labels[code] if code >= 0 else None
+    with state.lock:
+        bought = state.bought(row) if row >= 0 else {}
+        live_last = {
+            p: buyers[row] for p, buyers in state.live.last.items() if row >= 0 and row in buyers
+        }
+    per_category: dict[str, float] = {}
+    for p, c in bought.items():
+        cat = _category(state, p) or UNKNOWN
+        per_category[cat] = per_category.get(cat, 0.0) + c
+    top_categories = sorted(per_category.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    last: LastPurchase | None = None
+    today = datetime.now(UTC).date()
+    if live_last:
+        p, ts = max(live_last.items(), key=lambda kv: (kv[1], -kv[0]))
+        day = datetime.fromtimestamp(ts, UTC).date()
+        last = LastPurchase(product_id=str(state.products.external_ids[p]), name=_name(state, p),
+                            category=_category(state, p), date=day.isoformat(), days_ago=(today - day).days)
+    elif state.last_age is not None and 0 <= row < state.last_age.shape[0]:
+        ages = state.last_age.getrow(row).tocoo()
+        pos = ages.data > 0
+        if pos.any():
+            cols, vals = ages.col[pos], ages.data[pos]
+            i = int(np.lexsort((cols, vals))[0])
+            p = int(cols[i])
+            day = state.as_of - timedelta(days=int(vals[i]))
+            last = LastPurchase(product_id=str(state.products.external_ids[p]), name=_name(state, p),
+                                category=_category(state, p), date=day.isoformat(), days_ago=(today - day).days)
+    return MemberProfile(
+        member_id=member_id,
+        model_version=state.info.version,
+        known=row >= 0,
+        tags=tags,
+        purchases=float(sum(bought.values())),
+        products_bought=len(bought),
+        top_categories=[CategoryShare(category=c, purchases=v) for c, v in top_categories],
+        last_purchase=last,
+    )
 
 
 # --------------------------------------------------------------------------- events

@@ -10,13 +10,18 @@ import anyio
 from fastapi import APIRouter, Depends, Request
 
 from recsys.errors import RecsysError
-from serving.deps import Holder, MetricsDep, State, require
+from serving.deps import Holder, MetricsDep, State, get_caller, require
 from serving.errors import ConflictError
-from serving.keys import Principal
-from serving.schemas import ErrorResponse, ModelResponse, ReloadRequest, ReloadResponse
+from serving.keys import PERMISSIONS, Principal
+from serving.schemas import ErrorResponse, ModelResponse, ReloadRequest, ReloadResponse, WhoAmI
 from serving.state import resolve_and_build
 
 router = APIRouter(tags=["operations"], responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
+
+
+@router.get("/v1/whoami", summary="The calling key's id, role and what it may do")
+async def whoami(caller: Annotated[Principal, Depends(get_caller)]) -> WhoAmI:
+    return WhoAmI(key_id=caller.key_id, role=caller.role, permissions=sorted(PERMISSIONS[caller.role]))
 
 
 @router.get("/v1/model", summary="The model being served: version, run, training date, metrics")

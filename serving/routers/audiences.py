@@ -7,13 +7,21 @@ import io
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 
 from serving import service
 from serving.deps import Audit, MetricsDep, State, require
 from serving.keys import Principal
-from serving.schemas import AudienceRequest, AudienceResponse, ErrorResponse
+from serving.schemas import (
+    AudienceOptions,
+    AudienceRequest,
+    AudienceResponse,
+    ErrorResponse,
+    ExportRecord,
+    ExportsResponse,
+)
 
 router = APIRouter(tags=["audiences"], responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
 Caller = Annotated[Principal, Depends(require("audiences"))]
@@ -78,3 +86,26 @@ def export_audience(
             "X-Model-Version": result.model_version,
         },
     )
+
+
+@router.get("/v1/audiences/options", summary="Tag values, categories and brands an audience request may name")
+async def audience_options(state: State, _: Caller) -> AudienceOptions:
+    return service.audience_options(state)
+
+
+@router.get("/v1/audiences/exports", summary="Past audience exports from the audit trail, newest first")
+def past_exports(
+    caller: Caller,
+    audit: Audit,
+    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many exports")] = 50,
+    mine: Annotated[bool, Query(description="Only the exports made with the calling key")] = False,
+) -> ExportsResponse:
+    records: list[ExportRecord] = []
+    for entry in audit.newest_first(caller.key_id if mine else None):
+        try:
+            records.append(ExportRecord.model_validate(entry))
+        except ValidationError:  # a hand-edited or older line: skipped, never a 500
+            continue
+        if len(records) >= limit:
+            break
+    return ExportsResponse(exports=records)

@@ -14,6 +14,7 @@ from serving.schemas import (
     BatchPicksRequest,
     BatchPicksResponse,
     ErrorResponse,
+    MemberProfile,
     Mode,
     PicksResponse,
 )
@@ -74,3 +75,14 @@ def batch_picks(state: State, metrics: MetricsDep, _: Caller, body: BatchPicksRe
     )
     _count(metrics, results)
     return BatchPicksResponse(model_version=state.info.version, results=results)
+
+
+@router.get(
+    "/v1/members/{member_id}/profile",
+    summary="A member's tags, top categories and last purchase (for a store clerk's member view)",
+    responses={422: {"model": ErrorResponse}},
+)
+def member_profile(
+    state: State, _: Caller, member_id: Annotated[str, Path(min_length=1, max_length=200)]
+) -> MemberProfile:
+    return service.member_profile(state, member_id)

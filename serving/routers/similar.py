@@ -1,4 +1,4 @@
-"""Similar products (相似商品)."""
+"""Similar products (相似商品), and finding a product by id, name or category."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query
 
 from serving import service
-from serving.deps import State, require
+from serving.deps import State, get_caller, require
 from serving.keys import Principal
-from serving.schemas import ErrorResponse, SimilarResponse
+from serving.schemas import ErrorResponse, ProductSearchResponse, SimilarResponse
 
 router = APIRouter(tags=["similar"], responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
 
@@ -26,3 +26,18 @@ async def similar_products(
     k: Annotated[int, Query(ge=1, le=10_000, description="At most max_k (100)")] = 10,
 ) -> SimilarResponse:
     return service.similar(state, product_id, k)
+
+
+@router.get(
+    "/v1/products",
+    summary="Find products by id or name (substring, any case) and/or category; most bought first",
+    responses={422: {"model": ErrorResponse}},
+)
+async def search_products(
+    state: State,
+    _: Annotated[Principal, Depends(get_caller)],
+    q: Annotated[str | None, Query(max_length=200, description="Part of a product id or name")] = None,
+    category: Annotated[str | None, Query(max_length=200, description="Only this category")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+) -> ProductSearchResponse:
+    return service.search_products(state, q, category, limit)
