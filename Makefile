@@ -28,7 +28,7 @@ demo: install
 	$(BIN)/recsys features build --data-dir $(DATA) --dataset tafeng --as-of $(AS_OF)
 	$(BIN)/recsys train --config $(CONFIG)
 	$(BIN)/python -m serving.keys demo $(DATA)/demo-keys.toml
-	@echo "serving on http://$(HOST):$(PORT)  (API docs http://$(HOST):$(PORT)/docs, health /health/ready, metrics /metrics)"
+	@echo "serving on http://$(HOST):$(PORT) - console http://$(HOST):$(PORT)/console, API docs /docs, health /health/ready, metrics /metrics"
 	$(BIN)/recsys serve --registered-model recsys-tafeng --api-keys-file $(DATA)/demo-keys.toml \
 		--events-dir $(DATA)/events --audit-log $(DATA)/audit.jsonl --host $(HOST) --port $(PORT)
 
