@@ -7,10 +7,26 @@ BLAS / OpenMP are pinned to one thread before numpy is imported by any worker.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 from pathlib import Path
 
+import uvicorn
+
 from recsys.errors import InputError
+
+
+class _TcpConfig(uvicorn.Config):
+    """A listener bound with ``proto=IPPROTO_TCP`` (see :func:`run_workers`); module-level so the
+    worker processes can unpickle the config."""
+
+    def bind_socket(self) -> socket.socket:
+        sock = super().bind_socket()
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto == 0:
+            sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
+            sock.set_inheritable(True)
+        return sock
 
 
 def serve(
@@ -86,12 +102,25 @@ def serve(
     except ValidationError as exc:
         raise InputError(f"server settings: {exc.errors()[0]['msg']}") from None
 
-    import uvicorn
-
     if workers <= 1:
         uvicorn.run(app, host=host, port=port, log_level=log_level)
     else:
-        uvicorn.run(
-            "serving.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
-            log_level=log_level,
-        )
+        run_workers("serving.app:create_app_from_env", host=host, port=port, workers=workers, log_level=log_level)
+
+
+def run_workers(app: str, *, host: str, port: int, workers: int, log_level: str = "info",
+                access_log: bool = True) -> None:
+    """``uvicorn.run(app, factory=True, workers=workers)`` with a TCP listener that keeps
+    ``TCP_NODELAY`` on accepted connections.
+
+    uvicorn binds the shared listener of ``--workers N`` with ``proto=0``; accepted sockets
+    inherit it and asyncio only sets ``TCP_NODELAY`` when ``proto == IPPROTO_TCP``, so every
+    keep-alive response waits for the client's delayed ACK (~40 ms on Linux; uvicorn issue #3149).
+    Measured with 16 connections: a bare endpoint fell from ~3,000 req/s to ~360 req/s.
+    """
+    from uvicorn.supervisors import Multiprocess
+
+    config = _TcpConfig(app, factory=True, host=host, port=port, workers=workers, log_level=log_level,
+                       access_log=access_log)
+    with contextlib.suppress(KeyboardInterrupt):
+        Multiprocess(config, sockets=[config.bind_socket()]).run()

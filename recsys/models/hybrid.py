@@ -397,8 +397,10 @@ class Hybrid(Recommender):
         self._fit_audience(
             np.vstack(A_parts), np.concatenate(b_parts), np.concatenate(cold_parts), rate=self._neg_rate
         )
+        cold_all = np.concatenate(cold_parts)
         self.training_summary = {
             "label_windows": len(windows), "ranker_rows": int(len(y)), "ranker_positive_rate": float(y.mean()),
+            "audience_rows_sold": int((~cold_all).sum()), "audience_rows_never_sold": int(cold_all.sum()),
         }
         # the final state: everything before the cut-off
         self.state = build_state(data.interactions, p, item_cat, item_brand, data.product_tags)
@@ -444,12 +446,16 @@ class Hybrid(Recommender):
         p = self.params
         buyers = labels.tocsc()
         n_buyers = np.diff(buyers.indptr)
-        products = np.where(n_buyers > 0)[0]
-        if len(products) > p.audience_max_products:
-            products = rng.choice(products, p.audience_max_products, replace=False)
+        warm = np.diff(s.counts_csc.indptr) > 0
+        bought = n_buyers > 0
+        # sold and never-sold products are sampled apart: the never-sold model must not starve
+        groups = [np.where(bought & warm)[0], np.where(bought & ~warm)[0]]
+        products = np.concatenate([
+            rng.choice(g, p.audience_max_products, replace=False) if len(g) > p.audience_max_products else g
+            for g in groups
+        ])
         feats, ys, cold = [], [], []
         n_members = s.n_members
-        warm = np.diff(s.counts_csc.indptr) > 0
         for j in products:
             pos = buyers.indices[buyers.indptr[j] : buyers.indptr[j + 1]]
             neg = rng.integers(0, n_members, size=p.audience_negatives * len(pos))
