@@ -107,7 +107,9 @@ def load_bundle(path: Path | str) -> Bundle:
         model = Recommender.load(path / "model")
         member_table = pq.read_table(path / "members.parquet")
         product_table = pq.read_table(path / "products.parquet")
-    except (OSError, KeyError, ValueError) as exc:
+    except ValueError as exc:
+        raise BundleError(str(exc)) from None
+    except (OSError, KeyError) as exc:
         raise BundleError(f"{path}: bundle is incomplete or corrupt ({exc}); re-export it") from None
     members = IdMap(np.asarray(member_table.column(Col.MEMBER).to_pylist(), dtype=object))
     products = IdMap(np.asarray(product_table.column(Col.PRODUCT).to_pylist(), dtype=object))

@@ -148,3 +148,13 @@ def test_tables_out_of_order_are_refused_on_save(tmp_path: Path, table: str) -> 
     setattr(bundle, table, getattr(bundle, table).take(pa.array([1, 0, *range(2, getattr(bundle, table).num_rows)])))
     with pytest.raises(ValueError, match="order"):
         save_bundle(tmp_path / "b", bundle)
+
+
+def test_a_model_saved_with_another_state_version_is_refused_by_name(tmp_path: Path) -> None:
+    path = save_bundle(tmp_path / "b", tiny_bundle("popular"))
+    doc = json.loads((path / "model" / "model.json").read_text())
+    doc["state_version"] = 99
+    (path / "model" / "model.json").write_text(json.dumps(doc))
+
+    with pytest.raises(BundleError, match="popular model state version 99, this release reads 1"):
+        load_bundle(path)

@@ -146,6 +146,8 @@ class Recommender(ABC):
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[ModelParams]] = ModelParams
+    # bump when what ``_state`` writes changes, so an old saved model is refused by name
+    state_version: ClassVar[int] = 1
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -296,6 +298,7 @@ class Recommender(ABC):
         np.savez(path / "arrays.npz", **arrays)
         doc = {
             "model": self.name,
+            "state_version": self.state_version,
             "params": self.params.model_dump(mode="json"),
             "n_members": self.n_members,
             "n_products": self.n_products,
@@ -311,6 +314,12 @@ class Recommender(ABC):
         model_cls = MODELS.get(doc["model"])
         if model_cls is None:
             raise ValueError(f"{path}: unknown model {doc['model']!r}; known: {sorted(MODELS)}")
+        saved = doc.get("state_version", 1)
+        if saved != model_cls.state_version:
+            raise ValueError(
+                f"{path}: {doc['model']} model state version {saved}, this release reads "
+                f"{model_cls.state_version}; retrain it with this release"
+            )
         model = model_cls(doc["params"])
         model.n_members, model.n_products = doc["n_members"], doc["n_products"]
         with np.load(path / "arrays.npz", allow_pickle=False) as npz:

@@ -348,6 +348,7 @@ class Hybrid(Recommender):
 
     name = "hybrid"
     Params = HybridParams
+    state_version = 2  # 2: price-band and recent-category audience features
 
     def _tags(self, data: TrainData) -> tuple[np.ndarray, np.ndarray | None]:
         cat = data.product_tags.get("category")
