@@ -69,14 +69,15 @@ def evaluate_audiences(
     sizes: tuple[int, ...] = (100, 1000, 5000),
     min_buyers_known: int = 5,
     min_buyers_new: int = 3,
-    reference: Recommender | None = None,
+    reference: Recommender | np.ndarray | None = None,
 ) -> dict[str, float]:
     """Product -> person: for every product bought in the test window by enough known members,
     rank all members; recall@N is the share of its test buyers inside the top N.
 
     Reported separately for products sold before the cutoff (``known_``) and never sold before
     (``new_``), with lift over a random audience (N / n_members) and, when ``reference`` is given
-    (the most-active-members baseline), over that audience.
+    (a model, or a fixed member ranking such as the most active members first), over that
+    audience.
     """
     buyers = sp.csc_matrix(truth)
     n_buyers = np.diff(buyers.indptr)
@@ -94,16 +95,25 @@ def evaluate_audiences(
         if len(products) == 0:
             continue
         top, _ = model.audience(products, n=nmax)
-        ref_top = reference.audience(products, n=nmax)[0] if reference is not None else None
+        ref_top = None
+        if isinstance(reference, Recommender):
+            ref_top = reference.audience(products, n=nmax)[0]
         t = truth_t[products]
         for n in sizes:
             n_eff = min(n, n_members)
             recall = M.recall_at_k(top, t, n_eff, "truth").mean()
             out[f"audience_{group}_recall@{n}"] = float(recall)
             out[f"audience_{group}_lift_random@{n}"] = float(recall / (n_eff / n_members))
+            if reference is None:
+                continue
             if ref_top is not None:
                 ref = M.recall_at_k(ref_top, t, n_eff, "truth").mean()
-                out[f"audience_{group}_lift_most_active@{n}"] = float(recall / ref) if ref > 0 else float("nan")
+            else:  # the same members for every product: count its buyers among them
+                in_top = np.zeros(n_members, dtype=bool)
+                in_top[np.asarray(reference)[:n_eff]] = True
+                sizes_t = M.truth_sizes(t)
+                ref = float(np.mean(np.asarray(t[:, in_top].sum(axis=1)).ravel() / np.maximum(sizes_t, 1)))
+            out[f"audience_{group}_lift_most_active@{n}"] = float(recall / ref) if ref > 0 else float("nan")
     return out
 
 

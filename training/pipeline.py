@@ -73,7 +73,9 @@ def fit_and_evaluate(cfg: TrainConfig, console: Console | None = None, on_iterat
     with console.status("evaluating picks"):
         metrics = evaluate_picks(model, truth, seen, ks=tuple(ev.ks))
     with console.status("evaluating audiences"):
-        reference = get_model("popular")({"by": "occasions"}).fit(data)
+        # the most active members (purchase occasions), most active first, ties by index
+        activity = np.bincount(data.interactions.member, minlength=data.n_members)
+        reference = np.lexsort((np.arange(data.n_members), -activity))
         metrics.update(evaluate_audiences(
             model, truth, seen, sizes=tuple(ev.audience_sizes), min_buyers_known=ev.min_buyers_known,
             min_buyers_new=ev.min_buyers_new, reference=reference,
