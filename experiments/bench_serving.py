@@ -1,0 +1,872 @@
+"""Benchmark the recommendation server over HTTP: throughput and latency against a bare endpoint.
+
+Every figure comes from the real server: uvicorn in a subprocess on 127.0.0.1 (a free port),
+started as ``uvicorn --factory experiments.bench_serving_app:create_app`` -- the production app of
+``serving.app.create_app_from_env`` plus a bare ``GET /bench/bare`` (``{"ok": true}``) and a few
+benchmark-only twins of the picks route (see ``experiments/bench_serving_app.py``), so the
+baseline is served by the same process with the same settings. Load comes from ``wrk`` (installed
+with apt-get when missing) with a Lua script that varies member / product ids and sends the
+X-API-Key header: closed loop, 16 connections, 2 threads, a bounded duration per scenario. The
+bare endpoint is measured before and after the real routes; the baseline is their mean.
+
+Workloads
+---------
+1. Ta-Feng: the registered champion (``recsys-tafeng@champion`` from a *copy* of mlflow.db), served
+   the way ``recsys serve`` starts it (BLAS / OpenMP pinned to one thread, 1 worker): bare, picks
+   for random known members, picks for unknown members (fallback), similar products, an
+   audience of 1,000.
+2. Configurations (shorter runs, same scenarios each): BLAS/OpenMP threads (pinned like
+   ``recsys serve``; env unset as with a bare ``uvicorn --factory``; default threads), 1 vs 2
+   workers, async vs sync handler, FastAPI's encoder vs orjson, access log on / off, and the
+   candidate fix of ``recsys.models.hybrid._gather`` (monkeypatched in the benchmark app only).
+3. 1,000,000 members x 20,000 products, synthetic: an ALS model whose factor matrices are random
+   (clustered Gaussian members and products, log-normal norms) wrapped into a fitted ``ALS``
+   object -- not trained (implicit cannot fit 1M members in minutes on 2 cores), which is
+   honest for timing the index path, not for quality. Member tags (value_segment, lifecycle, ...)
+   make filters work. Audiences of 10,000 with and without a tag filter (server time from the
+   ``Server-Timing`` header the benchmark app adds, client time from httpx, sequential), HNSW
+   recall@k of the member index against exact search (measured inside the server on its own
+   index), and picks / bare on the same server.
+
+Usage (from the repository root)::
+
+    .venv/bin/python experiments/bench_serving.py --json /tmp/bench_serving.json
+    .venv/bin/python experiments/bench_serving.py --quick            # 4 s runs, 250k members
+    .venv/bin/python experiments/bench_serving.py --skip-configs --skip-synth
+
+Exit code 0 when every target was met, 1 otherwise (2 on a setup failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+TRACKING_DB = REPO / "mlflow.db"
+MODEL_NAME, MODEL_ALIAS = "recsys-tafeng", "champion"
+APP = "experiments.bench_serving_app:create_app"
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+PICKS_RATIO_TARGET = 0.80
+PICKS_P99_TARGET_MS = 15.0
+AUDIENCE_10K_TARGET_MS = 100.0
+RECALL_TARGET = 0.95
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class Run:
+    """One load run of one scenario."""
+
+    workload: str
+    config: str
+    scenario: str
+    path: str
+    rps: float = float("nan")
+    p50_ms: float = float("nan")
+    p90_ms: float = float("nan")
+    p99_ms: float = float("nan")
+    max_ms: float = float("nan")
+    requests: int = 0
+    errors: int = 0  # socket errors + non-2xx
+    server_mean_ms: float | None = None  # from the /metrics histogram (1 worker only)
+    note: str = ""
+
+
+@dataclass
+class Report:
+    started: str
+    command: list[str]
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
+    sequential: list[dict[str, Any]] = field(default_factory=list)
+    recall: list[dict[str, Any]] = field(default_factory=list)
+    configs: list[dict[str, Any]] = field(default_factory=list)
+    targets: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- tools
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    log("wrk not found: apt-get install -y wrk")
+    for cmd in (["apt-get", "install", "-y", "wrk"], ["apt-get", "update"], ["apt-get", "install", "-y", "wrk"]):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(cmd, check=False, timeout=300, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if shutil.which("wrk"):
+            return str(shutil.which("wrk"))
+    raise SystemExit("wrk is not installed and apt-get could not install it")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_keys(workdir: Path) -> str:
+    """An admin key (picks, similar, audiences) for the benchmark; only its digest is on disk."""
+    from serving.keys import hash_key
+
+    secret = secrets.token_urlsafe(24)
+    (workdir / "keys.toml").write_text(f'[[keys]]\nid = "bench"\nrole = "admin"\nsha256 = "{hash_key(secret)}"\n')
+    return secret
+
+
+# --------------------------------------------------------------------------- server
+@dataclass
+class ServerConfig:
+    name: str
+    workers: int = 1
+    threads: str = "pinned"  # pinned (recsys serve) | unset (bare uvicorn --factory) | default
+    access_log: bool = True  # uvicorn's default, and what `recsys serve` runs
+    patch_gather: bool = False
+    # several workers: serving.cli.run_workers (what `recsys serve --workers N` runs) or the plain
+    # `uvicorn --workers N` command line
+    launcher: str = "serving-cli"
+
+
+class Server:
+    """uvicorn in a subprocess on 127.0.0.1; stopped (process group) on exit."""
+
+    def __init__(self, cfg: ServerConfig, bundle: Path, workdir: Path, pythonpath: list[Path]):
+        self.cfg, self.port = cfg, free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_") and k not in THREAD_VARS}
+        env |= {
+            "PYTHONPATH": os.pathsep.join(str(p) for p in [*pythonpath, REPO]),
+            "RECSYS_BUNDLE": str(bundle),
+            "RECSYS_API_KEYS_FILE": str(workdir / "keys.toml"),
+            "RECSYS_EVENTS_DIR": str(workdir / f"events-{cfg.name}"),
+            "RECSYS_AUDIT_LOG": str(workdir / f"audit-{cfg.name}.jsonl"),
+            "RECSYS_BENCH_BARE": "1",
+            "RECSYS_BENCH_VARIANTS": "1",
+        }
+        if cfg.threads == "pinned":  # what serving.cli.serve does before anything imports numpy
+            env |= dict.fromkeys(THREAD_VARS, "1")
+        elif cfg.threads == "default":  # no pinning at all: BLAS / OpenMP use every core
+            env["RECSYS_BLAS_THREADS"] = str(os.cpu_count() or 2)
+        if cfg.patch_gather:
+            env["RECSYS_BENCH_PATCH_GATHER"] = "1"
+        if cfg.workers > 1 and cfg.launcher == "serving-cli":
+            cmd = [PY, "-m", "experiments.bench_serving_launch", str(self.port), str(cfg.workers)]
+        else:
+            cmd = [PY, "-m", "uvicorn", "--factory", APP, "--host", "127.0.0.1", "--port", str(self.port),
+                   "--workers", str(cfg.workers), "--log-level", "info"]
+        if not cfg.access_log:
+            cmd.append("--no-access-log")
+        self.log_path = workdir / "logs" / f"server-{cfg.name}-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        # cwd outside the repository: `python -m` puts the cwd first on sys.path, and PYTHONPATH
+        # must decide which recsys is imported (see resolve_code)
+        self.proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.cmd = cmd
+
+    def wait_ready(self, timeout: float, settle: int = 1) -> float:
+        """Seconds until /health/ready answered 200 ``settle`` times in a row (every worker)."""
+        import httpx
+
+        start = time.perf_counter()
+        ok = 0
+        with httpx.Client(timeout=5.0) as client:
+            while time.perf_counter() - start < timeout:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited ({self.proc.returncode}); log tail:\n{self.tail()}")
+                try:
+                    r = client.get(self.base + "/health/ready", headers={"Connection": "close"})
+                    if r.status_code == 200:
+                        ok += 1
+                        if ok >= settle:
+                            return time.perf_counter() - start
+                        continue
+                    ok = 0
+                    body = r.json()
+                    if body.get("status") == "failed":
+                        raise RuntimeError(f"model load failed: {body.get('error')}")
+                except httpx.TransportError:
+                    ok = 0
+                time.sleep(0.5)
+        raise RuntimeError(f"server not ready after {timeout:.0f} s; log tail:\n{self.tail()}")
+
+    def tail(self, n: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._log.close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------- load (wrk)
+_LUA = r"""
+local items = {ITEMS}
+local method, prefix, suffix = "{METHOD}", "{PREFIX}", "{SUFFIX}"
+local body_head, body_tail = {BODY_HEAD}, {BODY_TAIL}
+wrk.headers["X-API-Key"] = "{KEY}"
+if method == "POST" then wrk.headers["Content-Type"] = "application/json" end
+local n_threads = 0
+function setup(thread)
+  n_threads = n_threads + 1
+  thread:set("tid", n_threads)
+end
+function init(args)
+  math.randomseed(7919 * (tid or 1) + os.time())
+end
+function request()
+  local item = items[math.random(#items)]
+  if method == "POST" then
+    return wrk.format("POST", prefix, nil, body_head .. item .. body_tail)
+  end
+  return wrk.format("GET", prefix .. item .. suffix)
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,' ..
+    '"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max, e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def _lua_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass
+class Scenario:
+    name: str
+    method: str  # GET: prefix + item + suffix; POST: prefix is the path, body_head + item + body_tail
+    prefix: str
+    items: list[str]
+    suffix: str = ""
+    body_head: str = ""
+    body_tail: str = ""
+    route: str = ""  # route template in /metrics
+
+    @property
+    def example(self) -> tuple[str, str, str | None]:
+        item = self.items[0]
+        if self.method == "POST":
+            return "POST", self.prefix, self.body_head + item + self.body_tail
+        return "GET", self.prefix + item + self.suffix, None
+
+
+def _metrics(base: str) -> dict[str, tuple[float, float]]:
+    """route -> (seconds sum, count) from the server's latency histogram."""
+    import httpx
+
+    out: dict[str, tuple[float, float]] = {}
+    try:
+        text = httpx.get(base + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return out
+    for kind, route, value in re.findall(r'^recsys_request_seconds_(sum|count)\{route="([^"]*)"\} (\S+)$', text, re.M):
+        s, c = out.get(route, (0.0, 0.0))
+        out[route] = (float(value), c) if kind == "sum" else (s, float(value))
+    return out
+
+
+def check_once(server: Server, sc: Scenario, key: str) -> str | None:
+    """One request before the load: None when it answers 2xx, else what went wrong."""
+    import httpx
+
+    method, path, body = sc.example
+    try:
+        r = httpx.request(method, server.base + path, content=body, timeout=30,
+                          headers={"X-API-Key": key, "Content-Type": "application/json"})
+    except httpx.HTTPError as exc:
+        return f"{sc.name}: {type(exc).__name__}: {exc}"
+    if r.status_code // 100 != 2:
+        return f"{sc.name}: HTTP {r.status_code}: {r.text[:300]}"
+    return None
+
+
+def run_wrk(wrk: str, server: Server, sc: Scenario, key: str, seconds: float, workdir: Path, *,
+            connections: int, threads: int, workload: str, config: str) -> Run:
+    items = "{" + ",".join(_lua_str(i) for i in sc.items) + "}"
+    script = (_LUA.replace("{ITEMS}", items).replace("{METHOD}", sc.method).replace("{PREFIX}", sc.prefix)
+              .replace("{SUFFIX}", sc.suffix).replace("{BODY_HEAD}", _lua_str(sc.body_head))
+              .replace("{BODY_TAIL}", _lua_str(sc.body_tail)).replace("{KEY}", key))
+    lua = workdir / "wrk" / f"{sc.name}.lua"
+    lua.parent.mkdir(parents=True, exist_ok=True)
+    lua.write_text(script)
+    run = Run(workload, config, sc.name, sc.prefix + ("{id}" + sc.suffix if sc.method == "GET" else ""))
+    before = _metrics(server.base) if server.cfg.workers == 1 else {}
+    cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
+           "-s", str(lua), server.base]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    except subprocess.TimeoutExpired:
+        run.note = "wrk did not finish in time"
+        return run
+    m = re.search(r"^WRKJSON (\{.*\})$", out.stdout, re.M)
+    if not m:
+        run.note = f"wrk failed: {out.stdout[-300:]} {out.stderr[-300:]}"
+        return run
+    d = json.loads(m.group(1))
+    run.requests = int(d["requests"])
+    run.rps = d["requests"] / (d["duration_us"] / 1e6)
+    run.p50_ms, run.p90_ms, run.p99_ms = d["p50_us"] / 1e3, d["p90_us"] / 1e3, d["p99_us"] / 1e3
+    run.max_ms = d["max_us"] / 1e3
+    run.errors = sum(int(d[k]) for k in ("connect", "read", "write", "status", "timeout"))
+    if before:
+        after = _metrics(server.base)
+        s0, c0 = before.get(sc.route, (0.0, 0.0))
+        s1, c1 = after.get(sc.route, (0.0, 0.0))
+        if c1 > c0:
+            run.server_mean_ms = (s1 - s0) / (c1 - c0) * 1e3
+    return run
+
+
+def sequential(server: Server, sc: Scenario, key: str, n: int, max_seconds: float, workload: str,
+               label: str) -> dict[str, Any]:
+    """``n`` requests one at a time (bounded by ``max_seconds``): client and server time."""
+    import httpx
+
+    client_ms: list[float] = []
+    server_ms: list[float] = []
+    sizes: list[int] = []
+    errors = 0
+    rng = np.random.default_rng(1)
+    deadline = time.perf_counter() + max_seconds
+    with httpx.Client(timeout=30, headers={"X-API-Key": key, "Content-Type": "application/json"}) as client:
+        for i in range(n):
+            if time.perf_counter() > deadline:
+                break
+            item = sc.items[int(rng.integers(len(sc.items)))]
+            body = sc.body_head + item + sc.body_tail if sc.method == "POST" else None
+            path = sc.prefix if sc.method == "POST" else sc.prefix + item + sc.suffix
+            t0 = time.perf_counter()
+            r = client.request(sc.method, server.base + path, content=body)
+            dt = (time.perf_counter() - t0) * 1e3
+            if r.status_code // 100 != 2:
+                errors += 1
+                continue
+            if i == 0 and n > 3:
+                continue  # the first call warms caches: not counted
+            client_ms.append(dt)
+            sizes.append(len(r.content))
+            m = re.search(r"app;dur=([0-9.]+)", r.headers.get("server-timing", ""))
+            if m:
+                server_ms.append(float(m.group(1)))
+
+    def pct(v: list[float], q: float) -> float:
+        return float(np.percentile(v, q)) if v else float("nan")
+
+    return {
+        "workload": workload, "scenario": label, "requests": len(client_ms), "errors": errors,
+        "client_p50_ms": pct(client_ms, 50), "client_p99_ms": pct(client_ms, 99),
+        "server_p50_ms": pct(server_ms, 50), "server_p99_ms": pct(server_ms, 99),
+        "server_max_ms": max(server_ms) if server_ms else float("nan"),
+        "response_kb": float(np.mean(sizes)) / 1024 if sizes else float("nan"),
+    }
+
+
+# --------------------------------------------------------------------------- bundles
+def tafeng_bundle(workdir: Path) -> Path:
+    """The champion bundle, downloaded from a copy of mlflow.db (the real store is never opened
+    for writing)."""
+    dst = workdir / "tafeng"
+    if (dst / "bundle" / "bundle.json").exists():
+        return dst / "bundle"
+    db = workdir / "mlflow-copy.db"
+    shutil.copy2(TRACKING_DB, db)
+    code = (
+        "import sys; from recsys.pyfunc import download_bundle; "
+        f"print(download_bundle({MODEL_NAME!r}, {MODEL_ALIAS!r}, tracking_uri='sqlite:///{db}', dst={str(dst)!r}))"
+    )
+    # artifact locations in the store may be relative to the repository: run from there
+    out = subprocess.run([PY, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"download of {MODEL_NAME}@{MODEL_ALIAS} failed:\n{out.stderr[-2000:]}")
+    path = Path(out.stdout.strip().splitlines()[-1])
+    return path
+
+
+def _loads_with(bundle: Path, pythonpath: list[Path], workdir: Path) -> str | None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in [*pythonpath, REPO])}
+    code = f"from recsys.bundle import load_bundle; load_bundle({str(bundle)!r})"
+    out = subprocess.run([PY, "-c", code], cwd=workdir, env=env, capture_output=True, text=True, timeout=600,
+                         check=False)
+    return None if out.returncode == 0 else (out.stderr.strip().splitlines() or ["?"])[-1]
+
+
+def resolve_code(bundle: Path, workdir: Path, report: Report) -> list[Path]:
+    """Extra PYTHONPATH entries the server needs to read ``bundle``: none when the working tree
+    reads it; otherwise ``recsys/`` as committed in the newest recent commit that reads it
+    (``git archive``, read-only) -- for a bundle written before a later model change.
+    ``serving/`` is always the working tree's."""
+    err = _loads_with(bundle, [], workdir)
+    if err is None:
+        return []
+    commits = subprocess.run(["git", "-C", str(REPO), "log", "-n", "12", "--format=%h"], capture_output=True,
+                             text=True, check=False).stdout.split()
+    for commit in commits:
+        code = workdir / f"code-{commit}"
+        if not (code / "recsys").exists():
+            code.mkdir(parents=True, exist_ok=True)
+            subprocess.run(f"git -C {REPO} archive {commit} recsys | tar -x -C {code}", shell=True, check=True,
+                           timeout=120)
+        if _loads_with(bundle, [code], workdir) is None:
+            report.notes.append(
+                f"the working tree's recsys cannot read the champion bundle ({err}); the Ta-Feng servers ran "
+                f"with recsys/ from commit {commit} (git archive, read-only), serving/ from the working tree"
+            )
+            log(report.notes[-1])
+            return [code]
+    raise RuntimeError(f"the champion bundle loads neither with the working tree ({err}) nor the last "
+                       f"{len(commits)} commits' recsys/")
+
+
+def synthetic_bundle(path: Path, n_members: int, n_products: int, factors: int, seed: int = 0) -> Path:
+    """Random clustered factors wrapped into a fitted ALS, saved as a servable bundle."""
+    import pyarrow as pa
+    import scipy.sparse as sp
+
+    from recsys.bundle import Bundle, load_bundle, save_bundle
+    from recsys.idmap import IdMap
+    from recsys.models.base import get_model
+
+    meta_path = path / "bundle.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if (meta.get("n_members"), meta.get("n_products"), meta.get("bench_seed"), meta.get("bench_factors")) == (
+            n_members, n_products, seed, factors
+        ):
+            with contextlib.suppress(Exception):
+                load_bundle(path)  # still readable by this code
+                return path
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    n_clusters, d = 256, factors
+    centres = rng.standard_normal((n_clusters, d), dtype=np.float32)
+
+    def vectors(n: int, sigma: float) -> np.ndarray:
+        out = np.empty((n, d), dtype=np.float32)
+        for start in range(0, n, 200_000):
+            m = min(200_000, n - start)
+            g = rng.integers(n_clusters, size=m)
+            v = 0.6 * centres[g] + 0.8 * rng.standard_normal((m, d), dtype=np.float32)
+            v *= rng.lognormal(0.0, sigma, size=(m, 1)).astype(np.float32) / np.sqrt(d)
+            out[start : start + m] = v
+        return out
+
+    users, items = vectors(n_members, 0.4), vectors(n_products, 0.3)
+    # a purchase history of the right shape (popularity, fallbacks, "bought" sets): long-tailed
+    # activity, Zipf products; ~7 distinct products per member
+    lines = np.minimum(1 + rng.geometric(0.15, size=n_members), 60)
+    pop = 1.0 / np.arange(1, n_products + 1) ** 0.9
+    perm = rng.permutation(n_products)
+    cols = perm[np.searchsorted(np.cumsum(pop / pop.sum()), rng.random(int(lines.sum())), side="right").clip(0, n_products - 1)]
+    rows = np.repeat(np.arange(n_members, dtype=np.int64), lines)
+    hist = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_members, n_products))
+    hist.sum_duplicates()
+    hist.data[:] = 1.0
+    n_cat = 200
+    category = rng.integers(n_cat, size=n_products).astype(np.int32)
+
+    model = get_model("als")({"factors": factors, "iterations": 3})
+    model.n_members, model.n_products = n_members, n_products
+    model.history, model.category = hist, category
+    model.user_factors, model.item_factors = users, items
+    model.warm_items = np.ones(n_products, dtype=bool)
+    model.is_fitted = True
+
+    member_ids = np.array([f"M{i:07d}" for i in range(n_members)], dtype=object)
+    product_ids = np.array([f"P{i:06d}" for i in range(n_products)], dtype=object)
+
+    def pick(labels: tuple[str, ...], shares: tuple[float, ...], n: int) -> pa.Array:
+        codes = rng.choice(len(labels), size=n, p=np.asarray(shares) / sum(shares))
+        return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(labels)).cast(pa.string())
+
+    member_table = pa.table({
+        "member_id": pa.array(member_ids, pa.string()),
+        "value_segment": pick(("high", "mid", "low", "new"), (0.1, 0.3, 0.45, 0.15), n_members),
+        "lifecycle": pick(("active", "lapsing", "churned", "new"), (0.5, 0.2, 0.15, 0.15), n_members),
+        "price_sensitivity": pick(("budget", "mid", "premium"), (0.35, 0.45, 0.2), n_members),
+        "age_group": pick(("<25", "25-34", "35-44", "45-54", "55-64", "65+"), (12, 24, 24, 19, 13, 8), n_members),
+        "region": pick(("north", "south", "east", "west", "central"), (2, 2, 2, 2, 2), n_members),
+    })
+    prices = np.round(rng.lognormal(3.0, 0.8, size=n_products), 2)
+    product_table = pa.table({
+        "product_id": pa.array(product_ids, pa.string()),
+        "category": pa.array([f"cat{c:03d}" for c in category], pa.string()),
+        "price": pa.array(prices),
+        "price_band": pa.array(np.where(prices < 10, "low", np.where(prices < 40, "mid", "high")).tolist()),
+        "brand": pa.array([f"brand{b:04d}" for b in rng.integers(2000, size=n_products)], pa.string()),
+        "name": pa.array([f"product {i}" for i in range(n_products)], pa.string()),
+        "active": pa.array(np.ones(n_products, dtype=bool)),
+    })
+    bundle = Bundle(model, IdMap(member_ids), IdMap(product_ids), member_table, product_table, {
+        "dataset": "synthetic-random-factors", "as_of": "2024-06-01", "bench_seed": seed, "bench_factors": factors,
+        "note": "random clustered factors wrapped into a fitted ALS (not trained): latency benchmark only",
+    })
+    save_bundle(path, bundle)
+    log(f"synthetic bundle: {n_members:,} members x {n_products:,} products, {hist.nnz:,} history entries, "
+        f"written in {time.perf_counter() - t0:.0f} s -> {path}")
+    return path
+
+
+# --------------------------------------------------------------------------- scenarios
+def tafeng_scenarios(bundle: Path, n: int = 4000) -> dict[str, Scenario]:
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    members = pq.read_table(bundle / "members.parquet", columns=["member_id"]).column(0).to_pylist()
+    products = pq.read_table(bundle / "products.parquet", columns=["product_id"]).column(0).to_pylist()
+    known = [members[i] for i in rng.choice(len(members), size=min(n, len(members)), replace=False)]
+    prods = [products[i] for i in rng.choice(len(products), size=min(n, len(products)), replace=False)]
+    unknown = [f"bench-unknown-{i}" for i in range(n)]
+    picks_route = "/v1/members/{member_id}/picks"
+    return {
+        "bare": Scenario("bare", "GET", "/bench/bare", [""], route="/bench/bare"),
+        "bare-sync": Scenario("bare-sync", "GET", "/bench/bare-sync", [""], route="/bench/bare-sync"),
+        "picks": Scenario("picks", "GET", "/v1/members/", known, "/picks", route=picks_route),
+        "picks-sync": Scenario("picks-sync", "GET", "/bench/picks-sync/", known, route="/bench/picks-sync/{member_id}"),
+        "picks-orjson": Scenario("picks-orjson", "GET", "/bench/picks-orjson/", known,
+                                 route="/bench/picks-orjson/{member_id}"),
+        "picks-unknown": Scenario("picks-unknown", "GET", "/v1/members/", unknown, "/picks", route=picks_route),
+        "similar": Scenario("similar", "GET", "/v1/products/", prods, "/similar",
+                            route="/v1/products/{product_id}/similar"),
+        "audience-1000": Scenario("audience-1000", "POST", "/v1/audiences", prods[:500], body_head='{"product_id":"',
+                                  body_tail='","size":1000}', route="/v1/audiences"),
+    }
+
+
+def run_set(wrk: str, server: Server, names: list[str], scen: dict[str, Scenario], key: str, seconds: float,
+            warmup: float, workdir: Path, args: argparse.Namespace, report: Report, workload: str) -> list[Run]:
+    runs = []
+    for name in names:
+        sc = scen[name]
+        err = check_once(server, sc, key)
+        if err:
+            report.errors.append(f"{workload}/{server.cfg.name}: {err}")
+            log(f"  {name}: SKIPPED ({err})")
+            continue
+        if warmup > 0:
+            run_wrk(wrk, server, sc, key, warmup, workdir, connections=args.connections, threads=args.threads,
+                    workload=workload, config=server.cfg.name)
+        r = run_wrk(wrk, server, sc, key, seconds, workdir, connections=args.connections, threads=args.threads,
+                    workload=workload, config=server.cfg.name)
+        runs.append(r)
+        report.runs.append(r)
+        srv = f", server mean {r.server_mean_ms:.2f} ms" if r.server_mean_ms is not None else ""
+        log(f"  {server.cfg.name:>18} {name:<14} {r.rps:8.0f} req/s  p50 {r.p50_ms:7.2f}  p99 {r.p99_ms:7.2f} ms"
+            f"  errors {r.errors}{srv} {r.note}")
+    return runs
+
+
+def _baseline(runs: list[Run], name: str = "bare") -> float:
+    vals = [r.rps for r in runs if r.scenario == name and np.isfinite(r.rps)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", type=Path, help="write every figure to this JSON file")
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "recsys-bench-serving")
+    ap.add_argument("--seconds", type=float, default=12.0, help="duration of each main scenario")
+    ap.add_argument("--config-seconds", type=float, default=8.0, help="duration of each configuration run")
+    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2, help="wrk threads")
+    ap.add_argument("--members", type=int, default=1_000_000)
+    ap.add_argument("--products", type=int, default=20_000)
+    ap.add_argument("--factors", type=int, default=64)
+    ap.add_argument("--audience-requests", type=int, default=40, help="sequential requests per audience figure")
+    ap.add_argument("--tafeng-bundle", type=Path, help="serve this bundle instead of the registered champion")
+    ap.add_argument("--pythonpath", type=Path, action="append", default=[],
+                    help="prepend to every server's PYTHONPATH (e.g. a copy of serving/ to A/B a change)")
+    ap.add_argument("--skip-tafeng", action="store_true")
+    ap.add_argument("--skip-configs", action="store_true")
+    ap.add_argument("--skip-synth", action="store_true")
+    ap.add_argument("--ready-timeout", type=float, default=1800.0, help="seconds to wait for a server to load")
+    ap.add_argument("--quick", action="store_true", help="4 s runs, 250k members: a smoke test")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.seconds, args.config_seconds, args.warmup = 4.0, 3.0, 1.0
+        args.members, args.audience_requests = min(args.members, 250_000), 15
+
+    # SIGTERM unwinds like Ctrl-C, so every server subprocess (its own session) is stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    wrk = ensure_wrk()
+    key = write_keys(workdir)
+    import faiss
+
+    report = Report(
+        started=time.strftime("%Y-%m-%dT%H:%M:%S"), command=[sys.executable, *sys.argv],
+        machine={"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                 "faiss": faiss.__version__, "numpy": np.__version__,
+                 "load_average_at_start": os.getloadavg(),
+                 "wrk": subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False).stdout.splitlines()[:1]},
+        settings={k: v for k, v in vars(args).items() if k != "json"} | {"workdir": str(workdir)},
+    )
+    log(f"workdir {workdir}; wrk {args.connections} connections / {args.threads} threads; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus (shared machine: compare within the run)")
+
+    # ---------------------------------------------------------------- Ta-Feng
+    tafeng_runs: list[Run] = []
+    if not args.skip_tafeng:
+        try:
+            bundle = args.tafeng_bundle.resolve() if args.tafeng_bundle else tafeng_bundle(workdir)
+            report.settings["tafeng_bundle"] = str(bundle)
+            extra = [p.resolve() for p in args.pythonpath] + resolve_code(bundle, workdir, report)
+            scen = tafeng_scenarios(bundle)
+        except Exception as exc:  # noqa: BLE001 - report and go on with the synthetic workload
+            report.errors.append(f"tafeng setup: {exc}")
+            log(f"Ta-Feng workload skipped: {exc}")
+            bundle = None
+        if bundle is not None:
+            main_names = ["bare", "picks", "picks-unknown", "similar", "audience-1000", "bare"]
+            prod = ServerConfig("prod")
+            log("Ta-Feng, production configuration (recsys serve: 1 worker, BLAS/OpenMP pinned to 1, access log)")
+            try:
+                with Server(prod, bundle, workdir, extra) as srv:
+                    log(f"  ready in {srv.wait_ready(args.ready_timeout):.1f} s")
+                    tafeng_runs = run_set(wrk, srv, main_names, scen, key, args.seconds, args.warmup, workdir, args,
+                                          report, "tafeng")
+                    report.sequential.append(sequential(srv, scen["picks"], key, 200, 60, "tafeng", "picks (sequential)"))
+                    report.sequential.append(sequential(srv, scen["audience-1000"], key, args.audience_requests, 120,
+                                                        "tafeng", "audience 1,000 (sequential)"))
+            except Exception as exc:  # noqa: BLE001
+                report.errors.append(f"tafeng prod server: {exc}")
+                log(f"  FAILED: {exc}")
+
+            if not args.skip_configs:
+                cfg_names = ["bare", "picks", "picks-sync", "picks-orjson", "bare-sync", "bare"]
+                configs = [
+                    ServerConfig("pinned-1w"),
+                    ServerConfig("threads-env-unset", threads="unset"),
+                    ServerConfig("threads-default", threads="default"),
+                    ServerConfig("pinned-2w", workers=2),
+                    ServerConfig("pinned-2w-uvicorn-cli", workers=2, launcher="uvicorn-cli"),
+                    ServerConfig("no-access-log", access_log=False),
+                    ServerConfig("gather-fix", patch_gather=True),
+                    ServerConfig("gather-fix-2w-nolog", workers=2, access_log=False, patch_gather=True),
+                ]
+                log("Ta-Feng, configurations")
+                for cfg in configs:
+                    try:
+                        with Server(cfg, bundle, workdir, extra) as srv:
+                            srv.wait_ready(args.ready_timeout, settle=6 if cfg.workers > 1 else 1)
+                            time.sleep(2.0 if cfg.workers > 1 else 0.0)
+                            runs = run_set(wrk, srv, cfg_names, scen, key, args.config_seconds, args.warmup / 2,
+                                           workdir, args, report, "tafeng-config")
+                    except Exception as exc:  # noqa: BLE001
+                        report.errors.append(f"config {cfg.name}: {exc}")
+                        log(f"  {cfg.name} FAILED: {exc}")
+                        continue
+                    by = {r.scenario: r for r in runs}
+                    base = _baseline(runs)
+                    entry = {"config": cfg.name, **asdict(cfg), "bare_rps": base,
+                             "bare_sync_rps": by["bare-sync"].rps if "bare-sync" in by else None}
+                    for name in ("picks", "picks-sync", "picks-orjson"):
+                        if name in by:
+                            entry[f"{name}_rps"] = by[name].rps
+                            entry[f"{name}_p99_ms"] = by[name].p99_ms
+                            entry[f"{name}_ratio"] = by[name].rps / base if base else None
+                    report.configs.append(entry)
+
+    # ---------------------------------------------------------------- 1M synthetic
+    if not args.skip_synth:
+        try:
+            log(f"synthetic bundle: {args.members:,} members x {args.products:,} products")
+            spath = synthetic_bundle(workdir / f"synth-{args.members}x{args.products}", args.members, args.products,
+                                     args.factors)
+            rng = np.random.default_rng(2)
+            members = [f"M{i:07d}" for i in rng.choice(args.members, size=4000, replace=False)]
+            prods = [f"P{i:06d}" for i in rng.choice(args.products, size=500, replace=False)]
+            sscen = {
+                "bare": Scenario("bare", "GET", "/bench/bare", [""], route="/bench/bare"),
+                "picks": Scenario("picks", "GET", "/v1/members/", members, "/picks",
+                                  route="/v1/members/{member_id}/picks"),
+                "audience-10000": Scenario("audience-10000", "POST", "/v1/audiences", prods,
+                                           body_head='{"product_id":"', body_tail='","size":10000}',
+                                           route="/v1/audiences"),
+                "audience-10000-filtered": Scenario(
+                    "audience-10000-filtered", "POST", "/v1/audiences", prods, body_head='{"product_id":"',
+                    body_tail='","size":10000,"filters":{"value_segment":["high","mid"],"lifecycle":["active"]}}',
+                    route="/v1/audiences"),
+                "audience-1000": Scenario("audience-1000", "POST", "/v1/audiences", prods,
+                                          body_head='{"product_id":"', body_tail='","size":1000}',
+                                          route="/v1/audiences"),
+            }
+            cfg = ServerConfig("prod-1M")
+            log("1M synthetic, production configuration (the member HNSW graph is built at load)")
+            with Server(cfg, spath, workdir, [p.resolve() for p in args.pythonpath]) as srv:
+                ready_s = srv.wait_ready(args.ready_timeout)
+                report.settings["synthetic_load_seconds"] = ready_s
+                log(f"  ready in {ready_s:.0f} s")
+                import httpx
+
+                info = httpx.get(srv.base + "/v1/model", headers={"X-API-Key": key}, timeout=30)
+                if info.status_code == 200:
+                    report.settings["synthetic_model"] = info.json()
+                for label, name in (("audience 10,000 of 1M", "audience-10000"),
+                                    ("audience 10,000 of 1M, tag filter", "audience-10000-filtered"),
+                                    ("audience 1,000 of 1M (HNSW)", "audience-1000")):
+                    err = check_once(srv, sscen[name], key)
+                    if err:
+                        report.errors.append(f"synthetic: {err}")
+                        continue
+                    res = sequential(srv, sscen[name], key, args.audience_requests, 180, "synthetic-1M", label)
+                    report.sequential.append(res)
+                    log(f"  {label:<36} server p50 {res['server_p50_ms']:6.1f} p99 {res['server_p99_ms']:6.1f} ms;"
+                        f" client p50 {res['client_p50_ms']:6.1f} p99 {res['client_p99_ms']:6.1f} ms;"
+                        f" {res['response_kb']:.0f} KB")
+                for k, seg in ((10, None), (100, None), (1000, None), (1000, "high")):
+                    params: dict[str, Any] = {"k": k, "queries": 200}
+                    if seg:
+                        params["value_segment"] = seg
+                    r = httpx.get(srv.base + "/bench/recall", params=params, headers={"X-API-Key": key}, timeout=600)
+                    rec = r.json() if r.status_code == 200 else {"error": r.text[:300]}
+                    rec["filter"] = f"value_segment={seg}" if seg else None
+                    report.recall.append(rec)
+                    log(f"  HNSW recall@{k}{' (' + rec['filter'] + ')' if seg else ''}: {rec.get('recall')}"
+                        f"  index {rec.get('index')}")
+                run_set(wrk, srv, ["bare", "picks", "audience-10000", "bare"], sscen, key, args.seconds,
+                        args.warmup, workdir, args, report, "synthetic-1M")
+        except Exception as exc:  # noqa: BLE001
+            report.errors.append(f"synthetic: {exc}")
+            log(f"synthetic workload FAILED: {exc}")
+
+    # ---------------------------------------------------------------- targets
+    targets = report.targets
+    if tafeng_runs:
+        base = _baseline(tafeng_runs)
+        picks = next((r for r in tafeng_runs if r.scenario == "picks"), None)
+        if picks is not None:
+            ratio = picks.rps / base if base else float("nan")
+            targets.append({"target": f"picks req/s >= {PICKS_RATIO_TARGET:.0%} of bare (16 conn)",
+                            "value": f"{ratio:.1%} ({picks.rps:.0f} / {base:.0f})", "met": bool(ratio >= PICKS_RATIO_TARGET)})
+            targets.append({"target": f"picks p99 <= {PICKS_P99_TARGET_MS:.0f} ms (16 conn)",
+                            "value": f"{picks.p99_ms:.1f} ms", "met": bool(picks.p99_ms <= PICKS_P99_TARGET_MS)})
+    for res in report.sequential:
+        if res["workload"] == "synthetic-1M" and res["scenario"].startswith("audience 10,000"):
+            targets.append({"target": f"{res['scenario']}: server time <= {AUDIENCE_10K_TARGET_MS:.0f} ms (p99)",
+                            "value": f"p50 {res['server_p50_ms']:.1f} / p99 {res['server_p99_ms']:.1f} ms",
+                            "met": bool(res["server_p99_ms"] <= AUDIENCE_10K_TARGET_MS)})
+    for rec in report.recall:
+        if "recall" in rec and rec.get("filter") is None and rec.get("k") == 10:
+            targets.append({"target": f"HNSW recall@10 >= {RECALL_TARGET} (default settings)",
+                            "value": f"{rec['recall']:.4f}", "met": bool(rec["recall"] >= RECALL_TARGET)})
+
+    print_tables(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(asdict(report), indent=1, default=str))
+        log(f"figures written to {args.json}")
+    if report.errors:
+        return 2 if not report.runs else 1
+    return 0 if targets and all(t["met"] for t in targets) else 1
+
+
+def _target_of(r: Run) -> str:
+    if r.workload == "tafeng" and r.scenario == "picks":
+        return f">= {PICKS_RATIO_TARGET:.0%} bare, p99 <= {PICKS_P99_TARGET_MS:.0f} ms"
+    return ""
+
+
+def print_tables(report: Report) -> None:
+    runs = report.runs
+    print("\n=== load runs (wrk, closed loop) ===")
+    print(f"{'workload':<14} {'config':<20} {'scenario':<24} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} "
+          f"{'srv mean':>8} {'vs bare':>8} {'errors':>6}  target / met")
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for r in runs:
+        groups.setdefault((r.workload, r.config), []).append(r)
+    for (wl, cfg), rs in groups.items():
+        base = _baseline(rs)
+        for r in rs:
+            rel = r.rps / base if base and r.scenario != "bare" else float("nan")
+            target = _target_of(r)
+            met = ""
+            if target:
+                met = "met" if (rel >= PICKS_RATIO_TARGET and r.p99_ms <= PICKS_P99_TARGET_MS) else "NOT met"
+            srv = f"{r.server_mean_ms:8.2f}" if r.server_mean_ms is not None else f"{'-':>8}"
+            print(f"{wl:<14} {cfg:<20} {r.scenario:<24} {r.rps:8.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {srv} "
+                  f"{rel:8.1%} {r.errors:6d}  {target} {met}".rstrip())
+    if report.configs:
+        print("\n=== configurations (Ta-Feng; picks = hybrid champion, 16 connections) ===")
+        print(f"{'config':<20} {'workers':>7} {'threads':<8} {'acclog':<6} {'bare':>7} {'picks':>7} {'p99':>7} "
+              f"{'sync':>7} {'p99':>7} {'orjson':>7} {'p99':>7} {'picks/bare':>10}")
+        for c in report.configs:
+            def g(k: str, c: dict[str, Any] = c) -> float:
+                v = c.get(k)
+                return float(v) if v is not None else float("nan")
+            print(f"{c['config']:<20} {c['workers']:>7} {c['threads']:<8} {str(c['access_log']):<6} {g('bare_rps'):7.0f} "
+                  f"{g('picks_rps'):7.0f} {g('picks_p99_ms'):7.1f} {g('picks-sync_rps'):7.0f} {g('picks-sync_p99_ms'):7.1f} "
+                  f"{g('picks-orjson_rps'):7.0f} {g('picks-orjson_p99_ms'):7.1f} {g('picks_ratio'):10.1%}")
+    if report.sequential:
+        print("\n=== sequential requests (one at a time): client time and Server-Timing ===")
+        print(f"{'workload':<14} {'scenario':<36} {'n':>4} {'srv p50':>8} {'srv p99':>8} {'cli p50':>8} "
+              f"{'cli p99':>8} {'KB':>6}")
+        for s in report.sequential:
+            print(f"{s['workload']:<14} {s['scenario']:<36} {s['requests']:>4} {s['server_p50_ms']:8.1f} "
+                  f"{s['server_p99_ms']:8.1f} {s['client_p50_ms']:8.1f} {s['client_p99_ms']:8.1f} {s['response_kb']:6.0f}")
+    if report.recall:
+        print("\n=== member index recall vs exact (queries: product vectors, as audiences) ===")
+        for rec in report.recall:
+            print(f"  k={rec.get('k')!s:<5} filter={rec.get('filter')!s:<20} recall={rec.get('recall')} "
+                  f"filter share={rec.get('filter_share')} index={rec.get('index')}")
+    print("\n=== targets ===")
+    print(f"{'target':<62} {'value':<28} met")
+    for t in report.targets:
+        print(f"{t['target']:<62} {t['value']:<28} {'met' if t['met'] else 'NOT met'}")
+    for note in report.notes:
+        print(f"note: {note}")
+    for err in report.errors:
+        print(f"error: {err}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
