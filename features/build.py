@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -228,7 +228,7 @@ def build_features(
 
     manifest: dict[str, Any] = {
         "as_of": as_of.isoformat(),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "row_counts": row_counts,
         "inputs": input_hashes,
         "code_version": code_version(),

@@ -7,10 +7,10 @@ used are written into every snapshot's manifest.
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
 
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from recsys.errors import InputError

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from recsys.columns import Col
 from recsys.errors import RecsysError
 from recsys.idmap import IdMap
-from recsys.models.base import Recommender, Tag
+from recsys.models.base import ModelStateVersionError, Recommender, Tag
 
 FORMAT_VERSION = 1
 
@@ -79,7 +79,7 @@ def save_bundle(path: Path | str, bundle: Bundle) -> Path:
         "model": bundle.model.name,
         "n_members": len(bundle.members),
         "n_products": len(bundle.products),
-        "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     (path / "bundle.json").write_text(json.dumps(meta, indent=1, default=str))
     return path
@@ -107,9 +107,9 @@ def load_bundle(path: Path | str) -> Bundle:
         model = Recommender.load(path / "model")
         member_table = pq.read_table(path / "members.parquet")
         product_table = pq.read_table(path / "products.parquet")
-    except ValueError as exc:
+    except ModelStateVersionError as exc:
         raise BundleError(str(exc)) from None
-    except (OSError, KeyError) as exc:
+    except (OSError, KeyError, ValueError) as exc:
         raise BundleError(f"{path}: bundle is incomplete or corrupt ({exc}); re-export it") from None
     members = IdMap(np.asarray(member_table.column(Col.MEMBER).to_pylist(), dtype=object))
     products = IdMap(np.asarray(product_table.column(Col.PRODUCT).to_pylist(), dtype=object))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -54,7 +54,7 @@ def data_ingest(
         str, typer.Argument(help="A built-in dataset name (tafeng) or a column-mapping TOML file.")
     ] = "tafeng",
     data_dir: DataDir = Path("data"),
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: DATA_DIR/NAME/canonical).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: DATA_DIR/NAME/canonical).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad row.")] = False,
 ) -> None:
     """Validate a retailer's export and write the canonical tables plus a validation report."""
@@ -95,9 +95,9 @@ def features_build(
     as_of: Annotated[str, typer.Option("--as-of", help="Nothing on or after this date is used (YYYY-MM-DD).")],
     data_dir: DataDir = Path("data"),
     dataset: Annotated[str, typer.Option(help="Dataset folder under DATA_DIR.")] = "tafeng",
-    config: Annotated[Optional[Path], typer.Option(help="Tag thresholds (TOML); defaults otherwise.")] = None,
-    canonical: Annotated[Optional[Path], typer.Option(help="Canonical tables (default: DATA_DIR/DATASET/canonical).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Snapshot folder (default: DATA_DIR/DATASET/features/AS_OF).")] = None,
+    config: Annotated[Path | None, typer.Option(help="Tag thresholds (TOML); defaults otherwise.")] = None,
+    canonical: Annotated[Path | None, typer.Option(help="Canonical tables (default: DATA_DIR/DATASET/canonical).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Snapshot folder (default: DATA_DIR/DATASET/features/AS_OF).")] = None,
 ) -> None:
     """Member and product features as of a date, written as a snapshot (Parquet + manifest)."""
     from features.build import build_features
@@ -120,7 +120,7 @@ def features_build(
 @app.command("train")
 def train(
     config: Annotated[Path, typer.Option("--config", help="Experiment config (TOML), e.g. experiments/configs/default.toml.")],
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db).")] = None,
     no_register: Annotated[bool, typer.Option("--no-register", help="Log the run but do not register the model.")] = False,
 ) -> None:
     """Fit a model, evaluate it in both directions, log it to MLflow and register it; the alias
@@ -141,9 +141,9 @@ def train(
 @app.command("promote")
 def promote(
     registered_model: Annotated[str, typer.Option(help="Registered model name.")] = "recsys-tafeng",
-    version: Annotated[Optional[str], typer.Option(help="Version to promote (default: the latest).")] = None,
+    version: Annotated[str | None, typer.Option(help="Version to promote (default: the latest).")] = None,
     alias: Annotated[str, typer.Option(help="Alias to set.")] = "champion",
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
 ) -> None:
     """Move an alias (champion by default) to a model version by hand."""
     from training.cli_commands import promote_command
@@ -156,16 +156,16 @@ def promote(
 
 @app.command("serve")
 def serve(
-    bundle: Annotated[Optional[Path], typer.Option(help="Serve a local bundle folder instead of the registry.")] = None,
-    registered_model: Annotated[Optional[str], typer.Option(help="Registered model to serve (alias below).")] = None,
+    bundle: Annotated[Path | None, typer.Option(help="Serve a local bundle folder instead of the registry.")] = None,
+    registered_model: Annotated[str | None, typer.Option(help="Registered model to serve (alias below).")] = None,
     alias: Annotated[str, typer.Option(help="Registry alias or version to serve.")] = "champion",
     host: str = "127.0.0.1",
     port: int = 8000,
     workers: int = 1,
-    api_keys_file: Annotated[Optional[Path], typer.Option(help="TOML/JSON file of hashed API keys.")] = None,
-    events_dir: Annotated[Optional[Path], typer.Option(help="Where live purchase events are appended.")] = None,
-    audit_log: Annotated[Optional[Path], typer.Option(help="Audience-export audit log (JSON lines).")] = None,
-    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow tracking URI.")] = None,
+    api_keys_file: Annotated[Path | None, typer.Option(help="TOML/JSON file of hashed API keys.")] = None,
+    events_dir: Annotated[Path | None, typer.Option(help="Where live purchase events are appended.")] = None,
+    audit_log: Annotated[Path | None, typer.Option(help="Audience-export audit log (JSON lines).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
 ) -> None:
     """Run the HTTP API (picks, similar products, audiences, events) with uvicorn."""
     from serving.cli import serve as run_server

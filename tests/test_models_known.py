@@ -310,3 +310,20 @@ def test_topfreq_audience_ties_go_to_the_more_active_member_at_high_counts():
     occ = [(0, 0, d) for d in range(1, 11)] + [(1, 0, d) for d in range(1, 11)] + [(1, 1, d) for d in range(1, 6)]
     model = get_model("top_frequency")().fit(literal_data(occ, 2, 2))
     assert model.audience(np.array([0]), n=2)[0].tolist() == [[1, 0]]
+
+
+@pytest.mark.parametrize("n_members", [1, 3, 400])
+def test_hybrid_gather_equals_dense_indexing_for_few_and_many_members(n_members: int) -> None:
+    # _gather takes a row-restricted path when few members are asked for (serving)
+    import scipy.sparse as sp
+
+    from recsys.models.hybrid import _gather
+
+    rng = np.random.default_rng(n_members)
+    m = sp.random(500, 300, density=0.02, format="csr", random_state=n_members, dtype=np.float32)
+    members = rng.choice(500, n_members, replace=False)
+    rows = np.repeat(members, 40)
+    cols = rng.integers(0, 300, len(rows))
+    coo = m.tocoo()  # add pairs that are surely stored
+    rows, cols = np.r_[rows, coo.row[:20]], np.r_[cols, coo.col[:20]]
+    assert np.array_equal(_gather(m, rows, cols), m.toarray()[rows, cols])

@@ -19,7 +19,7 @@ from rich.table import Table
 from recsys.bundle import Bundle, save_bundle
 from recsys.columns import Col
 from recsys.models import get_model
-from recsys.models.base import Recommender, TrainData
+from recsys.models.base import Recommender
 from training.config import TrainConfig
 from training.data import DataPaths, load_split
 from training.evaluate import evaluate_audiences, evaluate_picks

@@ -25,7 +25,6 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict
 
-from recsys.idmap import IdMap
 from recsys.interactions import Interactions
 
 Mode = Literal["discover", "replenish"]
@@ -95,6 +94,10 @@ class ModelParams(BaseModel):
 
 
 MODELS: dict[str, type[Recommender]] = {}
+
+
+class ModelStateVersionError(ValueError):
+    """A saved model whose state was written by a release with another ``state_version``."""
 
 
 def topk_rows(
@@ -272,8 +275,8 @@ class Recommender(ABC):
     def _state(self) -> dict[str, Any]:
         return {}
 
-    def _set_state(self, state: dict[str, Any]) -> None:
-        pass
+    def _set_state(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Restore what ``_state`` returned; models without state keep the default."""
 
     def save(self, path: Path | str) -> Path:
         """Write the model to a folder: ``model.json`` (name, params, JSON state) + ``arrays.npz``."""
@@ -316,7 +319,7 @@ class Recommender(ABC):
             raise ValueError(f"{path}: unknown model {doc['model']!r}; known: {sorted(MODELS)}")
         saved = doc.get("state_version", 1)
         if saved != model_cls.state_version:
-            raise ValueError(
+            raise ModelStateVersionError(
                 f"{path}: {doc['model']} model state version {saved}, this release reads "
                 f"{model_cls.state_version}; retrain it with this release"
             )

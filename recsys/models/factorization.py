@@ -18,7 +18,6 @@ from recsys.interactions import Weighting
 from recsys.models.base import ModelParams, Recommender, Tag, TrainData
 
 
-
 def attribute_vectors(
     vectors: np.ndarray, warm: np.ndarray, tags: dict[str, Tag], keys: tuple[str, ...] = ("category", "price_band")
 ) -> np.ndarray:

@@ -139,9 +139,14 @@ def _group_matrix(counts: sp.csr_matrix, groups: np.ndarray) -> sp.csr_matrix:
 
 def _gather(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Values of a sparse matrix at (rows, cols) pairs, 0 where absent, without densifying."""
-    m = sp.csr_matrix(m)
-    if m.nnz == 0:
+    m = m if sp.isspmatrix_csr(m) else sp.csr_matrix(m)
+    if m.nnz == 0 or len(rows) == 0:
         return np.zeros(len(rows), dtype=np.float32)
+    uniq, inv = np.unique(rows, return_inverse=True)
+    if len(uniq) * 8 < m.shape[0]:  # a few members (serving): index only their rows
+        m, rows = m[uniq], inv
+        if m.nnz == 0:
+            return np.zeros(len(rows), dtype=np.float32)
     n = m.shape[1]
     row_of = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
     keys = row_of * n + m.indices  # csr with sorted indices gives sorted keys
