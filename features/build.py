@@ -14,7 +14,6 @@ The manifest is written last: a folder without one is an interrupted build.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -33,6 +32,7 @@ from rich.table import Table
 
 from features.config import TAG_LABELS, FeatureConfig
 from recsys.columns import Col
+from recsys.data.fetch import sha256sum
 from recsys.errors import InputError
 
 # The canonical tables this step reads, with the columns it relies on (the ingest contract).
@@ -53,7 +53,6 @@ OUTPUT_FILES = {"members": MEMBERS_FILE, "products": PRODUCTS_FILE, "category_pr
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
 
-_HASH_CHUNK = 8 * 1024 * 1024
 
 
 @dataclass
@@ -218,7 +217,7 @@ def build_features(
         prefix="recsys-features-", dir=temp_dir
     ) as spill:
         # Hashing GB-sized inputs overlaps with the SQL work instead of adding to it.
-        hashes = pool.submit(lambda: {name: _sha256(path) for name, path in inputs.items()})
+        hashes = pool.submit(lambda: {name: sha256sum(path) for name, path in inputs.items()})
         con = _connect(memory_limit, threads or os.cpu_count() or 1, Path(spill))
         try:
             row_counts, stats, warnings = _run(con, inputs, out_dir, params, as_of)
@@ -429,14 +428,6 @@ def _strip_comments(sql: str) -> str:
 
 def _sql_path(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _git(repo: Path, *args: str) -> str | None:
