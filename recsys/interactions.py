@@ -43,6 +43,23 @@ class Interactions:
     amount: np.ndarray
     as_of: date
 
+    @classmethod
+    def from_occasions(
+        cls, members: IdMap, products: IdMap, member: np.ndarray, product: np.ndarray,
+        age_days: np.ndarray, quantity: np.ndarray, amount: np.ndarray, as_of: date,
+    ) -> Interactions:
+        """Occasions given as parallel arrays of indices, stored sorted by (member, product)."""
+        order = np.lexsort((product, member))
+        return cls(
+            members=members, products=products,
+            member=np.asarray(member)[order].astype(np.int32),
+            product=np.asarray(product)[order].astype(np.int32),
+            age_days=np.asarray(age_days)[order].astype(np.int32),
+            quantity=np.asarray(quantity)[order].astype(np.float32),
+            amount=np.asarray(amount)[order].astype(np.float32),
+            as_of=as_of,
+        )
+
     @property
     def shape(self) -> tuple[int, int]:
         return len(self.members), len(self.products)
@@ -153,14 +170,7 @@ def load_interactions(
     mi = members.to_index(m_ext, missing="ignore")
     pi = products.to_index(p_ext, missing="ignore")
     keep = (mi >= 0) & (pi >= 0)
-    order = np.lexsort((pi[keep], mi[keep]))
-    return Interactions(
-        members=members,
-        products=products,
-        member=mi[keep][order].astype(np.int32),
-        product=pi[keep][order].astype(np.int32),
-        age_days=np.asarray(rel["age"])[keep][order].astype(np.int32),
-        quantity=np.asarray(rel["q"])[keep][order].astype(np.float32),
-        amount=np.asarray(rel["a"])[keep][order].astype(np.float32),
-        as_of=as_of,
+    return Interactions.from_occasions(
+        members, products, mi[keep], pi[keep], np.asarray(rel["age"])[keep],
+        np.asarray(rel["q"])[keep], np.asarray(rel["a"])[keep], as_of,
     )

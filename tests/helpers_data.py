@@ -9,9 +9,12 @@ from __future__ import annotations
 from datetime import date
 
 import numpy as np
+import pyarrow as pa
 
+from recsys.bundle import Bundle
 from recsys.idmap import IdMap
 from recsys.interactions import Interactions
+from recsys.models import get_model
 from recsys.models.base import Tag, TrainData
 
 AS_OF = date(2001, 2, 1)
@@ -110,4 +113,53 @@ def synthetic_data(seed: int = 0) -> TrainData:
             "price_band": Tag.from_values(bands),
         },
         product_price=(1.0 + np.arange(N_PRODUCTS) % 7).astype(np.float32),
+    )
+
+
+# ------------------------------------------------------------------ a tiny serving bundle
+# (member, product, days before as_of): m0 is a regular of p0; p0 has the most buyers.
+OCCASIONS = [
+    (0, 0, 1), (0, 0, 8), (0, 0, 15), (0, 1, 3),
+    (1, 1, 2), (1, 1, 9), (1, 2, 4),
+    (2, 0, 5), (2, 3, 6),
+    (3, 2, 1), (3, 2, 7), (3, 4, 2),
+    (4, 0, 3), (4, 1, 3), (4, 2, 10),
+    (5, 3, 4), (5, 0, 12),
+]
+MEMBERS = [f"m{i}" for i in range(6)]
+PRODUCTS = [f"p{i}" for i in range(5)]
+CATEGORIES = ["dairy", "dairy", "bakery", "bakery", "snacks"]
+SEGMENTS = ["high", "mid", "low", "mid", "high", None]
+
+BUNDLE_MODEL_PARAMS = {
+    "popular": {},
+    "simple_blend": {},
+    "als": {"factors": 4, "iterations": 3, "num_threads": 1, "seed": 7, "weighting": "count"},
+}
+
+
+def tiny_data() -> TrainData:
+    m, p, age = (np.array(col, dtype=np.int32) for col in zip(*OCCASIONS, strict=True))
+    x = Interactions(
+        members=IdMap(MEMBERS), products=IdMap(PRODUCTS), member=m, product=p, age_days=age,
+        quantity=np.ones(len(m), np.float32), amount=np.full(len(m), 2.5, np.float32),
+        as_of=date(2001, 2, 1),
+    )
+    return TrainData(
+        x,
+        member_tags={"value_segment": Tag.from_values(SEGMENTS)},
+        product_tags={"category": Tag.from_values(CATEGORIES)},
+    )
+
+
+def tiny_bundle(model_name: str, **params: object) -> Bundle:
+    data = tiny_data()
+    model = get_model(model_name)({**BUNDLE_MODEL_PARAMS.get(model_name, {}), **params}).fit(data)
+    return Bundle(
+        model=model,
+        members=data.interactions.members,
+        products=data.interactions.products,
+        member_table=pa.table({"member_id": MEMBERS, "value_segment": SEGMENTS}),
+        product_table=pa.table({"product_id": PRODUCTS, "category": CATEGORIES}),
+        meta={"run_id": "run-123", "metrics": {"recall@10": 0.25}},
     )

@@ -3,65 +3,17 @@
 from __future__ import annotations
 
 import json
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers_data import BUNDLE_MODEL_PARAMS, MEMBERS, PRODUCTS, tiny_bundle
 
 from recsys.bundle import FORMAT_VERSION, Bundle, BundleError, load_bundle, save_bundle
-from recsys.idmap import IdMap
-from recsys.interactions import Interactions
-from recsys.models import Tag, TrainData, get_model
 
-# (member, product, days before as_of): m0 is a regular of p0; p0 has the most buyers.
-OCCASIONS = [
-    (0, 0, 1), (0, 0, 8), (0, 0, 15), (0, 1, 3),
-    (1, 1, 2), (1, 1, 9), (1, 2, 4),
-    (2, 0, 5), (2, 3, 6),
-    (3, 2, 1), (3, 2, 7), (3, 4, 2),
-    (4, 0, 3), (4, 1, 3), (4, 2, 10),
-    (5, 3, 4), (5, 0, 12),
-]
-MEMBERS = [f"m{i}" for i in range(6)]
-PRODUCTS = [f"p{i}" for i in range(5)]
-CATEGORIES = ["dairy", "dairy", "bakery", "bakery", "snacks"]
-SEGMENTS = ["high", "mid", "low", "mid", "high", None]
-
-MODELS = {
-    "popular": {},
-    "simple_blend": {},
-    "als": {"factors": 4, "iterations": 3, "num_threads": 1, "seed": 7, "weighting": "count"},
-}
-
-
-def tiny_data() -> TrainData:
-    m, p, age = (np.array(col, dtype=np.int32) for col in zip(*OCCASIONS, strict=True))
-    x = Interactions(
-        members=IdMap(MEMBERS), products=IdMap(PRODUCTS), member=m, product=p, age_days=age,
-        quantity=np.ones(len(m), np.float32), amount=np.full(len(m), 2.5, np.float32),
-        as_of=date(2001, 2, 1),
-    )
-    return TrainData(
-        x,
-        member_tags={"value_segment": Tag.from_values(SEGMENTS)},
-        product_tags={"category": Tag.from_values(CATEGORIES)},
-    )
-
-
-def tiny_bundle(model_name: str, **params: object) -> Bundle:
-    data = tiny_data()
-    model = get_model(model_name)({**MODELS.get(model_name, {}), **params}).fit(data)
-    return Bundle(
-        model=model,
-        members=data.interactions.members,
-        products=data.interactions.products,
-        member_table=pa.table({"member_id": MEMBERS, "value_segment": SEGMENTS}),
-        product_table=pa.table({"product_id": PRODUCTS, "category": CATEGORIES}),
-        meta={"run_id": "run-123", "metrics": {"recall@10": 0.25}},
-    )
+MODELS = BUNDLE_MODEL_PARAMS
 
 
 @pytest.fixture(params=sorted(MODELS))

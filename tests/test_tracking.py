@@ -11,15 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
+from helpers_data import MEMBERS, tiny_bundle
 from mlflow import MlflowClient
 
-from recsys.bundle import Bundle, load_bundle, save_bundle
+from recsys.bundle import load_bundle, save_bundle
 from recsys.errors import InputError, RecsysError
-from recsys.idmap import IdMap
-from recsys.interactions import Interactions
-from recsys.models import Tag, TrainData, get_model
+from recsys.models import get_model
 from recsys.pyfunc import RecsysPyfuncModel, download_bundle, resolve_tracking_uri
 from training.cli_commands import promote_command
 from training.tracking import (
@@ -33,39 +31,12 @@ from training.tracking import (
     promote,
 )
 
-MEMBERS = ["m0", "m1", "m2", "m3", "m4", "m5"]
-PRODUCTS = ["p0", "p1", "p2", "p3", "p4"]
-# (member, product, days before as_of). Distinct buyers: p0 4, p1 3, p2 3, p3 2, p4 1.
-OCCASIONS = [
-    (0, 0, 1), (0, 0, 8), (0, 0, 15), (0, 1, 3),
-    (1, 1, 2), (1, 1, 9), (1, 2, 4),
-    (2, 0, 5), (2, 3, 6),
-    (3, 2, 1), (3, 2, 7), (3, 4, 2),
-    (4, 0, 3), (4, 1, 3), (4, 2, 10),
-    (5, 3, 4), (5, 0, 12),
-]
 pytestmark = [  # MLflow 3.17 against SQLAlchemy 2.1 and pandas 3: noise from inside MLflow
     pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated"),
     pytest.mark.filterwarnings("ignore:Operation with range is deprecated"),
 ]
 MODEL = "recsys-test"
 METRIC = "recall@10"
-
-
-def tiny_bundle(model_name: str = "simple_blend") -> Bundle:
-    m, p, age = (np.array(col, dtype=np.int32) for col in zip(*OCCASIONS, strict=True))
-    x = Interactions(IdMap(MEMBERS), IdMap(PRODUCTS), m, p, age, np.ones(len(m), np.float32),
-                     np.ones(len(m), np.float32), date(2001, 2, 1))
-    cats = ["dairy", "dairy", "bakery", "bakery", "snacks"]
-    data = TrainData(x, product_tags={"category": Tag.from_values(cats)})
-    return Bundle(
-        model=get_model(model_name)().fit(data),
-        members=x.members,
-        products=x.products,
-        member_table=pa.table({"member_id": MEMBERS}),
-        product_table=pa.table({"product_id": PRODUCTS, "category": cats}),
-        meta={"run_id": "test"},
-    )
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +61,7 @@ def store(tmp_path: Path, template_db: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 @pytest.fixture
 def bundle_dir(tmp_path: Path) -> Path:
-    return save_bundle(tmp_path / "bundle", tiny_bundle())
+    return save_bundle(tmp_path / "bundle", tiny_bundle("simple_blend"))
 
 
 def register(store: str, bundle_dir: Path, value: float | None, run_name: str = "run") -> str:
@@ -271,7 +242,7 @@ def test_registered_model_predicts_like_the_bundle(store: str, bundle_dir: Path)
 
 
 def test_pyfunc_modes_and_bad_input() -> None:
-    model = RecsysPyfuncModel.from_bundle(tiny_bundle())
+    model = RecsysPyfuncModel.from_bundle(tiny_bundle("simple_blend"))
     out = model.predict(None, pd.DataFrame({"member_id": ["m0", "m0"], "k": [2, 2],
                                             "mode": ["replenish", "discover"]}))
     replenish, discover = out.iloc[:2], out.iloc[2:]

@@ -77,15 +77,9 @@ def load_next_basket(
     pi = products.to_index(rows["p"])
     target = np.asarray(rows["is_target"], dtype=bool)
     hist = ~target
-    order = np.lexsort((pi[hist], mi[hist]))
-    interactions = Interactions(
-        members=members,
-        products=products,
-        member=mi[hist][order].astype(np.int32),
-        product=pi[hist][order].astype(np.int32),
-        age_days=np.asarray(rows["age"])[hist][order].astype(np.int32),
-        quantity=np.asarray(rows["q"])[hist][order].astype(np.float32),
-        amount=np.asarray(rows["a"])[hist][order].astype(np.float32),
+    interactions = Interactions.from_occasions(
+        members, products, mi[hist], pi[hist], np.asarray(rows["age"])[hist],
+        np.asarray(rows["q"])[hist], np.asarray(rows["a"])[hist],
         as_of=date.today(),  # each member is aged relative to their own target day
     )
     truth = sp.csr_matrix(

@@ -42,6 +42,8 @@ class TrainResult:
     model: Recommender
     metrics: dict[str, float]
     timings: dict[str, float]
+    members: Any = None  # the model's member / product id maps, for the bundle
+    products: Any = None
     run_id: str | None = None
     version: str | None = None
     alias: str | None = None
@@ -94,15 +96,15 @@ def fit_and_evaluate(cfg: TrainConfig, console: Console | None = None, on_iterat
     report = {"config": cfg.model_dump(mode="json"), "metrics": metrics, "timings": timings,
               "train": {"members": data.n_members, "products": data.n_products,
                         "occasions": int(len(data.interactions.member))}}
-    return TrainResult(model, metrics, timings, report=report)
+    return TrainResult(model, metrics, timings, members=data.interactions.members,
+                       products=data.interactions.products, report=report)
 
 
-def build_bundle(cfg: TrainConfig, result: TrainResult, data_members: Any, data_products: Any, out: Path,
-                 run_id: str | None) -> Path:
+def build_bundle(cfg: TrainConfig, result: TrainResult, out: Path, run_id: str | None) -> Path:
     """The serving bundle: the model + member tags and product metadata in index order."""
     con = duckdb.connect()
-    mem = _aligned(con, cfg.data.features / "members.parquet", Col.MEMBER, data_members, BUNDLE_MEMBER_COLUMNS)
-    prod = _aligned(con, cfg.data.features / "products.parquet", Col.PRODUCT, data_products, BUNDLE_PRODUCT_COLUMNS)
+    mem = _aligned(con, cfg.data.features / "members.parquet", Col.MEMBER, result.members, BUNDLE_MEMBER_COLUMNS)
+    prod = _aligned(con, cfg.data.features / "products.parquet", Col.PRODUCT, result.products, BUNDLE_PRODUCT_COLUMNS)
     prod = prod.append_column("active", pa.array(np.ones(prod.num_rows, dtype=bool)))
     meta = {
         "run_id": run_id, "as_of": cfg.data.cutoff.isoformat(), "trained_on": cfg.data.cutoff.isoformat(),
@@ -110,7 +112,7 @@ def build_bundle(cfg: TrainConfig, result: TrainResult, data_members: Any, data_
         "metrics": {k: result.metrics.get(k) for k in SUMMARY_KEYS if k in result.metrics},
         "features_manifest": json.loads((cfg.data.features / "manifest.json").read_text()),
     }
-    return save_bundle(out, Bundle(result.model, data_members, data_products, mem, prod, meta))
+    return save_bundle(out, Bundle(result.model, result.members, result.products, mem, prod, meta))
 
 
 def _aligned(con: duckdb.DuckDBPyConnection, table: Path, key: str, ids: Any, wanted: tuple[str, ...]) -> pa.Table:
@@ -152,9 +154,7 @@ def run_training(cfg: TrainConfig, config_path: Path | None = None, tracking_uri
         for name, fig in _plots(result.metrics, cfg).items():
             tracker.log_figure(fig, f"evaluation/{name}.png")
         with tempfile.TemporaryDirectory() as tmp:
-            data_members = _train_ids(cfg, "members")
-            data_products = _train_ids(cfg, "products")
-            bundle_dir = build_bundle(cfg, result, data_members, data_products, Path(tmp) / "bundle", tracker.run_id)
+            bundle_dir = build_bundle(cfg, result, Path(tmp) / "bundle", tracker.run_id)
             if cfg.mlflow.register:
                 with console.status("registering the model"):
                     mv = log_bundle_model(tracker, bundle_dir, cfg.mlflow.registered_model)
@@ -166,16 +166,6 @@ def run_training(cfg: TrainConfig, config_path: Path | None = None, tracking_uri
                 )
     result.timings["total_s"] = time.perf_counter() - t_all
     return result
-
-
-def _train_ids(cfg: TrainConfig, which: str) -> Any:
-    from recsys.interactions import load_interactions
-    from training.data import catalogue
-
-    paths = DataPaths(cfg.data.canonical, cfg.data.features)
-    if which == "products":
-        return catalogue(paths)
-    return load_interactions(paths.transactions, cfg.data.cutoff, products=catalogue(paths)).members
 
 
 def _plots(metrics: dict[str, float], cfg: TrainConfig) -> dict[str, Any]:

@@ -395,7 +395,7 @@ class Hybrid(Recommender):
         self.ranker = lgb.LGBMClassifier(
             n_estimators=p.n_estimators, learning_rate=p.learning_rate, num_leaves=p.num_leaves,
             min_child_samples=p.min_child_samples, subsample=0.8, subsample_freq=1,
-            random_state=p.seed, n_jobs=max(p.num_threads, 1) if p.num_threads else 1, verbose=-1,
+            random_state=p.seed, n_jobs=max(p.num_threads, 1), verbose=-1,
             deterministic=True, force_row_wise=True,
         )
         self.ranker.fit(X, y)
