@@ -327,3 +327,25 @@ def test_hybrid_gather_equals_dense_indexing_for_few_and_many_members(n_members:
     coo = m.tocoo()  # add pairs that are surely stored
     rows, cols = np.r_[rows, coo.row[:20]], np.r_[cols, coo.col[:20]]
     assert np.array_equal(_gather(m, rows, cols), m.toarray()[rows, cols])
+
+
+def test_hybrid_audience_pair_features_equal_the_block_features() -> None:
+    # training samples (member, product) pairs; serving scores blocks: both must see one feature set
+    from recsys.models.hybrid import audience_features, audience_pair_features
+
+    model = get_model("hybrid")({"factors": 8, "iterations": 3, "n_estimators": 10, "min_child_samples": 10,
+                                 "knn_neighbours": 20, "audience_negatives": 5, "num_threads": 1,
+                                 "label_days": 14})
+    data = synthetic_data()
+    brands = np.array(["b0", "b1", "b2", None], dtype=object)[np.arange(data.n_products) % 4]
+    data.product_tags["brand"] = Tag.from_values(brands)  # some products without a brand
+    s = model.fit(data).state
+    assert s.member_brand is not None
+    products = np.arange(0, s.n_products, 7)
+    block = audience_features(s, products)  # (F, members, products)
+    rng = np.random.default_rng(0)
+    mem = rng.integers(0, s.n_members, 500)
+    col = rng.integers(0, len(products), 500)
+    pairs = audience_pair_features(s, mem, products[col])
+    assert pairs.shape == (500, block.shape[0])
+    np.testing.assert_allclose(pairs, block[:, mem, col].T, rtol=1e-5, atol=1e-6)

@@ -41,6 +41,8 @@ class EvaluationConfig(_Strict):
     audience_sizes: list[int] = [100, 1000, 5000]
     primary_metric: str = "recall@10"
     next_basket: bool = True
+    # run the next-basket protocol in a second process while this one evaluates the split
+    next_basket_process: bool = True
     min_buyers_known: int = 5
     min_buyers_new: int = 3
 

@@ -8,6 +8,10 @@ top-k, audiences with a member mask, save / load — live here once. A model imp
 * ``_score_members(products)``       ``(len(products), n_members)`` scores for audiences;
 * ``_state()`` / ``_set_state(s)``   arrays and JSON-able values that make it whole again.
 
+A model that ranks a candidate set (a few hundred products per member) may also implement
+``_score_candidates(members)`` returning the candidates' scores as a sparse matrix; ``recommend``
+then ranks those entries alone instead of a dense row per member (absent entries are ``-inf``).
+
 Scores are float32; ``-inf`` means "never recommend". Everything is batch-first: a call takes an
 array of internal indices and returns ``(indices, scores)`` arrays with ``-1`` / ``-inf`` padding.
 """
@@ -139,6 +143,31 @@ def topk_rows(
     return idx, sc
 
 
+def topk_sparse(scores: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`topk_rows` for a sparse matrix whose stored entries are the only candidates
+    (absent entries count as ``-inf``); ties go to the lower index.
+
+    Examples
+    --------
+    >>> m = sp.csr_matrix(np.array([[0, 2, 0, 2], [1, 0, 0, 0]], np.float32))
+    >>> topk_sparse(m, 3)[0].tolist()
+    [[1, 3, -1], [0, -1, -1]]
+    """
+    coo = scores.tocoo()
+    n = scores.shape[0]
+    idx = np.full((n, k), -1, dtype=np.int64)
+    sc = np.full((n, k), NEG_INF, dtype=np.float32)
+    finite = np.isfinite(coo.data)
+    rows, cols, vals = coo.row[finite].astype(np.int64), coo.col[finite].astype(np.int64), coo.data[finite]
+    order = np.lexsort((cols, -vals, rows))
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
+    keep = rank < k
+    idx[rows[keep], rank[keep]] = cols[keep]
+    sc[rows[keep], rank[keep]] = vals[keep]
+    return idx, sc
+
+
 def _batches(n: int, size: int) -> Iterator[slice]:
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
@@ -187,6 +216,12 @@ class Recommender(ABC):
     @abstractmethod
     def _score_members(self, products: np.ndarray) -> np.ndarray: ...
 
+    def _score_candidates(self, members: np.ndarray) -> sp.csr_matrix | None:
+        """Scores of each member's candidate products as a sparse ``(len(members), n_products)``
+        matrix (absent = never recommend), for models that rank a candidate set; ``None`` (the
+        default) means the model scores every product densely with ``_score_items``."""
+        return None
+
     def _item_vectors(self) -> np.ndarray | None:
         """Dense product vectors for similar products, when the model has them."""
         return None
@@ -222,18 +257,35 @@ class Recommender(ABC):
         allowed = self._allowed_products(include, exclude, categories)
         out_i = np.empty((len(members), k), dtype=np.int64)
         out_s = np.empty((len(members), k), dtype=np.float32)
+        if mode not in ("discover", "replenish"):
+            raise ValueError(f"mode must be 'discover' or 'replenish', not {mode!r}")
         for sl in _batches(len(members), batch_size):
             batch = members[sl]
+            cand = self._score_candidates(batch)
+            if cand is not None:
+                out_i[sl], out_s[sl] = topk_sparse(self._filter_candidates(cand, batch, allowed, mode), k)
+                continue
             scores = np.array(self._score_items(batch), dtype=np.float32, copy=True)
             if allowed is not None:
                 scores[:, ~allowed] = NEG_INF
             if mode == "discover":
                 seen = self.history[batch].tocoo()
                 scores[seen.row, seen.col] = NEG_INF
-            elif mode != "replenish":
-                raise ValueError(f"mode must be 'discover' or 'replenish', not {mode!r}")
             out_i[sl], out_s[sl] = topk_rows(scores, k)
         return out_i, out_s
+
+    def _filter_candidates(
+        self, cand: sp.csr_matrix, batch: np.ndarray, allowed: np.ndarray | None, mode: Mode
+    ) -> sp.csr_matrix:
+        """The filters of :meth:`recommend` on sparse candidate scores: drop disallowed products
+        and, in discover mode, what the member already bought."""
+        coo = cand.tocoo()
+        keep = np.ones(coo.nnz, dtype=bool) if allowed is None else allowed[coo.col]
+        if mode == "discover":
+            seen = self.history[batch].tocoo()
+            n = cand.shape[1]
+            keep &= ~np.isin(coo.row.astype(np.int64) * n + coo.col, seen.row.astype(np.int64) * n + seen.col)
+        return sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=cand.shape)
 
     def audience(
         self,

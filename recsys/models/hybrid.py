@@ -263,47 +263,79 @@ def _knn_pairs(s: FeatureState, u: np.ndarray, i: np.ndarray) -> np.ndarray:
 
 def audience_features(s: FeatureState, products: np.ndarray, members: np.ndarray | None = None) -> np.ndarray:
     """``(len(AUDIENCE_FEATURES), n_members, len(products))`` float32: each product against every
-    (or the given) member, computed for a block of products at once."""
+    (or the given) member, computed for a block of products at once (dense columns)."""
     products = np.atleast_1d(np.asarray(products, dtype=np.int64))
-    m = slice(None) if members is None else np.asarray(members, dtype=np.int64)
+    m = np.arange(s.n_members) if members is None else np.asarray(members, dtype=np.int64)
 
     def cols(mat: sp.csc_matrix | None, idx: np.ndarray) -> np.ndarray:
         if mat is None:
-            return np.zeros((s.n_members, len(idx)), np.float32)
+            return np.zeros((len(m), len(idx)), np.float32)
         safe = np.where(idx >= 0, idx, 0)
-        out = np.asarray(mat[:, safe].todense(), dtype=np.float32)
+        out = np.asarray(mat[:, safe].todense(), dtype=np.float32)[m]
         out[:, idx < 0] = 0.0
         return out
 
-    cnt = cols(s.counts_csc, products)[m]
-    ucat = cols(s.member_cat_csc, s.item_cat[products])[m]
-    last = cols(s.last_age_csc, products)[m]
-    rec = np.where(cnt > 0, 1.0 / (1.0 + last / 30.0), 0.0)
-    cf = (s.user_factors @ s.item_factors[products].T)[m]
-    knn = np.asarray((s.counts @ s.knn[:, products]).todense(), dtype=np.float32)[m]
-    brand_idx = s.item_brand[products] if s.item_brand is not None else np.full(len(products), -1)
-    brand = cols(s.member_brand_csc, brand_idx)[m]
-    occ = s.member_occ[m][:, None]
+    cats = s.item_cat[products]
+    raw = {
+        "cnt": cols(s.counts_csc, products), "ucat": cols(s.member_cat_csc, cats),
+        "last": cols(s.last_age_csc, products), "brand": cols(s.member_brand_csc, _brands(s, products)),
+        "cat_recent": cols(s.member_cat_recent, cats),
+        "cf": (s.user_factors[m] @ s.item_factors[products].T),
+        "knn": np.asarray((s.counts @ s.knn[:, products]).todense(), dtype=np.float32)[m],
+    }
+    return _assemble_audience(s, m[:, None], products[None, :], raw)
+
+
+def audience_pair_features(s: FeatureState, members: np.ndarray, products: np.ndarray) -> np.ndarray:
+    """``(n_pairs, len(AUDIENCE_FEATURES))`` float32 for (member, product) pairs: the same
+    features as :func:`audience_features`, looked up pair by pair (for sampled training pairs)."""
+    u, i = np.asarray(members, dtype=np.int64), np.asarray(products, dtype=np.int64)
+
+    def pairs(mat: sp.spmatrix | None, idx: np.ndarray) -> np.ndarray:
+        if mat is None:
+            return np.zeros(len(u), np.float32)
+        return np.where(idx >= 0, _gather(mat, u, np.maximum(idx, 0)), 0.0).astype(np.float32)
+
+    cats = s.item_cat[i]
+    raw = {
+        "cnt": pairs(s.counts, i), "ucat": pairs(s.member_cat, cats), "last": pairs(s.last_age, i),
+        "brand": pairs(s.member_brand, _brands(s, i)), "cat_recent": pairs(s.member_cat_recent, cats),
+        "cf": np.einsum("ij,ij->i", s.user_factors[u], s.item_factors[i]), "knn": _knn_pairs(s, u, i),
+    }
+    return _assemble_audience(s, u, i, raw).T
+
+
+def _brands(s: FeatureState, products: np.ndarray) -> np.ndarray:
+    return s.item_brand[products] if s.item_brand is not None else np.full(len(products), -1)
+
+
+def _assemble_audience(s: FeatureState, m: np.ndarray, p: np.ndarray, raw: dict[str, np.ndarray]) -> np.ndarray:
+    """The audience features from raw lookups; ``m`` and ``p`` are member / product indices that
+    broadcast against the lookups (a column and a row for a block, two vectors for pairs)."""
+    cnt, ucat = raw["cnt"], raw["ucat"]
+    shape = np.broadcast_shapes(m.shape, p.shape)
+    rec = np.where(cnt > 0, 1.0 / (1.0 + raw["last"] / 30.0), 0.0)
+    occ = s.member_occ[m]
     log_occ = np.log1p(occ)
-    early = s.member_early[m][:, None]
-    out = np.empty((len(AUDIENCE_FEATURES), cnt.shape[0], len(products)), dtype=np.float32)
+    early = s.member_early[m]
+    bands = s.item_band[p]
+    out = np.empty((len(AUDIENCE_FEATURES), *shape), dtype=np.float32)
     out[0] = np.log1p(cnt)
     out[1] = np.log1p(ucat)
     out[2] = ucat / np.maximum(occ, 1.0)
     out[3] = log_occ
-    out[4] = np.log1p(s.member_days[m])[:, None]
-    out[5] = np.log1p(np.minimum(s.member_last[m], 1e4))[:, None]
-    out[6] = cf
-    out[7] = np.log1p(knn)
-    out[8] = s.member_repeat[m][:, None]
-    out[9] = np.log1p(brand)
+    out[4] = np.log1p(s.member_days[m])
+    out[5] = np.log1p(np.minimum(s.member_last[m], 1e4))
+    out[6] = raw["cf"]
+    out[7] = np.log1p(raw["knn"])
+    out[8] = s.member_repeat[m]
+    out[9] = np.log1p(raw["brand"])
     out[10] = out[0] * rec
     out[11] = out[1] * log_occ
     out[12] = np.log1p(early)
     out[13] = early / np.maximum(occ, 1.0)
-    bands = s.item_band[products]
-    out[14] = np.where(bands[None, :] >= 0, s.member_band[m][:, np.maximum(bands, 0)], 0.0) / np.maximum(occ, 1.0)
-    out[15] = np.log1p(cols(s.member_cat_recent, s.item_cat[products])[m])
+    out[14] = np.where(bands >= 0, s.member_band[m, np.maximum(bands, 0)], 0.0) / np.maximum(occ, 1.0)
+    out[15] = np.log1p(raw["cat_recent"])
     return out
 
 
@@ -392,13 +424,14 @@ class Hybrid(Recommender):
             b_parts.append(b)
             cold_parts.append(cold)
         X, y = np.vstack(X_parts), np.concatenate(y_parts)
-        self.ranker = lgb.LGBMClassifier(
+        classifier = lgb.LGBMClassifier(
             n_estimators=p.n_estimators, learning_rate=p.learning_rate, num_leaves=p.num_leaves,
             min_child_samples=p.min_child_samples, subsample=0.8, subsample_freq=1,
             random_state=p.seed, n_jobs=max(p.num_threads, 1), verbose=-1,
             deterministic=True, force_row_wise=True,
         )
-        self.ranker.fit(X, y)
+        classifier.fit(X, y)
+        self.ranker = _BoosterClassifier(classifier.booster_, p.num_threads)
         self.keep_cols = np.asarray(keep_cols, dtype=np.int64)
         self._fit_audience(
             np.vstack(A_parts), np.concatenate(b_parts), np.concatenate(cold_parts), rate=self._neg_rate
@@ -432,12 +465,16 @@ class Hybrid(Recommender):
         key = np.unique(np.concatenate(rows).astype(np.int64) * s.n_products + np.concatenate(cols))
         return key // s.n_products, key % s.n_products
 
-    def _score_items(self, members: np.ndarray) -> np.ndarray:
+    def _score_candidates(self, members: np.ndarray) -> sp.csr_matrix:
         s = self.state
         r, c = self._candidates(s, members)
         prob = self.ranker.predict_proba(pair_features(s, members[r], c)[:, self.keep_cols])[:, 1]
-        out = np.full((len(members), s.n_products), NEG_INF, dtype=np.float32)
-        out[r, c] = prob.astype(np.float32)
+        return sp.csr_matrix((prob.astype(np.float32), (r, c)), shape=(len(members), s.n_products))
+
+    def _score_items(self, members: np.ndarray) -> np.ndarray:
+        cand = self._score_candidates(members).tocoo()
+        out = np.full(cand.shape, NEG_INF, dtype=np.float32)
+        out[cand.row, cand.col] = cand.data
         return out
 
     def pick_probabilities(self, members: np.ndarray, products: np.ndarray) -> np.ndarray:
@@ -460,20 +497,21 @@ class Hybrid(Recommender):
             rng.choice(g, p.audience_max_products, replace=False) if len(g) > p.audience_max_products else g
             for g in groups
         ])
-        feats, ys, cold = [], [], []
+        rows, cols, ys, cold = [], [], [], []
         n_members = s.n_members
         for j in products:
             pos = buyers.indices[buyers.indptr[j] : buyers.indptr[j + 1]]
             neg = rng.integers(0, n_members, size=p.audience_negatives * len(pos))
             neg = neg[~np.isin(neg, pos)]
-            idx = np.concatenate([pos, neg])
-            feats.append(audience_features(s, np.array([j]), idx)[:, :, 0].T)
+            rows.append(np.concatenate([pos, neg]))
+            cols.append(np.full(len(pos) + len(neg), j))
             ys.append(np.r_[np.ones(len(pos)), np.zeros(len(neg))])
-            cold.append(np.full(len(idx), not warm[j]))
+            cold.append(np.full(len(pos) + len(neg), not warm[j]))
         self._neg_rate = p.audience_negatives * float(n_buyers[products].sum()) / max(
             n_members * len(products) - float(n_buyers[products].sum()), 1.0
         )
-        return np.vstack(feats), np.concatenate(ys), np.concatenate(cold)
+        feats = audience_pair_features(s, np.concatenate(rows), np.concatenate(cols))
+        return feats, np.concatenate(ys), np.concatenate(cold)
 
     def _fit_audience(self, A: np.ndarray, b: np.ndarray, cold: np.ndarray, rate: float) -> None:
         """Two logistic models: one for products with sales, one for never-sold products, whose
@@ -525,7 +563,7 @@ class Hybrid(Recommender):
         import lightgbm as lgb
 
         booster = lgb.Booster(model_str=st["ranker"])
-        self.ranker = _BoosterClassifier(booster)
+        self.ranker = _BoosterClassifier(booster, self.params.num_threads)
         self.keep_cols = st["keep_cols"]
         self.audience_w, self.audience_b = st["audience_w"], st["audience_b"]
         self.training_summary = st.get("training_summary", {})
@@ -560,11 +598,19 @@ def _logistic(A: np.ndarray, b: np.ndarray, l2: float, rate: float) -> tuple[np.
 
 
 class _BoosterClassifier:
-    """The one method of LGBMClassifier the model uses, over a loaded Booster."""
+    """The one method of LGBMClassifier the model uses, over the fitted or loaded Booster.
 
-    def __init__(self, booster: Any):
+    A few rows (one member's picks while serving) are scored on one thread, where starting
+    OpenMP threads costs more than it saves; a batch uses ``num_threads`` (0: OpenMP's default).
+    """
+
+    BATCH_ROWS = 20_000
+
+    def __init__(self, booster: Any, num_threads: int = 0):
         self.booster_ = booster
+        self.num_threads = num_threads
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        p = self.booster_.predict(X)
+        threads = self.num_threads if len(X) >= self.BATCH_ROWS else 1
+        p = self.booster_.predict(X, num_threads=threads)
         return np.column_stack([1 - p, p])
