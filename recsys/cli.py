@@ -72,22 +72,36 @@ def data_ingest(
 
 @data_app.command("synth")
 def data_synth(
-    out: Annotated[Path, typer.Option(help="Output folder for the canonical tables.")] = Path("data/synth/canonical"),
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: data/synth/canonical, "
+                                             "or data/synth_retailer/raw with --raw).")] = None,
     members: int = 10_000,
     products: int = 2_000,
     lines: int = 500_000,
     categories: int = 200,
     seed: int = 0,
+    raw: Annotated[bool, typer.Option("--raw", help="Write a retailer's raw export instead (gzip "
+                                      "`;` CSV sales lines with Chinese headers, product master, "
+                                      "members, channel identities), mapped by the built-in "
+                                      "synth_retailer mapping.")] = False,
+    dirty_lines: Annotated[int, typer.Option(help="With --raw: lines of each kind of export noise "
+                                             "(walk-in sales without a card, refunds, carrier bags, "
+                                             "lines exported twice) for ingest to reject.")] = 0,
 ) -> None:
-    """Write synthetic canonical tables with long-tailed popularity and repeat buying."""
-    from recsys.data.synth import SynthSpec, synthesize
+    """Write synthetic purchase data with long-tailed popularity and repeat buying: tables with the
+    canonical columns, or (--raw) the same purchases as a retailer's export in its own layout."""
+    from recsys.data.synth import SynthSpec, synthesize, synthesize_retailer
 
     try:
-        summary = synthesize(SynthSpec(members=members, products=products, lines=lines,
-                                       categories=categories, seed=seed), out)
+        spec = SynthSpec(members=members, products=products, lines=lines, categories=categories, seed=seed)
+        if raw:
+            summary = synthesize_retailer(spec, out or Path("data/synth_retailer/raw"), dirty_lines)
+        elif dirty_lines:
+            raise RecsysError("--dirty-lines needs --raw (the canonical tables have no export noise)")
+        else:
+            summary = synthesize(spec, out or Path("data/synth/canonical"))
     except RecsysError as exc:
         _fail(exc)
-    console.print(summary)
+    console.print(summary, highlight=False, soft_wrap=True)
 
 
 @features_app.command("build")

@@ -3,7 +3,8 @@
 A mapping names, for each canonical column (:mod:`recsys.columns`), the source column that holds
 it, so a new retailer's export is ingested by writing a TOML file, not code. The packaged
 ``sources/tafeng.toml`` is the worked example; ``sources/example_retailer.toml`` is a commented
-template for a retailer's own export with product, member and channel-identity tables.
+template for a retailer's own export with product, member and channel-identity tables, and
+``sources/synth_retailer.toml`` maps the synthetic retailer export (``recsys data synth --raw``).
 
 Shape::
 
@@ -32,8 +33,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from recsys.errors import InputError
 from recsys.schemas import TABLES, TableSchema
 
-# Built-in datasets: name -> packaged mapping file under recsys/data/sources/.
-BUILTIN_SOURCES: dict[str, str] = {"tafeng": "tafeng.toml"}
+# Built-in datasets: name -> packaged mapping file under recsys/data/sources/. synth_retailer is
+# the raw export `recsys data synth --raw` writes (a second schema, unlike Ta-Feng's).
+BUILTIN_SOURCES: dict[str, str] = {
+    "tafeng": "tafeng.toml",
+    "synth_retailer": "synth_retailer.toml",
+}
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
