@@ -232,7 +232,8 @@ def test_audience_does_not_depend_on_the_batch(fitted, name):
     together = model.audience(products, n=40)
     alone = [model.audience(products[j : j + 1], n=40) for j in range(len(products))]
     np.testing.assert_array_equal(together[0], np.vstack([a[0] for a in alone]))
-    np.testing.assert_allclose(together[1], np.vstack([a[1] for a in alone]), rtol=1e-5)
+    # float32 sums in another BLAS blocking: equal to rounding (ulp ~1e-6 at |score| ~10)
+    np.testing.assert_allclose(together[1], np.vstack([a[1] for a in alone]), rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------ similar items

@@ -81,6 +81,7 @@ class HybridParams(ModelParams):
     # weights over-fits the one window it learns from: keep it to the signals that transfer
     cold_audience_features: list[str] = [
         "log_category_count", "log_member_occ", "cf", "log_brand_count", "log_early_adoptions", "band_share",
+        "log_category_recent",
     ]
     seed: int = 0
     num_threads: int = 0
@@ -339,6 +340,29 @@ def _assemble_audience(s: FeatureState, m: np.ndarray, p: np.ndarray, raw: dict[
     return out
 
 
+def product_level(s: FeatureState, products: np.ndarray) -> np.ndarray:
+    """``(len(products), 2)``: how much a product sold in the history (log buyers, log
+    recency-weighted sales); sets the level of its audience probabilities, not their order."""
+    i = np.asarray(products, dtype=np.int64)
+    return np.column_stack([np.log1p(s.buyers[i]), np.log1p(s.recent_pop[i])]).astype(np.float32)
+
+
+@dataclass
+class AudienceExamples:
+    """Sampled (member, product) pairs for the audience models, one row each."""
+
+    A: np.ndarray  # (rows, len(AUDIENCE_FEATURES))
+    b: np.ndarray  # 1 = bought in the label window
+    cold: np.ndarray  # the product had no sales in the history
+    group: np.ndarray  # product (and window) of the row
+    level: np.ndarray  # product_level of the row's product
+    rate: np.ndarray  # the negative-sampling rate of the row's window
+
+    @classmethod
+    def concat(cls, parts: list[AudienceExamples]) -> AudienceExamples:
+        return cls(*(np.concatenate([getattr(x, f) for x in parts]) for f in ("A", "b", "cold", "group", "level", "rate")))
+
+
 # ----------------------------------------------------------------------------- label windows
 def label_windows(x: Interactions, p: HybridParams) -> list[tuple[Interactions, sp.csr_matrix]]:
     """(history, labels) pairs carved out of the training occasions, newest usable first."""
@@ -385,7 +409,7 @@ class Hybrid(Recommender):
 
     name = "hybrid"
     Params = HybridParams
-    state_version = 2  # 2: price-band and recent-category audience features
+    state_version = 3  # 2: price-band and recent-category audience features; 3: product-level audience terms
 
     def _tags(self, data: TrainData) -> tuple[np.ndarray, np.ndarray | None]:
         cat = data.product_tags.get("category")
@@ -406,11 +430,11 @@ class Hybrid(Recommender):
         item_cat, item_brand = self._tags(data)
         rng = np.random.default_rng(p.seed)
         keep_cols = [j for j, f in enumerate(PAIR_FEATURES) if f not in set(p.drop_features)]
-        X_parts, y_parts, A_parts, b_parts, cold_parts = [], [], [], [], []
+        X_parts, y_parts, examples = [], [], []
         windows = label_windows(data.interactions, p)
         if not windows:
             raise ValueError("not enough history for a label window; lower label_days or add data")
-        for history, labels in windows:
+        for w, (history, labels) in enumerate(windows):
             s = build_state(history, p, item_cat, item_brand, data.product_tags)
             users = np.where(np.diff(labels.indptr) > 0)[0]
             users = users[np.diff(s.counts.indptr)[users] > 0]  # members with a history to learn from
@@ -419,10 +443,7 @@ class Hybrid(Recommender):
             keep = y | (rng.random(len(y)) < p.negative_rate)
             X_parts.append(pair_features(s, users[r[keep]], c[keep])[:, keep_cols])
             y_parts.append(y[keep])
-            A, b, cold = self._audience_examples(s, labels, rng)
-            A_parts.append(A)
-            b_parts.append(b)
-            cold_parts.append(cold)
+            examples.append(self._audience_examples(s, labels, rng, window=w))
         X, y = np.vstack(X_parts), np.concatenate(y_parts)
         classifier = lgb.LGBMClassifier(
             n_estimators=p.n_estimators, learning_rate=p.learning_rate, num_leaves=p.num_leaves,
@@ -433,13 +454,11 @@ class Hybrid(Recommender):
         classifier.fit(X, y)
         self.ranker = _BoosterClassifier(classifier.booster_, p.num_threads)
         self.keep_cols = np.asarray(keep_cols, dtype=np.int64)
-        self._fit_audience(
-            np.vstack(A_parts), np.concatenate(b_parts), np.concatenate(cold_parts), rate=self._neg_rate
-        )
-        cold_all = np.concatenate(cold_parts)
+        ex = AudienceExamples.concat(examples)
+        self._fit_audience(ex)
         self.training_summary = {
             "label_windows": len(windows), "ranker_rows": int(len(y)), "ranker_positive_rate": float(y.mean()),
-            "audience_rows_sold": int((~cold_all).sum()), "audience_rows_never_sold": int(cold_all.sum()),
+            "audience_rows_sold": int((~ex.cold).sum()), "audience_rows_never_sold": int(ex.cold.sum()),
         }
         # the final state: everything before the cut-off
         self.state = build_state(data.interactions, p, item_cat, item_brand, data.product_tags)
@@ -484,8 +503,10 @@ class Hybrid(Recommender):
 
     # -- audiences
     def _audience_examples(
-        self, s: FeatureState, labels: sp.csr_matrix, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, s: FeatureState, labels: sp.csr_matrix, rng: np.random.Generator, window: int = 0
+    ) -> AudienceExamples:
+        """Each sampled product's buyers in the label window and ``audience_negatives`` random
+        members per buyer, with their features on the window's history."""
         p = self.params
         buyers = labels.tocsc()
         n_buyers = np.diff(buyers.indptr)
@@ -507,23 +528,45 @@ class Hybrid(Recommender):
             cols.append(np.full(len(pos) + len(neg), j))
             ys.append(np.r_[np.ones(len(pos)), np.zeros(len(neg))])
             cold.append(np.full(len(pos) + len(neg), not warm[j]))
-        self._neg_rate = p.audience_negatives * float(n_buyers[products].sum()) / max(
-            n_members * len(products) - float(n_buyers[products].sum()), 1.0
+        n_pos = float(n_buyers[products].sum())
+        rate = p.audience_negatives * n_pos / max(n_members * len(products) - n_pos, 1.0)
+        members, items = np.concatenate(rows), np.concatenate(cols)
+        return AudienceExamples(
+            A=audience_pair_features(s, members, items), b=np.concatenate(ys), cold=np.concatenate(cold),
+            group=items + window * s.n_products, level=product_level(s, items),
+            rate=np.full(len(items), rate),
         )
-        feats = audience_pair_features(s, np.concatenate(rows), np.concatenate(cols))
-        return feats, np.concatenate(ys), np.concatenate(cold)
 
-    def _fit_audience(self, A: np.ndarray, b: np.ndarray, cold: np.ndarray, rate: float) -> None:
+    def _fit_audience(self, ex: AudienceExamples) -> None:
         """Two logistic models: one for products with sales, one for never-sold products, whose
-        buyers follow other signals (category affinity, activity, trying new products)."""
-        w = np.zeros((2, A.shape[1]), np.float32)
+        buyers follow other signals (category affinity, activity, trying new products).
+
+        The sold-product model ranks members *within* a product: its weights come from a
+        logistic regression with one intercept per product (fixed effects), so they are not
+        spent on telling popular products from slow ones. A second, two-parameter-plus-bias fit
+        then sets its level — the ranking score's scale and the product's past popularity
+        (:func:`product_level`) — so that it stays a calibrated probability."""
+        p = self.params
+        n_f = ex.A.shape[1]
+        w = np.zeros((2, n_f), np.float32)
+        g = np.zeros((2, ex.level.shape[1]), np.float32)
         bias = np.zeros(2, np.float32)
-        cold_cols = np.array([f in self.params.cold_audience_features for f in AUDIENCE_FEATURES])
-        for k, (rows, cols) in enumerate(((~cold, np.ones(A.shape[1], bool)), (cold, cold_cols))):
-            if rows.sum() < 50 or len(np.unique(b[rows])) < 2:
-                rows = np.ones(len(b), dtype=bool)  # too few cold examples: learn from all products
-            w[k, cols], bias[k] = _logistic(A[rows][:, cols], b[rows], self.params.audience_l2, rate)
-        self.audience_w, self.audience_b = w, bias
+        rate = float(np.mean(ex.rate))
+        warm = ~ex.cold
+        if warm.sum() >= 50 and len(np.unique(ex.b[warm])) == 2:
+            rank_w = _logistic_within(ex.A[warm], ex.b[warm], ex.group[warm], p.audience_l2)
+            score = ex.A[warm] @ rank_w
+            cal, bias[0] = _logistic(np.column_stack([score, ex.level[warm]]), ex.b[warm], p.audience_l2, rate)
+            w[0], g[0] = cal[0] * rank_w, cal[1:]
+        else:
+            warm = np.ones(len(ex.b), dtype=bool)
+            w[0], bias[0] = _logistic(ex.A, ex.b, p.audience_l2, rate)
+        cold_cols = np.array([f in p.cold_audience_features for f in AUDIENCE_FEATURES])
+        rows = ex.cold
+        if rows.sum() < 50 or len(np.unique(ex.b[rows])) < 2:
+            rows = np.ones(len(ex.b), dtype=bool)  # too few cold examples: learn from all products
+        w[1, cold_cols], bias[1] = _logistic(ex.A[rows][:, cold_cols], ex.b[rows], p.audience_l2, rate)
+        self.audience_w, self.audience_g, self.audience_b = w, g, bias
 
     def _score_members(self, products: np.ndarray) -> np.ndarray:
         warm = np.diff(self.state.counts_csc.indptr)[products] > 0
@@ -531,7 +574,8 @@ class Hybrid(Recommender):
         f, n_m, n_p = feats.shape
         # both models at once as one BLAS product, then each product takes its own
         logits = (self.audience_w @ feats.reshape(f, n_m * n_p)).reshape(2, n_m, n_p)
-        logits += np.asarray(self.audience_b, np.float32)[:, None, None]
+        offset = self.audience_g @ product_level(self.state, products).T + self.audience_b[:, None]  # (2, n_p)
+        logits += offset.astype(np.float32)[:, None, :]
         return np.where(warm[None, :], logits[0], logits[1]).T.astype(np.float32)
 
     def purchase_probability(self, scores: np.ndarray) -> np.ndarray:
@@ -546,7 +590,7 @@ class Hybrid(Recommender):
         s = self.state
         out: dict[str, Any] = {
             "ranker": self.ranker.booster_.model_to_string(),
-            "keep_cols": self.keep_cols, "audience_w": self.audience_w,
+            "keep_cols": self.keep_cols, "audience_w": self.audience_w, "audience_g": self.audience_g,
             "audience_b": self.audience_b, "training_summary": self.training_summary,
         }
         for f in ("counts", "last_age", "recency14", "member_cat", "member_brand", "knn", "user_factors",
@@ -565,7 +609,7 @@ class Hybrid(Recommender):
         booster = lgb.Booster(model_str=st["ranker"])
         self.ranker = _BoosterClassifier(booster, self.params.num_threads)
         self.keep_cols = st["keep_cols"]
-        self.audience_w, self.audience_b = st["audience_w"], st["audience_b"]
+        self.audience_w, self.audience_g, self.audience_b = st["audience_w"], st["audience_g"], st["audience_b"]
         self.training_summary = st.get("training_summary", {})
         g = {k[2:]: v for k, v in st.items() if k.startswith("s_")}
         mb = g.get("member_brand")
@@ -582,6 +626,20 @@ class Hybrid(Recommender):
             member_early=g["member_early"], member_cat_recent=g["member_cat_recent"].tocsc(),
             member_band=g["member_band"], item_band=g["item_band"],
         )
+
+
+def _logistic_within(A: np.ndarray, b: np.ndarray, group: np.ndarray, l2: float) -> np.ndarray:
+    """Weights of a logistic regression with one free intercept per group (a product): only
+    differences between members of the same product inform them. Raw-feature scale."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, std = A.mean(axis=0), A.std(axis=0) + 1e-6
+    _, inv = np.unique(group, return_inverse=True)
+    onehot = sp.csr_matrix((np.ones(len(inv)), (np.arange(len(inv)), inv)), shape=(len(inv), int(inv.max()) + 1))
+    X = sp.hstack([sp.csr_matrix((A - mean) / std), onehot], format="csr")
+    lr = LogisticRegression(C=1.0 / l2, max_iter=2000, fit_intercept=False)
+    lr.fit(X, b)
+    return (lr.coef_.ravel()[: A.shape[1]] / std).astype(np.float32)
 
 
 def _logistic(A: np.ndarray, b: np.ndarray, l2: float, rate: float) -> tuple[np.ndarray, float]:
