@@ -127,9 +127,10 @@ def topk_rows(
         return idx, sc
     if k_eff < m:
         kth = -np.partition(-scores, k_eff - 1, axis=1)[:, k_eff - 1]
-        rows, cols = np.nonzero(scores >= kth[:, None])  # every entry that can make the cut
+        # every entry that can make the cut; never a -inf one (a short list would sort them all)
+        rows, cols = np.nonzero((scores >= kth[:, None]) & (scores > NEG_INF))
     else:
-        rows, cols = np.divmod(np.arange(n * m, dtype=np.int64), m)
+        rows, cols = np.nonzero(scores > NEG_INF)
     vals = scores[rows, cols]
     keys = [cols, -tiebreak[cols]] if tiebreak is not None else [cols]
     order = np.lexsort((*keys, -vals, rows))
@@ -139,7 +140,6 @@ def topk_rows(
     keep = rank < k_eff
     idx[rows[keep], rank[keep]] = cols[keep]
     sc[rows[keep], rank[keep]] = vals[keep]
-    idx[~np.isfinite(sc)] = -1
     return idx, sc
 
 
