@@ -21,6 +21,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Fetch, validate and synthesis
 features_app = typer.Typer(no_args_is_help=True, help="Member and product tags as of a date.")
 app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
+experiment_app = typer.Typer(no_args_is_help=True, help="Hyperparameter sweeps and the comparison report.")
+app.add_typer(experiment_app, name="experiment")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -192,6 +194,59 @@ def serve(
                    tracking_uri=tracking_uri)
     except RecsysError as exc:
         _fail(exc)
+
+
+@experiment_app.command("run")
+def experiment_run(
+    config: Annotated[Path, typer.Argument(help="Sweep config (TOML), e.g. experiments/configs/sweep_picks.toml.")],
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db).")] = None,
+    trials: Annotated[int | None, typer.Option(help="Override sweep.n_trials.")] = None,
+    timeout_minutes: Annotated[float | None, typer.Option(help="Override sweep.timeout_minutes.")] = None,
+    best_out: Annotated[Path | None, typer.Option(help="Where to write the best config (default: sweep.best_config).")] = None,
+    no_test: Annotated[bool, typer.Option("--no-test", help="Do not fit the best config on the test window.")] = False,
+) -> None:
+    """Search models and params on a validation window; write the best config for `recsys train`.
+
+    Optuna, every trial a nested MLflow run, hopeless trials pruned; the best config is then
+    fitted and reported once on the test window."""
+    from training.experiment import SweepConfig, run_sweep, sweep_summary
+
+    try:
+        cfg = SweepConfig.from_toml(config)
+        updates = {k: v for k, v in {"n_trials": trials, "timeout_minutes": timeout_minutes}.items() if v is not None}
+        if no_test:
+            updates["evaluate_on_test"] = False
+        if updates:
+            cfg.sweep = cfg.sweep.model_copy(update=updates)
+        result = run_sweep(cfg, config_path=config, tracking_uri=tracking_uri, console=err_console, best_out=best_out)
+    except RecsysError as exc:
+        _fail(exc)
+    for table in sweep_summary(result, cfg):
+        console.print(table)
+    console.print(f"best config: {result.best_config}  (recsys train --config {result.best_config})", highlight=False)
+
+
+@experiment_app.command("report")
+def experiment_report(
+    config: Annotated[Path, typer.Option("--config", help="Report config (TOML): rows, published figures, targets.")] = Path("experiments/configs/report.toml"),
+    out: Annotated[Path | None, typer.Option(help="Where to write the report (default: report.output, experiments/REPORT.md).")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db).")] = None,
+    rows: Annotated[str | None, typer.Option(help="Only these rows (comma-separated labels), e.g. for a quick look.")] = None,
+) -> None:
+    """Write the comparison report: every baseline and the default model on the same split.
+
+    Both directions and the next-basket protocol, wall times, plots, the published figures and
+    which targets hold; Markdown + PNG (experiments/REPORT.md by default), also logged to MLflow."""
+    from training.report import ReportConfig, run_report
+
+    try:
+        cfg = ReportConfig.from_toml(config)
+        result = run_report(cfg, config_path=config, out=out, tracking_uri=tracking_uri, console=err_console,
+                            only=[r.strip() for r in rows.split(",")] if rows else None)
+    except RecsysError as exc:
+        _fail(exc)
+    console.print(result.markdown, highlight=False, markup=False)
+    console.print(f"report: {result.path} (MLflow run {result.run_id})", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry
