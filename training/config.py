@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+import warnings
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,15 @@ class EvaluationConfig(_Strict):
     min_buyers_new: int = 3
 
 
-class MlflowConfig(_Strict):
-    experiment: str = "recsys"
-    registered_model: str = "recsys-default"
-    register: bool = True
+# ``register`` (the config key users write) hides ABCMeta.register — the virtual-subclass hook
+# no one calls on a config class; pydantic warns about it at every start, so say it once here.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+    class MlflowConfig(_Strict):
+        experiment: str = "recsys"
+        registered_model: str = "recsys-default"
+        register: bool = True
 
 
 class TrainConfig(_Strict):
