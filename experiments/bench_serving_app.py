@@ -10,19 +10,23 @@ only here, adds:
 * with ``RECSYS_BENCH_BARE=1``: ``GET /bench/bare`` (async) and ``GET /bench/bare-sync`` (a ``def``
   handler, run in the thread pool) returning ``{"ok": true}`` -- the baseline a real route is held
   against, served by the same process with the same settings.
-* with ``RECSYS_BENCH_VARIANTS=1``: twins of the picks route, to compare handler styles and JSON
-  encoders without editing production code:
+* with ``RECSYS_BENCH_VARIANTS=1``: twins of the picks route, to compare handler styles and
+  encoders without editing production code, and two measurements taken inside the server:
 
-  - ``GET /bench/picks-sync/{member_id}``: the same work in a ``def`` handler (thread pool);
-  - ``GET /bench/picks-orjson/{member_id}``: async, the pydantic model dumped with ``orjson``
-    and returned as bytes, skipping FastAPI's response-model validation pass;
-  - ``GET /bench/recall?k=&queries=&seed=&value_segment=``: :func:`serving.index.recall_at_k` of the
-    loaded member index (HNSW above ``exact_max_members``) against exact search, queried with
-    product vectors as audiences are -- measured on the server's own index, so a 1M-member HNSW
-    graph is built once, not again in the benchmark process.
-* with ``RECSYS_BENCH_PATCH_GATHER=1``: a candidate fix for ``recsys.models.hybrid._gather``
-  monkeypatched in (experiments only): it gathers from the rows of the requested members instead
-  of building a key array over the whole matrix on every call. Same values.
+  - ``GET /bench/picks-sync/{member_id}``: the production route's work in a ``def`` handler
+    (thread pool);
+  - ``GET /bench/picks-fastapi/{member_id}``: the same answer the FastAPI way -- dependencies for
+    key, role and state, six declared query parameters, a pydantic ``PicksResponse`` validated and
+    serialised by FastAPI (what the route did before it read its query with one model);
+  - ``GET /bench/picks-live/{member_id}``: the production route with the pre-ranked lists ignored
+    (every member scored live by the model);
+  - ``GET /bench/recall?k=&queries=&seed=&value_segment=``: recall of the loaded member index
+    against exact search, queried with product vectors as audiences are -- the index as served
+    (HNSW, or exact search where the index routes a large ``k`` or a restrictive filter) and the
+    HNSW graph alone -- measured on the server's own index, so a 1M-member graph is built once;
+  - ``GET /bench/agreement?members=&seed=``: picks answered from the pre-ranked lists against the
+    same requests scored live, for random known members, both modes, with and without a category
+    filter and an exclusion; counts differences (product ids, order, scores, reasons).
 
 Nothing in ``serving/`` imports this module.
 """
@@ -34,14 +38,14 @@ import time
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, FastAPI, Path
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.responses import Response
 
 from serving import service
 from serving.app import create_app_from_env
-from serving.deps import State, require
+from serving.deps import State, authorize, current_state, require
 from serving.keys import Principal
-from serving.schemas import PicksResponse
+from serving.schemas import Mode, PicksResponse
 
 Caller = Annotated[Principal, Depends(require("picks"))]
 MemberId = Annotated[str, Path(min_length=1, max_length=200)]
@@ -74,30 +78,7 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes"}
 
 
-def _row_restricted_gather() -> None:
-    import numpy as np
-    import scipy.sparse as sp
-
-    from recsys.models import hybrid
-
-    whole = hybrid._gather
-
-    def gather(m: Any, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        m = m if sp.isspmatrix_csr(m) else sp.csr_matrix(m)
-        rows = np.asarray(rows, dtype=np.int64)
-        if m.nnz == 0 or len(rows) == 0:
-            return np.zeros(len(rows), dtype=np.float32)
-        uniq, inv = np.unique(rows, return_inverse=True)
-        if len(uniq) * 8 < m.shape[0]:  # few members (serving): only their rows
-            return whole(m[uniq], inv, cols)
-        return whole(m, rows, cols)
-
-    hybrid._gather = gather
-
-
 def create_app() -> FastAPI:
-    if _flag("RECSYS_BENCH_PATCH_GATHER"):
-        _row_restricted_gather()
     app = create_app_from_env()
 
     if _flag("RECSYS_BENCH_BARE"):
@@ -113,13 +94,35 @@ def create_app() -> FastAPI:
     if _flag("RECSYS_BENCH_VARIANTS"):
 
         @app.get("/bench/picks-sync/{member_id}", include_in_schema=False)
-        def picks_sync(state: State, _: Caller, member_id: MemberId, k: int = 10) -> PicksResponse:
-            return service.picks(state, [member_id], k, "replenish")[0]
+        def picks_sync(request: Request, member_id: MemberId) -> Response:
+            # the production handler's work in a def handler (thread pool), lists and orjson included
+            state = current_state(request)
+            authorize(request, "picks")
+            result = service.picks(state, [member_id], 10, "replenish")
+            assert result is not None
+            return Response(orjson.dumps(service.picks_dict(state, result[0])), media_type="application/json")
 
-        @app.get("/bench/picks-orjson/{member_id}", include_in_schema=False)
-        async def picks_orjson(state: State, _: Caller, member_id: MemberId, k: int = 10) -> Response:
-            result = service.picks(state, [member_id], k, "replenish")[0]
-            return Response(orjson.dumps(result.model_dump()), media_type="application/json")
+        @app.get("/bench/picks-fastapi/{member_id}", include_in_schema=False)
+        async def picks_fastapi(
+            state: State, _: Caller, member_id: MemberId,
+            k: Annotated[int, Query(ge=1, le=10_000)] = 10, mode: Mode = "replenish",
+            category: Annotated[list[str] | None, Query()] = None, exclude: Annotated[list[str] | None, Query()] = None,
+            segment: Annotated[str | None, Query(max_length=100)] = None,
+        ) -> PicksResponse:
+            # the same answer the FastAPI way: dependencies, declared parameters, a pydantic
+            # response model validated and serialised by FastAPI
+            result = service.picks(state, [member_id], k, mode, category, exclude, segment)
+            assert result is not None
+            return service.picks_response(state, result[0])
+
+        @app.get("/bench/picks-live/{member_id}", include_in_schema=False)
+        async def picks_live(request: Request, member_id: MemberId) -> Response:
+            # the production route's work with the pre-ranked lists ignored: every member scored live
+            state = current_state(request)
+            authorize(request, "picks")
+            result = service.picks(state, [member_id], 10, "replenish", use_lists=False)
+            assert result is not None
+            return Response(orjson.dumps(service.picks_dict(state, result[0])), media_type="application/json")
 
         @app.get("/bench/recall", include_in_schema=False)
         def recall(
@@ -128,26 +131,70 @@ def create_app() -> FastAPI:
         ) -> dict[str, Any]:
             import numpy as np
 
-            from serving.index import VectorIndex, brute_force, recall_at_k
+            from serving.index import VectorIndex, brute_force
 
             index = getattr(state.scorer, "member_index", None)
             if not isinstance(index, VectorIndex):
                 return {"error": f"scorer {state.scorer.kind!r} has no member vector index"}
             items = state.scorer.items  # type: ignore[attr-defined]
             q = items[np.random.default_rng(seed).choice(len(items), size=min(queries, len(items)), replace=False)]
+            allowed = None if value_segment is None else state.tag_masks["value_segment"][value_segment]
             start = time.perf_counter()
-            if value_segment is None:
-                value = recall_at_k(index, q, k)
-                share = 1.0
-            else:  # a tag filter, applied inside the search as audiences do
-                allowed = state.tag_masks["value_segment"][value_segment]
-                exact, _ = brute_force(index.vectors, q, k, allowed)
-                approx, _ = index.search(q, k, allowed)
-                hits = [len(np.intersect1d(a[a >= 0], e[e >= 0])) / max(int((e >= 0).sum()), 1)
-                        for a, e in zip(approx, exact, strict=True)]
-                value, share = float(np.mean(hits)), float(allowed.mean())
-            return {"recall": value, "k": k, "queries": len(q), "filter_share": share,
+            exact, _ = brute_force(index.vectors, q, k, allowed)
+
+            def share(found: np.ndarray) -> float:
+                return float(np.mean([len(np.intersect1d(a[a >= 0], e[e >= 0])) / max(int((e >= 0).sum()), 1)
+                                      for a, e in zip(found, exact, strict=True)]))
+
+            served, _ = index.search(q, k, allowed)  # as audiences search: routed to exact where needed
+            route = "exact" if index.kind == "hnsw" and index.exact_for(k, allowed) else index.kind
+            graph = None
+            if index.kind == "hnsw" and k <= 1000:  # the graph alone, for what the routing avoids
+                graph_i, _ = index._faiss_search(q, k, allowed)  # (above k=1,000 efSearch gets huge)
+                graph = share(graph_i)
+            return {"recall": share(served), "route": route, "hnsw_graph_recall": graph, "k": k, "queries": len(q),
+                    "filter_share": 1.0 if allowed is None else float(allowed.mean()),
                     "seconds": time.perf_counter() - start, "index": index.describe()}
+
+        @app.get("/bench/agreement", include_in_schema=False)
+        def agreement(
+            state: State, _: Annotated[Principal, Depends(require("picks"))], members: int = 300, seed: int = 0,
+        ) -> dict[str, Any]:
+            import numpy as np
+
+            if state.pick_lists is None:
+                return {"error": "the bundle has no pre-ranked lists"}
+            rng = np.random.default_rng(seed)
+            rows = rng.choice(state.members.n_base, size=min(members, state.members.n_base), replace=False)
+            ids = state.members.external(rows)
+            lists = state.pick_lists
+            compared = differ = from_lists = 0
+            examples: list[str] = []
+            start = time.perf_counter()
+            for member, row in zip(ids, rows.tolist(), strict=True):
+                bought = state.bought(row)
+                some_bought = [state.text.ids[p] for p in list(bought)[:2]] if bought else []  # type: ignore[union-attr]
+                head = lists.rows["replenish"][row, : lists.length["replenish"][row]] if "replenish" in lists.rows else []
+                # a category the member's list reaches into (a random one would mostly match nothing)
+                code = state.category.codes[head[int(rng.integers(len(head)))]] if len(head) else -1
+                category = [state.category.labels[code]] if code >= 0 else None
+                for mode in ("replenish", "discover"):
+                    for categories, exclude in ((None, None), (category, None), (None, some_bought or None)):
+                        args = (state, [member], 10, mode, categories, exclude, None)
+                        fast = service.picks(*args, allow_live=False)
+                        if fast is None:
+                            continue  # the lists cannot answer this one: the server scores it live
+                        live = service.picks(*args, use_lists=False)
+                        assert live is not None
+                        compared += 1
+                        from_lists += fast[0].source == "pre_ranked"
+                        if service.picks_dict(state, fast[0]) != service.picks_dict(state, live[0]):
+                            differ += 1
+                            if len(examples) < 5:
+                                examples.append(f"{member} {mode} {categories} {exclude}")
+            return {"members": len(ids), "requests_compared": compared, "answered_from_lists": from_lists,
+                    "differences": differ, "examples": examples, "seconds": time.perf_counter() - start,
+                    "lists": state.pick_lists.describe()}
 
     app.add_middleware(ServerTiming)  # added last: outermost, so it times everything inside
     return app

@@ -6,15 +6,24 @@ Layout::
     model/             the fitted recommender (``Recommender.save``)
     members.parquet    member_id in matrix-row order + the tags audiences filter on
     products.parquet   product_id in matrix-column order + category, price, band, brand, name
+    pre_ranked.npz     optional: every member's top-N products per mode, ranked offline
+                       (:mod:`recsys.precompute`); ``bundle.json`` describes it under ``pre_ranked``
 
 Loadable without any training code; a bundle of another format version is refused with a message
 that says what to do.
+
+The pre-ranked lists are an optional part of format 1, not a new format: a bundle without them
+(older bundles, small test bundles) loads as before and is scored live, and a reader that does not
+know the file ignores it and scores live too -- the lists change how fast picks are answered,
+never what they are. When ``bundle.json`` names the file, it must be there and fit the model, or
+the bundle is refused as incomplete.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +37,8 @@ from recsys.columns import Col
 from recsys.errors import RecsysError
 from recsys.idmap import IdMap
 from recsys.models.base import ModelStateVersionError, Recommender, Tag
+from recsys.precompute import FILE_NAME as PRE_RANKED_FILE
+from recsys.precompute import PreRanked
 
 FORMAT_VERSION = 1
 
@@ -44,6 +55,7 @@ class Bundle:
     member_table: pa.Table
     product_table: pa.Table
     meta: dict[str, Any] = field(default_factory=dict)
+    pre_ranked: PreRanked | None = None  # offline pick lists (recsys.precompute), when computed
 
     def member_tags(self, names: tuple[str, ...] | None = None) -> dict[str, Tag]:
         cols = [c for c in self.member_table.column_names if c != Col.MEMBER]
@@ -67,14 +79,21 @@ def save_bundle(path: Path | str, bundle: Bundle) -> Path:
         raise ValueError("member_table must list member ids in the model's row order")
     if bundle.product_table.column(Col.PRODUCT).to_pylist() != bundle.products.external_ids.tolist():
         raise ValueError("product_table must list product ids in the model's column order")
+    if bundle.pre_ranked is not None:
+        bundle.pre_ranked.check(len(bundle.members), len(bundle.products))
     if path.exists():  # only once the new bundle is known to be consistent
         shutil.rmtree(path)
     path.mkdir(parents=True)
     bundle.model.save(path / "model")
     pq.write_table(bundle.member_table, path / "members.parquet")
     pq.write_table(bundle.product_table, path / "products.parquet")
+    meta = {k: v for k, v in bundle.meta.items() if k != "pre_ranked"}  # describes this bundle's lists only
+    if bundle.pre_ranked is not None:
+        bundle.pre_ranked.save(path / PRE_RANKED_FILE)
+        meta["pre_ranked"] = {**bundle.pre_ranked.meta, "file": PRE_RANKED_FILE, "n": bundle.pre_ranked.n,
+                              "modes": list(bundle.pre_ranked.modes)}
     meta = {
-        **bundle.meta,
+        **meta,
         "format_version": FORMAT_VERSION,
         "model": bundle.model.name,
         "n_members": len(bundle.members),
@@ -107,6 +126,7 @@ def load_bundle(path: Path | str) -> Bundle:
         model = Recommender.load(path / "model")
         member_table = pq.read_table(path / "members.parquet")
         product_table = pq.read_table(path / "products.parquet")
+        pre_ranked = _load_pre_ranked(path, meta)
     except ModelStateVersionError as exc:
         raise BundleError(str(exc)) from None
     except (OSError, KeyError, ValueError) as exc:
@@ -118,4 +138,23 @@ def load_bundle(path: Path | str) -> Bundle:
             f"{path}: id lists ({len(members)} members, {len(products)} products) do not match the model "
             f"({model.n_members}, {model.n_products}); re-export the bundle"
         )
-    return Bundle(model, members, products, member_table, product_table, meta)
+    if pre_ranked is not None:
+        try:
+            pre_ranked.check(model.n_members, model.n_products)
+        except ValueError as exc:
+            raise BundleError(f"{path}: {exc}; re-export the bundle") from None
+    return Bundle(model, members, products, member_table, product_table, meta, pre_ranked)
+
+
+def _load_pre_ranked(path: Path, meta: dict[str, Any]) -> PreRanked | None:
+    """The bundle's pre-ranked lists when ``bundle.json`` names them (OSError / ValueError when the
+    file is missing or unreadable: the bundle is then incomplete)."""
+    info = meta.get("pre_ranked")
+    if not info:
+        return None
+    if not isinstance(info, dict):
+        raise ValueError("bundle.json: 'pre_ranked' must be an object")
+    try:
+        return PreRanked.load(path / str(info.get("file", PRE_RANKED_FILE)), info)
+    except zipfile.BadZipFile as exc:
+        raise ValueError(f"{info.get('file', PRE_RANKED_FILE)}: {exc}") from None

@@ -36,6 +36,21 @@ class Pick(BaseModel):
     name: str | None = None
 
 
+class PicksQuery(BaseModel):
+    """The query parameters of ``GET /v1/members/{member_id}/picks``: validated with this model
+    and documented from it (see :mod:`serving.routers.picks`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    k: int = Field(10, ge=1, le=10_000, description="Number of picks, at most max_k (100)")
+    mode: Mode = Field("replenish", description="discover: only products the member never bought")
+    category: list[str] | None = Field(None, description="Only these categories (repeat or comma-separate)")
+    exclude: list[str] | None = Field(None, description="Never these product ids (repeat or comma-separate)")
+    segment: str | None = Field(
+        None, max_length=100, description="value_segment to use for an unknown member's fallback"
+    )
+
+
 class PicksResponse(BaseModel):
     member_id: str
     model_version: str
@@ -259,6 +274,10 @@ class ModelResponse(BaseModel):
     live_members_added: int
     events_applied: int
     scorer: dict[str, object]
+    pre_ranked: dict[str, object] | None = Field(
+        None, description="The bundle's pre-ranked pick lists (length, modes, members scored live since a "
+        "live purchase), or null when every pick is scored live"
+    )
 
 
 class WhoAmI(BaseModel):

@@ -9,35 +9,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 
 from recsys.errors import InputError
 from serving.errors import NotFoundError
 from serving.events import EventRecord
+from serving.picklists import REASON_MIN_SIMILARITY, reason_parts  # noqa: F401  (re-exported)
 from serving.schemas import (
     AudienceBaseline,
-    AudienceMember,
     AudienceOptions,
     AudienceProfile,
     AudienceRequest,
     AudienceResponse,
     CategoryShare,
+    FallbackReason,
     LastPurchase,
     MemberProfile,
     Mode,
-    Pick,
     PicksResponse,
     ProductInfo,
     ProductSearchResponse,
     PurchaseEvent,
-    SimilarProduct,
     SimilarResponse,
 )
 from serving.state import SEGMENT_TAG, UNKNOWN, ServingState
 
-# a bought product this similar (cosine) to a pick is named as its reason
-REASON_MIN_SIMILARITY = 0.1
 # a product not yet sold is scored from at most this many reference products (the most bought)
 MAX_REFERENCE_PRODUCTS = 50
 MIN_BRAND_REFERENCES = 3
@@ -75,12 +73,6 @@ def _product_row(state: ServingState, product_id: str) -> int:
     return row
 
 
-def _label(state: ServingState, row: int) -> str:
-    if state.product_names is not None and state.product_names[row]:
-        return str(state.product_names[row])
-    return str(state.products.external_ids[row])
-
-
 def _category(state: ServingState, row: int) -> str | None:
     code = state.category.codes[row]
     return state.category.labels[code] if code >= 0 else None
@@ -94,55 +86,79 @@ def _name(state: ServingState, row: int) -> str | None:
 
 # --------------------------------------------------------------------------- picks
 @dataclass
-class _Ranked:
+class PickList:
+    """One member's picks before encoding: products, scores and the parts of their reasons."""
+
+    member_id: str
+    fallback: bool
+    fallback_reason: FallbackReason | None
     rows: np.ndarray
     scores: np.ndarray
+    times: np.ndarray  # occasions the member bought each pick (0: never)
+    anchors: np.ndarray  # for the others: the bought product it is most similar to (-1: none)
+    segment: str | None  # the member's value segment (or the fallback's), for "popular in ..."
+    source: str  # "pre_ranked" (the bundle's lists), "live" (scored now) or "popular" (fallback)
 
 
-def _reasons(
-    state: ServingState, bought: dict[int, float], rows: np.ndarray, segment: str | None
-) -> list[tuple[str, str, str, str | None]]:
-    """(code, zh, en, anchor product id) for each pick: bought it, bought something similar, or
-    popular in the member's segment."""
-    out: list[tuple[str, str, str, str | None]] = [("", "", "", None)] * len(rows)
-    bought_rows = np.fromiter(bought.keys(), dtype=np.int64, count=len(bought))
-    is_bought = np.isin(rows, bought_rows)
-    anchors = np.full(len(rows), -1, dtype=np.int64)
-    rest = np.flatnonzero(~is_bought)
-    if len(rest) and len(bought_rows):
-        sims = state.scorer.item_similarity(rows[rest], bought_rows)
-        best = np.argmax(sims, axis=1)
-        ok = sims[np.arange(len(rest)), best] >= REASON_MIN_SIMILARITY
-        anchors[rest[ok]] = bought_rows[best[ok]]
-    for i, row in enumerate(rows.tolist()):
-        if is_bought[i]:
-            n = int(bought[row])
-            name = _label(state, row)
-            times = f"（{n}次）" if n > 1 else ""
-            out[i] = ("often_buys", f"您经常购买「{name}」{times}", f"often buys {name}", None)
-        elif anchors[i] >= 0:
-            anchor = int(anchors[i])
-            name = _label(state, anchor)
-            out[i] = (
-                "also_bought", f"购买「{name}」的会员也常买这款", f"members who buy {name} also buy this",
-                str(state.products.external_ids[anchor]),
-            )
-        elif segment is not None:
-            out[i] = ("popular_in_segment", "您所在会员群体的热门商品", "popular in your segment", None)
+def pick_dicts(state: ServingState, pl: PickList) -> list[dict[str, Any]]:
+    """The ``picks`` of a :class:`~serving.schemas.PicksResponse`, as plain JSON-able dicts."""
+    text = state.text
+    assert text is not None
+    if pl.segment is not None:
+        popular = ("popular_in_segment", "您所在会员群体的热门商品", "popular in your segment")
+    else:
+        popular = ("popular", "热门商品", "popular with members")
+    out = []
+    for p, s, n, a in zip(pl.rows.tolist(), pl.scores.tolist(), pl.times.tolist(), pl.anchors.tolist(), strict=True):
+        anchor = None
+        if n > 0:
+            code, zh, en = "often_buys", text.often_zh[p] + (f"（{n}次）" if n > 1 else ""), text.often_en[p]
+        elif a >= 0:
+            code, zh, en, anchor = "also_bought", text.also_zh[a], text.also_en[a], text.ids[a]
         else:
-            out[i] = ("popular", "热门商品", "popular with members", None)
+            code, zh, en = popular
+        out.append({
+            "product_id": text.ids[p], "score": s, "reason": zh, "reason_en": en, "reason_code": code,
+            "anchor_product_id": anchor, "category": text.categories[p], "name": text.names[p],
+        })
     return out
 
 
+def picks_dict(state: ServingState, pl: PickList) -> dict[str, Any]:
+    """A :class:`~serving.schemas.PicksResponse` as a plain dict (same fields, same order)."""
+    return {
+        "member_id": pl.member_id, "model_version": state.info.version, "fallback": pl.fallback,
+        "fallback_reason": pl.fallback_reason, "picks": pick_dicts(state, pl),
+    }
+
+
+def picks_response(state: ServingState, pl: PickList) -> PicksResponse:
+    """The same answer as a validated pydantic model (for callers that want one)."""
+    return PicksResponse.model_validate(picks_dict(state, pl))
+
+
 def _popular(
-    state: ServingState, segment: str | None, k: int, allowed: np.ndarray, seen: np.ndarray
-) -> _Ranked:
+    state: ServingState, segment: str | None, k: int, allowed: np.ndarray | None, seen: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` products of the segment's (or the global) popularity order that are
+    allowed and not in ``seen``; scans a growing head of the order instead of all of it."""
     if segment is not None and segment in state.segment_order:
         order, scores = state.segment_order[segment], state.segment_scores[segment]
     else:
         order, scores = state.popular_order, state.popular_scores
-    keep = allowed[order] & ~np.isin(order, seen)
-    return _Ranked(order[keep][:k], scores[keep][:k])
+    found: list[np.ndarray] = []
+    need, start, step = k, 0, max(4 * k, 256)
+    while need > 0 and start < len(order):
+        head = np.arange(start, min(start + step, len(order)))
+        keep = np.ones(len(head), dtype=bool) if allowed is None else allowed[order[head]]
+        if len(seen):
+            keep &= ~np.isin(order[head], seen)
+        hit = head[keep][:need]
+        found.append(hit)
+        need -= len(hit)
+        start, step = start + step, step * 4
+    pos = np.concatenate(found) if found else np.empty(0, np.int64)
+    return order[pos], scores[pos]
 
 
 def _member_segment(state: ServingState, member: int) -> str | None:
@@ -160,8 +176,17 @@ def picks(
     categories: list[str] | None = None,
     exclude: list[str] | None = None,
     segment: str | None = None,
-) -> list[PicksResponse]:
-    """Picks for each member, in input order; unknown members get a flagged popular fallback."""
+    *,
+    allow_live: bool = True,
+    use_lists: bool = True,
+) -> list[PickList] | None:
+    """Picks for each member, in input order; unknown members get a flagged popular fallback.
+
+    A known member is answered from the bundle's pre-ranked list when it can answer exactly (see
+    :mod:`serving.picklists`), else scored live; both give the same picks. With ``allow_live=False``
+    the answer is None as soon as one member would need live scoring (so a caller on the event
+    loop can hand the slow case to a worker thread); ``use_lists=False`` scores every known member
+    live (to compare the two)."""
     if k > state.settings.max_k:
         raise InputError(f"k must be between 1 and {state.settings.max_k}; got {k}")
     if segment is not None:
@@ -169,72 +194,88 @@ def picks(
         if tag is None or segment not in tag.labels:
             allowed_segments = tag.labels if tag is not None else ()
             raise InputError(f"unknown segment {segment!r}; segments: {_listing(allowed_segments) or 'none in this bundle'}")
-    allowed = product_allowed(state, categories, exclude)
-    rows = np.array([state.members.get(m) for m in member_ids], dtype=np.int64)
-    with state.lock:  # a consistent view of live purchases and folded-in vectors
-        bought = [state.bought(int(r)) if r >= 0 else {} for r in rows]
-        personal = np.array([state.personalised(int(r)) for r in rows], dtype=bool)
+    filtered = bool(categories or exclude)
+    allowed = product_allowed(state, categories, exclude) if filtered else state.product_active
+    list_mask = None if not filtered and state.all_active else allowed
+    rows = [state.members.get(m) for m in member_ids]
+    out: list[PickList | None] = [None] * len(rows)
+    lists = state.pick_lists if use_lists else None
+    live: list[int] = []
+    # the lists need no lock: a list a concurrent live purchase invalidates answers as if the
+    # request had come a moment earlier
+    for i, row in enumerate(rows):
+        if not state.personalised(row):
+            continue
+        ans = lists.answer(row, mode, k, list_mask) if lists is not None else None
+        if ans is None:
+            if not allow_live:
+                return None
+            live.append(i)
+            continue
+        out[i] = PickList(member_ids[i], False, None, ans.rows, ans.scores, ans.times, ans.anchors,
+                          _member_segment(state, row), "pre_ranked")
+    if live or any(pl is None and row >= 0 for pl, row in zip(out, rows, strict=True)):
+        with state.lock:  # a consistent view of live purchases and folded-in vectors
+            _picks_locked(state, member_ids, rows, out, live, k, mode, allowed, list_mask, segment)
+    for i in range(len(rows)):
+        if out[i] is None:  # an unknown member: the popular fallback, nothing bought
+            r, s = _popular(state, segment, k, list_mask, np.empty(0, np.int64))
+            out[i] = PickList(member_ids[i], True, "unknown_member", r, s, np.zeros(len(r), np.int32),
+                              np.full(len(r), -1, np.int32), segment, "popular")
+    return [pl for pl in out if pl is not None]
+
+
+def _picks_locked(
+    state: ServingState, member_ids: list[str], rows: list[int], out: list[PickList | None], live: list[int],
+    k: int, mode: Mode, allowed: np.ndarray, list_mask: np.ndarray | None, segment: str | None,
+) -> None:
+    """Fill ``out`` for members scored live and for new members (live purchases, no vector)."""
+    if live:
+        bought = [state.bought(rows[i]) for i in live]
         seen = [
             np.fromiter(b.keys(), dtype=np.int64, count=len(b)) if mode == "discover" else np.empty(0, np.int64)
             for b in bought
         ]
-        ranked: dict[int, _Ranked] = {}
-        sel = np.flatnonzero(personal)
-        if len(sel):
-            idx, sc = state.scorer.picks(rows[sel], k, allowed, [seen[i] for i in sel])
-            for j, i in enumerate(sel.tolist()):
-                ok = idx[j] >= 0
-                ranked[i] = _Ranked(idx[j][ok], sc[j][ok])
-    out: list[PicksResponse] = []
-    for i, member_id in enumerate(member_ids):
-        fallback = not personal[i]
-        member_segment = _member_segment(state, int(rows[i])) if not fallback else segment
-        if fallback:
-            ranked[i] = _popular(state, segment, k, allowed, seen[i])
-        r = ranked[i]
-        reasons = _reasons(state, bought[i], r.rows, member_segment)
-        out.append(
-            PicksResponse(
-                member_id=member_id,
-                model_version=state.info.version,
-                fallback=fallback,
-                fallback_reason=None if not fallback else ("new_member" if rows[i] >= 0 else "unknown_member"),
-                picks=[
-                    Pick(
-                        product_id=str(state.products.external_ids[p]),
-                        score=float(s),
-                        reason=zh,
-                        reason_en=en,
-                        reason_code=code,  # type: ignore[arg-type]
-                        anchor_product_id=anchor,
-                        category=_category(state, p),
-                        name=_name(state, p),
-                    )
-                    for p, s, (code, zh, en, anchor) in zip(r.rows.tolist(), r.scores.tolist(), reasons, strict=True)
-                ],
-            )
-        )
-    return out
+        idx, sc = state.scorer.picks(np.array([rows[i] for i in live], dtype=np.int64), k, allowed, seen)
+        for j, i in enumerate(live):
+            ok = idx[j] >= 0
+            r = idx[j][ok]
+            times, anchors = reason_parts(state.scorer, bought[j], r)
+            out[i] = PickList(member_ids[i], False, None, r, sc[j][ok], times, anchors,
+                              _member_segment(state, rows[i]), "live")
+    for i, row in enumerate(rows):
+        if out[i] is not None or row < 0:
+            continue
+        bought_i = state.bought(row)  # a new member: what they bought live, no vector to rank with
+        seen_i = (np.fromiter(bought_i.keys(), dtype=np.int64, count=len(bought_i)) if mode == "discover"
+                  else np.empty(0, np.int64))
+        r, s = _popular(state, segment, k, list_mask, seen_i)
+        times, anchors = reason_parts(state.scorer, bought_i, r)
+        out[i] = PickList(member_ids[i], True, "new_member", r, s, times, anchors, segment, "popular")
 
 
 # --------------------------------------------------------------------------- similar
-def similar(state: ServingState, product_id: str, k: int) -> SimilarResponse:
+def similar_dict(state: ServingState, product_id: str, k: int) -> dict[str, Any]:
+    """A :class:`~serving.schemas.SimilarResponse` as a plain dict."""
     if k > state.settings.max_k:
         raise InputError(f"k must be between 1 and {state.settings.max_k}; got {k}")
     row = _product_row(state, product_id)
     idx, sc = state.scorer.similar(row, k, state.product_active)
     ok = idx >= 0
-    return SimilarResponse(
-        product_id=product_id,
-        model_version=state.info.version,
-        similar=[
-            SimilarProduct(
-                product_id=str(state.products.external_ids[p]), score=float(s),
-                category=_category(state, p), name=_name(state, p),
-            )
+    text = state.text
+    assert text is not None
+    return {
+        "product_id": product_id,
+        "model_version": state.info.version,
+        "similar": [
+            {"product_id": text.ids[p], "score": s, "category": text.categories[p], "name": text.names[p]}
             for p, s in zip(idx[ok].tolist(), sc[ok].tolist(), strict=True)
         ],
-    )
+    }
+
+
+def similar(state: ServingState, product_id: str, k: int) -> SimilarResponse:
+    return SimilarResponse.model_validate(similar_dict(state, product_id, k))
 
 
 # --------------------------------------------------------------------------- audiences
@@ -297,7 +338,35 @@ def _reference_products(state: ServingState, category: str, price: float | None,
     return rows, notes
 
 
-def audience(state: ServingState, req: AudienceRequest) -> AudienceResponse:
+@dataclass
+class AudienceResult:
+    """An audience before encoding: :class:`~serving.schemas.AudienceResponse`'s fields with the
+    members as two parallel lists (ids, scores), not 100,000 pydantic objects."""
+
+    model_version: str
+    product_id: str | None
+    reference_products: list[str]
+    member_ids: list[str]
+    scores: list[float]
+    profile: AudienceProfile
+    notes: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The response body as plain JSON-able values (same fields, same order)."""
+        return {
+            "model_version": self.model_version,
+            "product_id": self.product_id,
+            "reference_products": self.reference_products,
+            "members": [{"member_id": m, "score": s} for m, s in zip(self.member_ids, self.scores, strict=True)],
+            "profile": self.profile.model_dump(),
+            "notes": self.notes,
+        }
+
+    def response(self) -> AudienceResponse:
+        return AudienceResponse.model_validate(self.as_dict())
+
+
+def audience(state: ServingState, req: AudienceRequest) -> AudienceResult:
     """The members most likely to buy the product (or a product described by attributes)."""
     if req.size > state.settings.max_audience:
         raise InputError(f"size must be between 1 and {state.settings.max_audience}; got {req.size}")
@@ -327,17 +396,26 @@ def audience(state: ServingState, req: AudienceRequest) -> AudienceResponse:
                         "(plus live buyers within the window)"
                     )
                 mask = (np.ones(len(state.members), dtype=bool) if mask is None else mask) & ~recent
-        idx, sc = state.scorer.audience(reference, req.size, mask, vector)
+        whole = None
+        if callable(getattr(state.bundle.model, "purchase_probability", None)) and state.scorer.kind == "model":
+            # the baselines need every pool member's score: rank the pool once and take its head
+            # (the model's top-n is the head of its top-(n+1): recsys.models.base.topk_rows)
+            n_rows = state.scorer.n_members
+            pool = n_rows if mask is None else int(np.count_nonzero(mask[:n_rows]))
+            whole = state.scorer.audience(reference, max(pool, req.size), mask, vector)
+            idx, sc = whole[0][: req.size], whole[1][: req.size]
+        else:
+            idx, sc = state.scorer.audience(reference, req.size, mask, vector)
         ok = idx >= 0
         rows, scores = idx[ok], sc[ok]
         result = profile(state, rows, scores)
-        _add_baselines(state, result, reference, mask, vector)
-    ids = state.members.external(rows)
-    return AudienceResponse(
+        _add_baselines(state, result, reference, mask, vector, whole)
+    return AudienceResult(
         model_version=state.info.version,
         product_id=req.product_id,
         reference_products=state.products.to_external(reference).tolist(),
-        members=[AudienceMember(member_id=m, score=float(s)) for m, s in zip(ids, scores.tolist(), strict=True)],
+        member_ids=state.members.external(rows),
+        scores=scores.tolist(),
         profile=result,
         notes=notes,
     )
@@ -356,7 +434,7 @@ def member_activity(state: ServingState) -> np.ndarray:
 
 def _add_baselines(
     state: ServingState, result: AudienceProfile, reference: np.ndarray, mask: np.ndarray | None,
-    vector: np.ndarray | None,
+    vector: np.ndarray | None, whole: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """The pool the filters keep and, when the model gives calibrated purchase probabilities, the
     expected buyers of two other ways to pick as many members from that pool: at random (size x
@@ -370,7 +448,7 @@ def _add_baselines(
     if not callable(hook) or result.expected_buyers is None or n == 0 or pool_size == 0:
         return
     # every pool member's score for the product: the same scorer call as the audience itself
-    idx, sc = state.scorer.audience(reference, pool_size, mask, vector)
+    idx, sc = whole if whole is not None else state.scorer.audience(reference, pool_size, mask, vector)
     ok = (idx >= 0) & np.isfinite(sc)
     rows = idx[ok]
     if not len(rows):

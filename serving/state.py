@@ -7,7 +7,8 @@ request path and swaps the reference in one assignment, so a request sees one st
 
 Live purchases never modify the bundle's arrays: they go to :class:`LiveHistory` (what each
 member bought, and when), new members to :class:`MemberRegistry`, and — for vector models — the
-member's folded-in vector to the scorer's member index.
+member's folded-in vector to the scorer's member index. A member with live purchases is no longer
+answered from the bundle's pre-ranked pick lists (:mod:`serving.picklists`): they are scored live.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from recsys.columns import Col
 from recsys.idmap import IdMap
 from recsys.models.base import Tag
 from serving.events import EventLog, EventRecord
+from serving.picklists import PickLists, build_pick_lists
 from serving.scorer import Scorer, build_scorer
 from serving.settings import ServingSettings
 
@@ -156,6 +158,39 @@ class LiveHistory:
         return dict(self.count.get(member, {}))
 
 
+# --------------------------------------------------------------------------- response text
+@dataclass(frozen=True)
+class ProductText:
+    """Per product, the strings responses carry, built once per bundle: id, category, name and
+    the two product-specific reasons ("often buys X", "members who buy X also buy this")."""
+
+    ids: list[str]
+    categories: list[str | None]
+    names: list[str | None]
+    often_zh: list[str]
+    often_en: list[str]
+    also_zh: list[str]
+    also_en: list[str]
+
+    @classmethod
+    def build(cls, ids: np.ndarray, category: Tag, names: np.ndarray | None) -> ProductText:
+        id_list = [str(i) for i in ids]
+        if names is None:
+            name_list: list[str | None] = [None] * len(id_list)
+            labels = id_list
+        else:
+            name_list = [None if n is None else str(n) for n in names]
+            # a product is named by its name when it has a non-empty one, else by its id
+            labels = [str(n) if n else i for n, i in zip(names, id_list, strict=True)]
+        cats = [category.labels[c] if c >= 0 else None for c in category.codes.tolist()]
+        return cls(
+            ids=id_list, categories=cats, names=name_list,
+            often_zh=[f"您经常购买「{x}」" for x in labels], often_en=[f"often buys {x}" for x in labels],
+            also_zh=[f"购买「{x}」的会员也常买这款" for x in labels],
+            also_en=[f"members who buy {x} also buy this" for x in labels],
+        )
+
+
 # --------------------------------------------------------------------------- the state
 @dataclass
 class ServingState:
@@ -183,6 +218,9 @@ class ServingState:
     segment_order: dict[str, np.ndarray]
     segment_scores: dict[str, np.ndarray]
     event_log: EventLog
+    text: ProductText | None = None
+    pick_lists: PickLists | None = None  # the bundle's pre-ranked lists, when it has them
+    all_active: bool = False  # every product is active: unfiltered picks need no product mask
     live: LiveHistory = field(default_factory=LiveHistory)
     events_offset: int = 0
     events_applied: int = 0
@@ -256,6 +294,8 @@ class ServingState:
                 continue
             member = self.members.add(rec.member_id)  # the existing row, or a new one
             self.live.add(member, product, rec.ts.timestamp())
+            if self.pick_lists is not None:  # what they bought changed: score them live from now on
+                self.pick_lists.invalidate(member)
             touched.add(member)
             applied += 1
         # new members get consecutive rows, so ascending order appends their vectors in step
@@ -379,6 +419,7 @@ def build_state(
     last_age = _model_matrix(model, "last_age", history.shape)
     counts = _model_matrix(model, "counts", history.shape)
     pop_o, pop_s, seg_o, seg_s = _popular_orders(history, member_tags.get(SEGMENT_TAG))
+    active.setflags(write=False)  # handed to searches as the default product mask, never changed
 
     scorer = build_scorer(model, settings.index)
     state = ServingState(
@@ -404,13 +445,17 @@ def build_state(
         segment_order=seg_o,
         segment_scores=seg_s,
         event_log=EventLog(settings.events_file),
+        text=ProductText.build(bundle.products.external_ids, category, names),
+        all_active=bool(active.all()),
     )
     _smoke_test(state)
-    applied = state.sync_events()
+    if bundle.pre_ranked is not None and settings.use_pre_ranked:
+        state.pick_lists = build_pick_lists(state, bundle.pre_ranked)
+    applied = state.sync_events()  # after the lists: members with live purchases are scored live
     log.info(
-        "loaded %s (%s, %d members, %d products, scorer %s) in %.2fs; replayed %d live event(s)",
-        info.version, info.model, len(bundle.members), len(bundle.products), scorer.kind,
-        time.perf_counter() - t0, applied,
+        "loaded %s (%s, %d members, %d products, scorer %s, pre-ranked picks %s) in %.2fs; replayed %d live "
+        "event(s)", info.version, info.model, len(bundle.members), len(bundle.products), scorer.kind,
+        state.pick_lists.describe() if state.pick_lists is not None else "none", time.perf_counter() - t0, applied,
     )
     return state
 

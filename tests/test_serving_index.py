@@ -96,3 +96,42 @@ def test_hnsw_is_used_above_the_threshold_and_agrees_on_tiny_data(serving_client
             a = exact_c.get(f"/v1/members/{member}/picks?k=3", headers=auth("app")).json()["picks"]
             b = flat_c.get(f"/v1/members/{member}/picks?k=3", headers=auth("app")).json()["picks"]
             assert [p["product_id"] for p in a] == [p["product_id"] for p in b]
+
+
+def test_hnsw_routes_large_k_and_restrictive_filters_to_exact_search(vectors: np.ndarray) -> None:
+    settings = IndexSettings(hnsw_max_k=50, hnsw_min_filter_share=0.9)
+    ix = VectorIndex(vectors, exact_max=1000, settings=settings)
+    q = vectors[:4] + 0.1
+    ix.search(q, 10)  # small k, no filter: the graph
+    assert ix.searches == {"flat": 0, "hnsw": 1, "exact": 0}
+    big_i, big_s = ix.search(q, 51)  # above hnsw_max_k: exact, equal to brute force
+    want_i, want_s = brute_force(vectors, q, 51)
+    np.testing.assert_array_equal(big_i, want_i)
+    np.testing.assert_allclose(big_s, want_s, rtol=1e-5)
+    segment = np.arange(len(vectors)) % 10 == 0  # a 10 % tag filter: exact over those rows
+    seg_i, _ = ix.search(q, 10, segment)
+    np.testing.assert_array_equal(seg_i, brute_force(vectors, q, 10, segment)[0])
+    assert ix.searches == {"flat": 0, "hnsw": 1, "exact": 2}
+    almost_all = np.ones(len(vectors), dtype=bool)
+    almost_all[:5] = False  # e.g. a few delisted rows: the graph still answers
+    ix.search(q, 10, almost_all)
+    assert ix.searches["hnsw"] == 2
+    assert ix.describe()["searches"] == {"hnsw": 2, "exact": 2}
+    # recall as served, every route
+    assert recall_at_k(ix, q, 10) >= 0.95
+    assert recall_at_k(ix, q, 200) == 1.0
+    assert recall_at_k(ix, q, 20, segment) == 1.0
+
+
+def test_brute_force_gathers_the_rows_of_a_restrictive_filter(vectors: np.ndarray) -> None:
+    q = vectors[:3]
+    few = np.zeros(len(vectors), dtype=bool)
+    few[::50] = True  # 2 %: gathered; 50 %: masked -- the same answers
+    half = np.arange(len(vectors)) % 2 == 0
+    for allowed in (few, half):
+        got_i, got_s = brute_force(vectors, q, 7, allowed)
+        scores = q @ vectors.T
+        scores[:, ~allowed] = -np.inf
+        want = np.argsort(-scores, axis=1, kind="stable")[:, :7]
+        np.testing.assert_array_equal(got_i, want)
+        np.testing.assert_allclose(got_s, np.take_along_axis(scores, want, axis=1), rtol=1e-6)

@@ -137,7 +137,11 @@ def build_bundle(cfg: TrainConfig, result: TrainResult, out: Path, run_id: str |
         "metrics": {k: result.metrics.get(k) for k in SUMMARY_KEYS if k in result.metrics},
         "features_manifest": json.loads((cfg.data.features / "manifest.json").read_text()),
     }
-    return save_bundle(out, Bundle(result.model, result.members, result.products, mem, prod, meta))
+    # every member's top-100 picks per mode, ranked once here (served from the bundle)
+    from recsys.precompute import pre_rank
+
+    return save_bundle(out, Bundle(result.model, result.members, result.products, mem, prod, meta,
+                                   pre_ranked=pre_rank(result.model)))
 
 
 def _aligned(con: duckdb.DuckDBPyConnection, table: Path, key: str, ids: Any, wanted: tuple[str, ...]) -> pa.Table:

@@ -34,6 +34,7 @@ async def model_info(state: State, _: Annotated[Principal, Depends(require("mode
         n_members=state.members.n_base, n_products=state.n_products,
         live_members_added=len(state.members) - state.members.n_base,
         events_applied=state.events_applied, scorer=state.scorer.describe(),
+        pre_ranked=state.pick_lists.describe() if state.pick_lists is not None else None,
     )
 
 

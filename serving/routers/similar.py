@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import Response
 
 from serving import service
 from serving.deps import State, get_caller, require
@@ -17,6 +19,7 @@ router = APIRouter(tags=["similar"], responses={401: {"model": ErrorResponse}, 4
 @router.get(
     "/v1/products/{product_id}/similar",
     summary="Products most similar to a product (active products only)",
+    response_model=SimilarResponse,
     responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
 )
 async def similar_products(
@@ -24,8 +27,9 @@ async def similar_products(
     _: Annotated[Principal, Depends(require("similar"))],
     product_id: Annotated[str, Path(min_length=1, max_length=200)],
     k: Annotated[int, Query(ge=1, le=10_000, description="At most max_k (100)")] = 10,
-) -> SimilarResponse:
-    return service.similar(state, product_id, k)
+) -> Response:
+    # encoded once with orjson (response_model documents the body)
+    return Response(orjson.dumps(service.similar_dict(state, product_id, k)), media_type="application/json")
 
 
 @router.get(

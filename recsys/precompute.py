@@ -1,0 +1,243 @@
+"""Pre-ranked pick lists: every known member's top-N products, ranked once, offline.
+
+Scoring a member live costs what the model costs (the hybrid model's LightGBM ranker: ~4 ms a
+member), which a web server answering thousands of requests a second cannot pay per request.
+:func:`pre_rank` ranks every member's products in both modes ahead of time -- in batches, the
+model's scoring hook (``_score_candidates``, else ``_score_items``) called once per batch for both
+modes, then ranked the way ``Recommender.recommend`` ranks -- and :class:`PreRanked` travels in
+the serving bundle (:mod:`recsys.bundle`, file ``pre_ranked.npz``).
+
+What a list holds, per member and mode, is exactly the head of ``model.recommend(members, N,
+mode=mode)`` without filters: products best first, ties broken by the lower index, ``-1`` /
+``-inf`` once the member has no more scorable products. So:
+
+* a filtered request (active products, categories, exclusions) answered from a list is the head of
+  the same filter applied to the member's full ranking -- identical to scoring live -- as long as
+  at least ``k`` products survive the filter, or the list is *complete* (it ended in padding, so it
+  holds every product the model can score for that member);
+* otherwise (fewer than ``k`` survive a truncated list, ``k > N``, live purchases since), the
+  server scores live.
+
+:func:`pre_rank` checks its own answers against ``model.recommend`` for a sample of members before
+returning (:class:`PreRankError` if they differ), so a model whose ``recommend`` means something
+else than its scoring hook can never ship lists that disagree with live scoring.
+
+Examples
+--------
+>>> from recsys.precompute import pre_rank
+>>> lists = pre_rank(model, n=100)                      # doctest: +SKIP
+>>> lists.indices["discover"].shape                     # doctest: +SKIP
+(32266, 100)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys.models.base import NEG_INF, Recommender, topk_sparse
+
+MODES: tuple[str, ...] = ("replenish", "discover")
+DEFAULT_N = 100
+# dense (members x products) float32 scores per batch: at most this many entries (~256 MB)
+MAX_BATCH_ENTRIES = 1 << 26
+VERIFY_MEMBERS = 16
+FILE_NAME = "pre_ranked.npz"
+
+
+class PreRankError(ValueError):
+    """The pre-ranked lists disagree with the model's own ``recommend`` (they would be wrong)."""
+
+
+@dataclass
+class PreRanked:
+    """Per mode, ``(n_members, n)`` product indices (int32, ``-1`` padding) and scores
+    (float32, ``-inf`` padding), best first."""
+
+    indices: dict[str, np.ndarray]
+    scores: dict[str, np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return tuple(self.indices)
+
+    @property
+    def n(self) -> int:
+        return int(next(iter(self.indices.values())).shape[1])
+
+    @property
+    def n_members(self) -> int:
+        return int(next(iter(self.indices.values())).shape[0])
+
+    def complete(self, mode: str) -> np.ndarray:
+        """Members whose ``mode`` list holds every product the model can score for them."""
+        idx = self.indices[mode]
+        return idx[:, -1] < 0 if idx.shape[1] else np.ones(len(idx), dtype=bool)
+
+    def check(self, n_members: int, n_products: int) -> None:
+        """Raise ValueError unless the lists fit a model of this shape."""
+        for mode in self.modes:
+            idx, sc = self.indices[mode], self.scores[mode]
+            if mode not in MODES:
+                raise ValueError(f"unknown pre-ranked mode {mode!r}; modes: {', '.join(MODES)}")
+            if idx.ndim != 2 or idx.shape != sc.shape or idx.shape[0] != n_members:
+                raise ValueError(
+                    f"pre-ranked {mode} lists have shape {idx.shape} / {sc.shape}; the model has {n_members} members"
+                )
+            if idx.size and (idx.min() < -1 or idx.max() >= n_products):
+                raise ValueError(f"pre-ranked {mode} lists name products outside 0..{n_products - 1}")
+
+    def save(self, path: Path | str) -> Path:
+        arrays: dict[str, np.ndarray] = {}
+        for mode in self.modes:
+            arrays[f"{mode}.indices"] = np.ascontiguousarray(self.indices[mode], dtype=np.int32)
+            arrays[f"{mode}.scores"] = np.ascontiguousarray(self.scores[mode], dtype=np.float32)
+        path = Path(path)
+        np.savez(path, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str, meta: dict[str, Any] | None = None) -> PreRanked:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        modes = sorted({k.split(".", 1)[0] for k in arrays}, key=lambda m: MODES.index(m) if m in MODES else 99)
+        return cls(
+            indices={m: arrays[f"{m}.indices"].astype(np.int32, copy=False) for m in modes},
+            scores={m: arrays[f"{m}.scores"].astype(np.float32, copy=False) for m in modes},
+            meta=dict(meta or {}),
+        )
+
+
+def top_finite(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the ``n`` best finite scores, best first, ties by the lower index; ``-1`` /
+    ``-inf`` padding. The same order as :func:`recsys.models.base.topk_rows`, sorting only the
+    finite entries at or above each row's n-th score (a row with fewer finite scores than ``n``
+    sorts those alone, where ``topk_rows`` would sort the whole row).
+
+    Examples
+    --------
+    >>> top_finite(np.array([[0.5, -np.inf, 0.5, 1.0]], np.float32), 3)[0].tolist()
+    [[3, 0, 2]]
+    >>> top_finite(np.array([[-np.inf, 2.0]], np.float32), 3)[0].tolist()
+    [[1, -1, -1]]
+    """
+    n_rows, m = scores.shape
+    idx = np.full((n_rows, n), -1, dtype=np.int32)
+    sc = np.full((n_rows, n), NEG_INF, dtype=np.float32)
+    if n == 0 or m == 0 or n_rows == 0:
+        return idx, sc
+    keep = np.isfinite(scores)
+    if n < m:  # only entries that can make the cut (ties at the n-th score included) are sorted
+        kth = -np.partition(-scores, n - 1, axis=1)[:, n - 1]
+        keep &= scores >= kth[:, None]
+    rows, cols = np.nonzero(keep)
+    if len(rows) == 0:
+        return idx, sc
+    vals = scores[rows, cols]
+    order = np.lexsort((cols, -vals, rows))
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    starts = np.searchsorted(rows, np.arange(n_rows))
+    rank = np.arange(len(rows)) - starts[rows]
+    keep = rank < n
+    idx[rows[keep], rank[keep]] = cols[keep]
+    sc[rows[keep], rank[keep]] = vals[keep]
+    return idx, sc
+
+
+def _uses_base_recommend(model: Recommender) -> bool:
+    return type(model).recommend is Recommender.recommend
+
+
+def pre_rank(
+    model: Recommender,
+    n: int = DEFAULT_N,
+    *,
+    modes: tuple[str, ...] = MODES,
+    batch_size: int | None = None,
+    verify: int = VERIFY_MEMBERS,
+    progress: Callable[[int, int], None] | None = None,
+) -> PreRanked:
+    """Rank every member's top-``n`` products in each of ``modes`` (see the module docstring).
+
+    Parameters
+    ----------
+    model : a fitted recommender
+    n : list length per member and mode
+    batch_size : members scored at once (default: as many as keep a dense score block under
+        ~256 MB, at most 1,024)
+    verify : members (spread over the index) whose lists are compared with ``model.recommend``
+    progress : called with (members done, members) after each batch
+
+    Raises
+    ------
+    PreRankError
+        When a verified member's list differs from ``model.recommend``.
+    """
+    model._check_fitted()
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    t0 = time.perf_counter()
+    n_members, n_products = model.n_members, model.n_products
+    if batch_size is None:
+        batch_size = int(max(1, min(1024, MAX_BATCH_ENTRIES // max(n_products, 1))))
+    indices = {m: np.full((n_members, n), -1, dtype=np.int32) for m in modes}
+    scores = {m: np.full((n_members, n), NEG_INF, dtype=np.float32) for m in modes}
+    fast = _uses_base_recommend(model)
+    for start in range(0, n_members, batch_size):
+        batch = np.arange(start, min(n_members, start + batch_size), dtype=np.int64)
+        sl = slice(start, start + len(batch))
+        cand = model._score_candidates(batch) if fast else None
+        if cand is not None:
+            # what Recommender.recommend does for a model that ranks candidates, scored once for
+            # both modes: the candidates' scores, (discover) what they bought dropped, top-n
+            for mode in modes:
+                idx, sc = topk_sparse(model._filter_candidates(cand, batch, None, mode), n)  # type: ignore[arg-type]
+                indices[mode][sl], scores[mode][sl] = idx.astype(np.int32), sc
+        elif fast:
+            # ... and for a model that scores every product: dense scores, (discover) mask, top-n
+            block = np.array(model._score_items(batch), dtype=np.float32, copy=True)
+            for mode in sorted(modes, key=lambda m: m != "replenish"):  # replenish before masking
+                if mode == "discover":
+                    seen = model.history[batch].tocoo()
+                    block[seen.row, seen.col] = NEG_INF
+                indices[mode][sl], scores[mode][sl] = top_finite(block, n)
+        else:  # the model ranks its own way: ask it
+            for mode in modes:
+                idx, sc = model.recommend(batch, n, mode=mode)  # type: ignore[arg-type]
+                indices[mode][sl], scores[mode][sl] = idx.astype(np.int32), sc
+        if progress is not None:
+            progress(sl.stop, n_members)
+    seconds = time.perf_counter() - t0
+    verified = _verify(model, indices, scores, n, verify)
+    meta = {
+        "n": n, "modes": list(modes), "members": n_members, "seconds": round(seconds, 2),
+        "verified_members": verified, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "complete_share": {m: float(np.mean(indices[m][:, -1] < 0)) if n else 1.0 for m in modes},
+    }
+    return PreRanked(indices, scores, meta)
+
+
+def _verify(model: Recommender, indices: dict[str, np.ndarray], scores: dict[str, np.ndarray], n: int,
+            count: int) -> int:
+    """Compare the lists of ``count`` members (spread over the index) with ``model.recommend``."""
+    if count <= 0 or model.n_members == 0:
+        return 0
+    sample = np.unique(np.linspace(0, model.n_members - 1, num=min(count, model.n_members)).astype(np.int64))
+    for mode in indices:
+        want_i, want_s = model.recommend(sample, n, mode=mode)  # type: ignore[arg-type]
+        got_i, got_s = indices[mode][sample], scores[mode][sample]
+        for j, member in enumerate(sample.tolist()):
+            if not (np.array_equal(want_i[j], got_i[j]) and np.array_equal(want_s[j], got_s[j])):
+                diff = int(np.flatnonzero(want_i[j] != got_i[j])[0]) if not np.array_equal(want_i[j], got_i[j]) else -1
+                raise PreRankError(
+                    f"pre-ranked {mode} list of member row {member} differs from model.recommend "
+                    f"(first difference at rank {diff}); the lists would not match live scoring"
+                )
+    return len(sample)

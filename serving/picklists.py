@@ -1,0 +1,180 @@
+"""Answering picks from the bundle's pre-ranked lists (:mod:`recsys.precompute`), and the per-pick
+reasons both the lists and live scoring use.
+
+A bundle may carry, per known member and mode, the model's top-N products ranked offline. At load
+:func:`build_pick_lists` adds what a response needs that does not change while the member buys
+nothing new: each entry's reason (bought it N times / the bought product it is most similar to).
+A request then costs a filter over at most N entries (:meth:`PickLists.answer`):
+
+* the stored list, filtered by the request's allowed products (active, category, exclusions),
+  first ``k`` -- identical to live scoring when ``k`` entries survive or the list is complete (it
+  holds every product the model can score for the member);
+* otherwise ``None``: the caller scores live. Also ``None`` for members with live purchases since
+  the bundle was built (:meth:`PickLists.invalidate`, called by the events path, which also folds
+  the purchases into a vector model's member vector) and for modes the bundle has no lists for.
+
+Discover lists leave out what the model's history says each member bought; they are used only
+when that is what the server calls "bought" too (the same products per member), else dropped at
+load with a warning and discover requests are scored live.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys.precompute import PreRanked
+
+if TYPE_CHECKING:
+    from serving.scorer import Scorer
+    from serving.state import ServingState
+
+log = logging.getLogger("serving.picklists")
+
+# a bought product this similar (cosine) to a pick is named as its reason
+REASON_MIN_SIMILARITY = 0.1
+
+
+def reason_parts(scorer: Scorer, bought: dict[int, float], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each product in ``rows``: how many times the member bought it (0: never; at least 1
+    when bought), and for the others the bought product most similar to it when the cosine is at
+    least :data:`REASON_MIN_SIMILARITY` (-1: none). ``bought`` maps product -> occasions, in the
+    order ties are broken (the first most similar bought product wins)."""
+    return _reason_parts(
+        scorer, np.fromiter(bought.keys(), dtype=np.int64, count=len(bought)),
+        np.fromiter(bought.values(), dtype=np.float64, count=len(bought)), rows,
+    )
+
+
+def _reason_parts(
+    scorer: Scorer, bought_rows: np.ndarray, counts: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.asarray(rows, dtype=np.int64)
+    times = np.zeros(len(rows), dtype=np.int32)
+    anchors = np.full(len(rows), -1, dtype=np.int32)
+    if not len(bought_rows) or not len(rows):
+        return times, anchors
+    order = np.argsort(bought_rows, kind="stable")
+    pos = np.minimum(np.searchsorted(bought_rows[order], rows), len(order) - 1)
+    hit = bought_rows[order[pos]] == rows
+    times[hit] = np.maximum(counts[order[pos[hit]]].astype(np.int64), 1)
+    rest = np.flatnonzero(~hit)
+    if len(rest):
+        sims = scorer.item_similarity(rows[rest], bought_rows)
+        best = np.argmax(sims, axis=1)
+        ok = sims[np.arange(len(rest)), best] >= REASON_MIN_SIMILARITY
+        anchors[rest[ok]] = bought_rows[best[ok]]
+    return times, anchors
+
+
+@dataclass
+class Answer:
+    """Picks taken from a stored list: products, scores and their reasons' parts."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    times: np.ndarray
+    anchors: np.ndarray
+
+
+@dataclass
+class PickLists:
+    """The pre-ranked lists of the loaded bundle, with each entry's reason (see the module
+    docstring). Arrays are ``(members, n)`` per mode; ``length`` counts each row's entries."""
+
+    n: int
+    rows: dict[str, np.ndarray]
+    scores: dict[str, np.ndarray]
+    length: dict[str, np.ndarray]
+    complete: dict[str, np.ndarray]
+    times: dict[str, np.ndarray]
+    anchors: dict[str, np.ndarray]
+    valid: np.ndarray  # False once a member has bought something live: scored live from then on
+    seconds: float = 0.0
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        return tuple(self.rows)
+
+    def invalidate(self, member: int) -> None:
+        if 0 <= member < len(self.valid):
+            self.valid[member] = False
+
+    def answer(self, member: int, mode: str, k: int, allowed: np.ndarray | None) -> Answer | None:
+        """The first ``k`` entries of ``member``'s ``mode`` list that ``allowed`` keeps (None:
+        keep all), or None when live scoring must answer (see the module docstring)."""
+        if mode not in self.rows or not (0 <= member < len(self.valid)) or not self.valid[member]:
+            return None
+        length = int(self.length[mode][member])
+        rows = self.rows[mode][member, :length]
+        take: slice | np.ndarray
+        if allowed is None:
+            take = slice(0, min(k, length))
+            found = take.stop
+        else:
+            take = np.flatnonzero(allowed[rows])[:k]
+            found = len(take)
+        if found < k and not self.complete[mode][member]:
+            return None  # the head of a truncated list cannot say what comes after it
+        return Answer(rows[take], self.scores[mode][member, take], self.times[mode][member, take],
+                      self.anchors[mode][member, take])
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "n": self.n, "modes": list(self.modes), "members": int(len(self.valid)),
+            "invalidated": int((~self.valid).sum()),
+            "complete_share": {m: round(float(self.complete[m].mean()), 4) if len(self.valid) else 1.0
+                               for m in self.modes},
+            "build_seconds": round(self.seconds, 2),
+        }
+
+
+def _same_products(a: sp.spmatrix, b: sp.spmatrix) -> bool:
+    a, b = sp.csr_matrix(a), sp.csr_matrix(b)
+    return a.shape == b.shape and ((a != 0) != (b != 0)).nnz == 0
+
+
+def build_pick_lists(state: ServingState, lists: PreRanked) -> PickLists:
+    """Make the bundle's lists servable for ``state`` (before any live event is applied)."""
+    t0 = time.perf_counter()
+    n_members = lists.n_members
+    rows = {m: lists.indices[m] for m in lists.modes}
+    if "discover" in rows and not _same_products(state.bundle.model.history, state.purchase_counts):
+        log.warning("pre-ranked discover lists dropped: the model's history and the bundle's purchase counts "
+                    "name different products; discover picks are scored live")
+        rows.pop("discover")
+    modes = tuple(rows)
+    length = {m: (rows[m] >= 0).sum(axis=1).astype(np.int32) for m in modes}
+    times = {m: np.zeros(rows[m].shape, dtype=np.int32) for m in modes}
+    anchors = {m: np.full(rows[m].shape, -1, dtype=np.int32) for m in modes}
+    # what each member bought, as ServingState.bought lists it (no live purchase is applied yet)
+    counts = sp.csr_matrix(state.purchase_counts)
+    indptr, indices, data = counts.indptr, counts.indices.astype(np.int64), counts.data
+    for member in range(n_members):
+        lo, hi = indptr[member], indptr[member + 1]
+        if lo == hi:
+            continue
+        bought_rows, bought_counts = indices[lo:hi], data[lo:hi]
+        if (bought_counts <= 0).any():
+            keep = bought_counts > 0
+            bought_rows, bought_counts = bought_rows[keep], bought_counts[keep]
+        parts = [rows[m][member, : length[m][member]] for m in modes]
+        # one similarity product for both modes
+        t, a = _reason_parts(state.scorer, bought_rows, bought_counts, np.concatenate(parts))
+        start = 0
+        for m, part in zip(modes, parts, strict=True):
+            times[m][member, : len(part)] = t[start : start + len(part)]
+            anchors[m][member, : len(part)] = a[start : start + len(part)]
+            start += len(part)
+    out = PickLists(
+        n=lists.n, rows=rows, scores={m: lists.scores[m] for m in modes}, length=length,
+        complete={m: length[m] < lists.n for m in modes}, times=times, anchors=anchors,
+        valid=np.ones(n_members, dtype=bool),
+    )
+    out.seconds = time.perf_counter() - t0
+    return out

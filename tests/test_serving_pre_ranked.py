@@ -1,0 +1,320 @@
+"""Pre-ranked pick lists (recsys.precompute + serving.picklists): offline lists equal the model's
+own ranking, the bundle carries them, and picks answered from them are identical to live scoring
+-- both modes, category filters, exclusions, delisted products -- with live scoring taking over
+when a truncated list cannot answer and after a member's live purchase."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import S_MEMBERS, DatedTopFrequency, auth, serving_bundle
+from fastapi.testclient import TestClient
+from helpers_data import N_MEMBERS, N_PRODUCTS, synthetic_data
+
+from recsys.bundle import Bundle, BundleError, load_bundle, save_bundle
+from recsys.models import get_model
+from recsys.models.base import topk_rows
+from recsys.precompute import PreRanked, PreRankError, pre_rank, top_finite
+from serving import service
+from serving.app import create_app
+from serving.schemas import AudienceResponse, BatchPicksResponse, PicksResponse, SimilarResponse
+
+HYBRID = {"factors": 8, "iterations": 5, "n_estimators": 30, "min_child_samples": 10, "knn_neighbours": 20,
+          "audience_negatives": 5, "num_threads": 1}
+
+
+@functools.cache
+def _hybrid_model() -> Any:
+    return get_model("hybrid")(HYBRID).fit(synthetic_data())
+
+
+def hybrid_bundle() -> Bundle:
+    """The default model on the synthetic shop (200 members, 50 products, 5 categories); two
+    products delisted."""
+    data = synthetic_data()
+    model = _hybrid_model()
+    x = data.interactions
+    active = np.ones(N_PRODUCTS, dtype=bool)
+    active[[3, 17]] = False
+    return Bundle(
+        model=model, members=x.members, products=x.products,
+        member_table=pa.table({"member_id": x.members.external_ids.tolist(),
+                               "value_segment": data.member_tags["value_segment"].values().tolist()}),
+        product_table=pa.table({"product_id": x.products.external_ids.tolist(),
+                                "category": data.product_tags["category"].values().tolist(),
+                                "active": active.tolist()}),
+        meta={"run_id": "run-hybrid", "as_of": "2001-02-01"},
+    )
+
+
+def with_lists(bundle: Bundle, n: int) -> Bundle:
+    bundle.pre_ranked = pre_rank(bundle.model, n=n)
+    return bundle
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Saved bundles with lists: complete ones (n=100: every scorable product) and truncated ones
+    (n=2 / n=4), for the hand-worked top_frequency data, ALS and the hybrid model."""
+    root = tmp_path_factory.mktemp("pre-ranked")
+    hybrid = hybrid_bundle()
+    out: dict[str, Bundle] = {
+        "top_frequency-100": with_lists(serving_bundle("top_frequency"), 100),
+        "top_frequency-2": with_lists(serving_bundle("top_frequency"), 2),
+        "als-2": with_lists(serving_bundle("als"), 2),
+        "hybrid-100": with_lists(hybrid, 100),
+    }
+    hybrid_short = Bundle(hybrid.model, hybrid.members, hybrid.products, hybrid.member_table, hybrid.product_table,
+                          hybrid.meta, pre_rank(hybrid.model, n=4))
+    out["hybrid-4"] = hybrid_short
+    return {name: save_bundle(root / name, b) for name, b in out.items()}
+
+
+@pytest.fixture
+def pair(serving_settings: Callable[..., Any], tmp_path: Path) -> Callable[..., Any]:
+    """``with pair(bundle) as (lists, live):`` two clients on the same bundle, one answering from
+    its pre-ranked lists, one scoring every member live (own events files)."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def make(bundle: Path) -> Iterator[tuple[TestClient, TestClient]]:
+        a = TestClient(create_app(serving_settings(bundle, events_dir=tmp_path / "ev-lists")))
+        b = TestClient(create_app(serving_settings(bundle, events_dir=tmp_path / "ev-live", use_pre_ranked=False)))
+        with a, b:
+            yield a, b
+
+    return make
+
+
+def state_of(client: TestClient) -> Any:
+    return client.app.state.holder.state  # type: ignore[attr-defined]
+
+
+def sources(client: TestClient, member: str, k: int, mode: str, **filters: Any) -> list[str]:
+    out = service.picks(state_of(client), [member], k, mode, filters.get("category"), filters.get("exclude"))
+    assert out is not None
+    return [pl.source for pl in out]
+
+
+# --------------------------------------------------------------------------- offline lists
+@pytest.mark.parametrize("n", [3, 100])
+@pytest.mark.parametrize("name", ["top_frequency", "als", "hybrid"])
+def test_lists_are_the_head_of_the_models_own_ranking(name: str, n: int) -> None:
+    bundle = hybrid_bundle() if name == "hybrid" else serving_bundle(name)
+    model = bundle.model
+    lists = pre_rank(model, n=n, batch_size=4)  # several batches
+    members = np.arange(model.n_members)
+    for mode in ("replenish", "discover"):
+        want_i, want_s = model.recommend(members, n, mode=mode)
+        np.testing.assert_array_equal(lists.indices[mode], want_i)
+        np.testing.assert_array_equal(lists.scores[mode], want_s)
+    assert lists.meta["verified_members"] > 0 and lists.meta["n"] == n
+
+
+def test_top_finite_ranks_like_topk_rows_ties_and_padding_included() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        r, m, n = (int(x) for x in rng.integers(1, [6, 25, 30]))
+        scores = rng.integers(0, 4, size=(r, m)).astype(np.float32)  # many ties
+        scores[rng.random((r, m)) < 0.3] = -np.inf
+        got, want = top_finite(scores, n), topk_rows(scores, n)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_lists_that_disagree_with_recommend_are_refused() -> None:
+    model = serving_bundle("top_frequency").model
+    rng = np.random.default_rng(0)
+    score = model._score_items
+    model._score_items = lambda members: score(members) + rng.random((len(members), model.n_products))  # type: ignore[method-assign]
+    with pytest.raises(PreRankError, match="differs from model.recommend"):
+        pre_rank(model, n=3)
+
+
+# --------------------------------------------------------------------------- the bundle
+def test_bundle_carries_the_lists_and_older_bundles_load_without(tmp_path: Path, bundles: dict[str, Path]) -> None:
+    loaded = load_bundle(bundles["top_frequency-2"])
+    assert isinstance(loaded.pre_ranked, PreRanked) and loaded.pre_ranked.n == 2
+    assert loaded.meta["pre_ranked"]["modes"] == ["replenish", "discover"]
+    assert loaded.meta["format_version"] == 1
+    plain = load_bundle(save_bundle(tmp_path / "plain", serving_bundle("top_frequency")))
+    assert plain.pre_ranked is None and "pre_ranked" not in plain.meta
+    # re-saved without lists: the metadata no longer claims them
+    loaded.pre_ranked = None
+    again = load_bundle(save_bundle(tmp_path / "again", loaded))
+    assert again.pre_ranked is None and "pre_ranked" not in again.meta
+
+
+def test_missing_or_mismatched_lists_are_refused(tmp_path: Path) -> None:
+    b = with_lists(serving_bundle("top_frequency"), 3)
+    path = save_bundle(tmp_path / "b", b)
+    (path / "pre_ranked.npz").unlink()
+    with pytest.raises(BundleError, match="incomplete or corrupt"):
+        load_bundle(path)
+    b.pre_ranked = PreRanked({"replenish": np.zeros((2, 3), np.int32)}, {"replenish": np.zeros((2, 3), np.float32)})
+    with pytest.raises(ValueError, match="the model has 6 members"):
+        save_bundle(tmp_path / "c", b)
+
+
+# --------------------------------------------------------------------------- serving
+FILTERS = [
+    {},
+    {"category": "bakery"},
+    {"category": "bakery,snacks"},
+    {"exclude": "p0,p2"},
+    {"category": "dairy", "exclude": "p1"},
+]
+
+
+def bodies_equal(a: TestClient, b: TestClient, url: str, params: dict[str, Any]) -> dict[str, Any]:
+    ra = a.get(url, params=params, headers=auth("app"))
+    rb = b.get(url, params=params, headers=auth("app"))
+    assert ra.status_code == rb.status_code == 200, (ra.text, rb.text)
+    assert ra.json() == rb.json(), (url, params)
+    PicksResponse.model_validate_json(ra.content)  # the body is what the schema documents
+    return ra.json()
+
+
+@pytest.mark.parametrize("bundle", ["top_frequency-100", "top_frequency-2", "als-2"])
+def test_list_answers_equal_live_scoring(pair: Callable[..., Any], bundles: dict[str, Path], bundle: str) -> None:
+    with pair(bundles[bundle]) as (lists, live):
+        used = []
+        for member in S_MEMBERS:
+            for mode in ("replenish", "discover"):
+                for filters in FILTERS:
+                    for k in (1, 2, 3, 7):
+                        bodies_equal(lists, live, f"/v1/members/{member}/picks", {"k": k, "mode": mode, **filters})
+                        used += sources(lists, member, k, mode, **{f: v.split(",") for f, v in filters.items()})
+        assert "pre_ranked" in used  # the lists did answer ...
+        if bundle.endswith("-2"):
+            assert "live" in used  # ... and the truncated ones handed some requests to live scoring
+        else:
+            assert set(used) == {"pre_ranked"}  # complete lists answer everything
+
+
+@pytest.mark.parametrize("bundle", ["hybrid-100", "hybrid-4"])
+def test_hybrid_list_answers_equal_live_scoring(pair: Callable[..., Any], bundles: dict[str, Path], bundle: str) -> None:
+    members = [f"m{i:04d}" for i in range(0, N_MEMBERS, 7)]
+    with pair(bundles[bundle]) as (lists, live):
+        used = []
+        for member in members:
+            for mode in ("replenish", "discover"):
+                for filters in ({}, {"category": "c1"}, {"category": "c0,c4"}, {"exclude": "p000,p011,p020"}):
+                    for k in (3, 10):
+                        bodies_equal(lists, live, f"/v1/members/{member}/picks", {"k": k, "mode": mode, **filters})
+                        used += sources(lists, member, k, mode, **{f: v.split(",") for f, v in filters.items()})
+        r = lists.post("/v1/picks:batch", json={"member_ids": members[:5], "k": 4, "mode": "discover"},
+                       headers=auth("app"))
+        assert r.json() == live.post("/v1/picks:batch", json={"member_ids": members[:5], "k": 4, "mode": "discover"},
+                                     headers=auth("app")).json()
+        BatchPicksResponse.model_validate_json(r.content)
+        if bundle == "hybrid-100":  # 50 products: every list holds all the member's candidates
+            assert set(used) == {"pre_ranked"}
+        else:
+            assert {"pre_ranked", "live"} <= set(used)
+
+
+def test_a_filter_that_empties_a_truncated_list_is_scored_live(pair: Callable[..., Any], bundles: dict[str, Path]) -> None:
+    with pair(bundles["top_frequency-2"]) as (lists, live):
+        # m0's stored replenish list is [p0, p1] (dairy): no bakery product in it, and it is cut
+        assert sources(lists, "m0", 2, "replenish") == ["pre_ranked"]
+        assert sources(lists, "m0", 2, "replenish", category=["bakery"]) == ["live"]
+        body = bodies_equal(lists, live, "/v1/members/m0/picks", {"k": 2, "category": "bakery"})
+        assert [p["product_id"] for p in body["picks"]] == ["p2", "p3"]
+        # k above the list length: live too
+        assert sources(lists, "m0", 3, "replenish") == ["live"]
+
+
+def test_a_live_purchase_sends_the_member_to_live_scoring(
+    pair: Callable[..., Any], bundles: dict[str, Path], serving_settings: Callable[..., Any], tmp_path: Path,
+) -> None:
+    event = [{"member_id": "m0", "product_id": "p2"}]
+    with pair(bundles["top_frequency-100"]) as (lists, live):
+        assert sources(lists, "m0", 3, "discover") == ["pre_ranked"]
+        before = bodies_equal(lists, live, "/v1/members/m0/picks", {"k": 3, "mode": "discover"})
+        assert [p["product_id"] for p in before["picks"]] == ["p2", "p3", "p4"]
+        for c in (lists, live):
+            assert c.post("/v1/events", json=event, headers=auth("admin")).status_code == 200
+        assert sources(lists, "m0", 3, "discover") == ["live"]
+        assert sources(lists, "m1", 3, "discover") == ["pre_ranked"]  # only that member
+        after = bodies_equal(lists, live, "/v1/members/m0/picks", {"k": 3, "mode": "discover"})
+        assert [p["product_id"] for p in after["picks"]] == ["p3", "p4", "p6"]
+        rep = bodies_equal(lists, live, "/v1/members/m0/picks", {"k": 3})
+        assert rep["picks"][2] == {**rep["picks"][2], "product_id": "p2", "reason_code": "often_buys"}
+        assert lists.get("/v1/model", headers=auth("admin")).json()["pre_ranked"]["invalidated"] == 1
+    # a restart replays the event: the member is still scored live
+    settings = serving_settings(bundles["top_frequency-100"], events_dir=tmp_path / "ev-lists")
+    with TestClient(create_app(settings)) as again:
+        assert sources(again, "m0", 3, "discover") == ["live"]
+        assert [p["product_id"] for p in again.get("/v1/members/m0/picks", params={"k": 3, "mode": "discover"},
+                                                   headers=auth("app")).json()["picks"]] == ["p3", "p4", "p6"]
+
+
+def test_a_bundle_without_lists_is_scored_live(client: TestClient) -> None:
+    assert client.get("/v1/model", headers=auth("app")).json()["pre_ranked"] is None
+    assert sources(client, "m0", 3, "replenish") == ["live"]
+    body = client.get("/v1/members/m0/picks", params={"k": 3}, headers=auth("app")).json()
+    assert [p["product_id"] for p in body["picks"]] == ["p0", "p1", "p2"]
+
+
+def test_discover_lists_are_dropped_when_bought_means_something_else(
+    serving_client: Callable[..., Any], tmp_path: Path,
+) -> None:
+    b = serving_bundle(DatedTopFrequency.name)  # purchase counts from its own `counts` hook
+    history = b.model.history.tolil()
+    history[0, 6] = 1.0  # the model's history says m0 bought p6; its purchase counts say not
+    b.model.history = history.tocsr()
+    b = with_lists(b, 100)
+    with serving_client(save_bundle(tmp_path / "odd", b)) as c:
+        assert c.get("/v1/model", headers=auth("app")).json()["pre_ranked"]["modes"] == ["replenish"]
+        assert sources(c, "m0", 3, "discover") == ["live"]
+        assert sources(c, "m0", 3, "replenish") == ["pre_ranked"]
+
+
+# --------------------------------------------------------------------------- the documented schema
+def test_openapi_documents_the_picks_route(client: TestClient) -> None:
+    op = client.get("/openapi.json").json()["paths"]["/v1/members/{member_id}/picks"]["get"]
+    params = {p["name"]: p for p in op["parameters"]}
+    assert list(params) == ["member_id", "k", "mode", "category", "exclude", "segment"]
+    assert params["member_id"]["in"] == "path" and params["member_id"]["required"] is True
+    assert params["k"]["in"] == "query" and params["k"]["schema"]["minimum"] == 1
+    assert params["k"]["schema"]["maximum"] == 10_000 and params["k"]["schema"]["default"] == 10
+    assert params["mode"]["schema"]["enum"] == ["discover", "replenish"]
+    assert params["category"]["schema"]["anyOf"][0] == {"type": "array", "items": {"type": "string"}}
+    assert params["segment"]["schema"]["anyOf"][0]["maxLength"] == 100
+    assert op["security"] == [{"APIKeyHeader": []}, {"HTTPBearer": []}]
+    ok = op["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/PicksResponse"}
+    assert set(op["responses"]) >= {"200", "401", "403", "422"}
+
+
+def test_bodies_validate_against_their_documented_models(client: TestClient) -> None:
+    h = auth("admin")
+    for url in ("/v1/members/m0/picks?k=5", "/v1/members/ghost/picks?segment=mid", "/v1/members/m3/picks?mode=discover"):
+        PicksResponse.model_validate_json(client.get(url, headers=h).content)
+    SimilarResponse.model_validate_json(client.get("/v1/products/p0/similar?k=3", headers=h).content)
+    r = client.post("/v1/audiences", json={"product_id": "p0", "size": 4, "filters": {"lifecycle": ["active"]}},
+                    headers=h)
+    assert r.headers["content-type"] == "application/json"
+    body = AudienceResponse.model_validate_json(r.content)
+    assert [m.member_id for m in body.members] == ["m0", "m4", "m1"]
+
+
+def test_query_parsing_matches_fastapis(client: TestClient) -> None:
+    h = auth("app")
+    # repeated and comma-separated lists, unknown parameters ignored, the last value of a scalar wins
+    a = client.get("/v1/members/m0/picks?k=5&mode=discover&category=bakery&category=snacks&utm=x", headers=h).json()
+    b = client.get("/v1/members/m0/picks?k=1&k=5&mode=discover&category=bakery,snacks", headers=h).json()
+    assert a == b and [p["product_id"] for p in a["picks"]] == ["p2", "p3", "p4", "p6"]
+    r = client.get("/v1/members/m0/picks?k=0&mode=x", headers=h)
+    assert r.status_code == 422
+    assert "query.k: Input should be greater than or equal to 1" in r.json()["detail"]
+    assert "query.mode: Input should be 'discover' or 'replenish'" in r.json()["detail"]
+    assert client.get("/v1/members/m0/picks").status_code == 401
+    assert client.get("/v1/members/" + "x" * 201 + "/picks", headers=h).status_code == 422
