@@ -348,3 +348,23 @@ def test_next_basket_recall_is_normalised_by_the_target(next_basket):
     assert out["recall@2"] == 1.0
     # NDCG's ideal runs over the whole target: A at k=1 is 1 / (1 + D2)
     assert out["ndcg@1"] == pytest.approx((1 / (1 + D2) + 0 + 1) / 3)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (None, r"config .*nope\.toml not found; see experiments/configs/"),
+        ("[data\ncutoff = 1", r"not valid TOML"),
+        ('[data]\ncutoff = "not a date"\n', r"data\.cutoff: "),
+        ('[data]\ncutoff = 2001-02-01\n[model]\nnmae = "als"\n', r"model\.nmae: Extra inputs are not permitted"),
+    ],
+)
+def test_a_bad_train_config_names_the_file_and_the_key(tmp_path, text, message):
+    from recsys.errors import InputError
+    from training.config import TrainConfig
+
+    path = tmp_path / "nope.toml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(InputError, match=message):
+        TrainConfig.from_toml(path)

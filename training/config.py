@@ -6,15 +6,35 @@ import tomllib
 import warnings
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from recsys.errors import InputError
 
+M = TypeVar("M", bound=BaseModel)
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def load_toml(cls: type[M], path: Path | str, what: str, examples: str) -> M:
+    """A config model from a TOML file; a missing file, bad TOML or a wrong value is an
+    :class:`InputError` naming the file and the key (``data.cutoff: ...``)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} {path} not found; see {examples}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        raise InputError(f"{path}: {loc}: {first['msg']}") from None
 
 
 class DataConfig(_Strict):
@@ -67,19 +87,7 @@ class TrainConfig(_Strict):
 
     @classmethod
     def from_toml(cls, path: Path | str) -> TrainConfig:
-        path = Path(path)
-        if not path.exists():
-            raise InputError(f"config {path} not found; see experiments/configs/ for examples")
-        try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"{path}: not valid TOML ({exc})") from None
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(x) for x in first["loc"])
-            raise InputError(f"{path}: {loc}: {first['msg']}") from None
+        return load_toml(cls, path, "config", "experiments/configs/ for examples")
 
     def model_params(self) -> Any:
         from recsys.models import get_model

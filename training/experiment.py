@@ -41,7 +41,6 @@ import math
 import re
 import tempfile
 import time
-import tomllib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -57,7 +56,14 @@ from rich.console import Console
 from rich.table import Table
 
 from recsys.errors import InputError, RecsysError
-from training.config import DataConfig, EvaluationConfig, MlflowConfig, ModelConfig, TrainConfig
+from training.config import (
+    DataConfig,
+    EvaluationConfig,
+    MlflowConfig,
+    ModelConfig,
+    TrainConfig,
+    load_toml,
+)
 
 PROTOCOLS = ("picks", "audiences", "next_basket")
 POST_FIT_STEP = 1000  # the optuna step of the subsample value computed after the fit
@@ -250,19 +256,7 @@ class SweepConfig(_Strict):
 
     @classmethod
     def from_toml(cls, path: Path | str) -> SweepConfig:
-        path = Path(path)
-        if not path.exists():
-            raise InputError(f"sweep config {path} not found; see experiments/configs/sweep_*.toml")
-        try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"{path}: not valid TOML ({exc})") from None
-        try:
-            cfg = cls.model_validate(raw)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(x) for x in first["loc"])
-            raise InputError(f"{path}: {loc}: {first['msg']}") from None
+        cfg = load_toml(cls, path, "sweep config", "experiments/configs/sweep_*.toml")
         cfg.spaces()  # parse the search space now: a typo fails before any trial runs
         check_metric(cfg.sweep.metric, cfg.evaluation)
         return cfg

@@ -22,17 +22,16 @@ import json
 import math
 import re
 import time
-import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 from rich.console import Console
 
 from recsys.errors import InputError
-from training.config import DataConfig, EvaluationConfig, ModelConfig, TrainConfig
+from training.config import DataConfig, EvaluationConfig, ModelConfig, TrainConfig, load_toml
 
 Table = Literal["picks", "next_basket", "audiences"]
 RANDOM, MOST_ACTIVE = "random", "most-active members"
@@ -129,19 +128,7 @@ class ReportConfig(_Strict):
 
     @classmethod
     def from_toml(cls, path: Path | str) -> ReportConfig:
-        path = Path(path)
-        if not path.exists():
-            raise InputError(f"report config {path} not found; see experiments/configs/report.toml")
-        try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"{path}: not valid TOML ({exc})") from None
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(x) for x in first["loc"])
-            raise InputError(f"{path}: {loc}: {first['msg']}") from None
+        return load_toml(cls, path, "report config", "experiments/configs/report.toml")
 
 
 @dataclass
