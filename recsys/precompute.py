@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys.models.base import NEG_INF, Recommender, topk_sparse
+from recsys.models.base import NEG_INF, Recommender, topk_rows, topk_sparse
 
 MODES: tuple[str, ...] = ("replenish", "discover")
 DEFAULT_N = 100
@@ -114,42 +114,6 @@ class PreRanked:
         )
 
 
-def top_finite(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the ``n`` best finite scores, best first, ties by the lower index; ``-1`` /
-    ``-inf`` padding. The same order as :func:`recsys.models.base.topk_rows`, sorting only the
-    finite entries at or above each row's n-th score (a row with fewer finite scores than ``n``
-    sorts those alone, where ``topk_rows`` would sort the whole row).
-
-    Examples
-    --------
-    >>> top_finite(np.array([[0.5, -np.inf, 0.5, 1.0]], np.float32), 3)[0].tolist()
-    [[3, 0, 2]]
-    >>> top_finite(np.array([[-np.inf, 2.0]], np.float32), 3)[0].tolist()
-    [[1, -1, -1]]
-    """
-    n_rows, m = scores.shape
-    idx = np.full((n_rows, n), -1, dtype=np.int32)
-    sc = np.full((n_rows, n), NEG_INF, dtype=np.float32)
-    if n == 0 or m == 0 or n_rows == 0:
-        return idx, sc
-    keep = np.isfinite(scores)
-    if n < m:  # only entries that can make the cut (ties at the n-th score included) are sorted
-        kth = -np.partition(-scores, n - 1, axis=1)[:, n - 1]
-        keep &= scores >= kth[:, None]
-    rows, cols = np.nonzero(keep)
-    if len(rows) == 0:
-        return idx, sc
-    vals = scores[rows, cols]
-    order = np.lexsort((cols, -vals, rows))
-    rows, cols, vals = rows[order], cols[order], vals[order]
-    starts = np.searchsorted(rows, np.arange(n_rows))
-    rank = np.arange(len(rows)) - starts[rows]
-    keep = rank < n
-    idx[rows[keep], rank[keep]] = cols[keep]
-    sc[rows[keep], rank[keep]] = vals[keep]
-    return idx, sc
-
-
 def _uses_base_recommend(model: Recommender) -> bool:
     return type(model).recommend is Recommender.recommend
 
@@ -207,7 +171,8 @@ def pre_rank(
                 if mode == "discover":
                     seen = model.history[batch].tocoo()
                     block[seen.row, seen.col] = NEG_INF
-                indices[mode][sl], scores[mode][sl] = top_finite(block, n)
+                idx, sc = topk_rows(block, n)
+                indices[mode][sl], scores[mode][sl] = idx.astype(np.int32), sc
         else:  # the model ranks its own way: ask it
             for mode in modes:
                 idx, sc = model.recommend(batch, n, mode=mode)  # type: ignore[arg-type]

@@ -19,8 +19,7 @@ from helpers_data import N_MEMBERS, N_PRODUCTS, synthetic_data
 
 from recsys.bundle import Bundle, BundleError, load_bundle, save_bundle
 from recsys.models import get_model
-from recsys.models.base import topk_rows
-from recsys.precompute import PreRanked, PreRankError, pre_rank, top_finite
+from recsys.precompute import PreRanked, PreRankError, pre_rank
 from serving import service
 from serving.app import create_app
 from serving.schemas import AudienceResponse, BatchPicksResponse, PicksResponse, SimilarResponse
@@ -115,17 +114,6 @@ def test_lists_are_the_head_of_the_models_own_ranking(name: str, n: int) -> None
         np.testing.assert_array_equal(lists.indices[mode], want_i)
         np.testing.assert_array_equal(lists.scores[mode], want_s)
     assert lists.meta["verified_members"] > 0 and lists.meta["n"] == n
-
-
-def test_top_finite_ranks_like_topk_rows_ties_and_padding_included() -> None:
-    rng = np.random.default_rng(0)
-    for _ in range(100):
-        r, m, n = (int(x) for x in rng.integers(1, [6, 25, 30]))
-        scores = rng.integers(0, 4, size=(r, m)).astype(np.float32)  # many ties
-        scores[rng.random((r, m)) < 0.3] = -np.inf
-        got, want = top_finite(scores, n), topk_rows(scores, n)
-        np.testing.assert_array_equal(got[0], want[0])
-        np.testing.assert_array_equal(got[1], want[1])
 
 
 def test_lists_that_disagree_with_recommend_are_refused() -> None:
