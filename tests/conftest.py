@@ -7,6 +7,7 @@ hand; the comments in tests/test_serving_*.py show the arithmetic.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -174,3 +175,64 @@ def client(serving_client: Callable[..., Any]) -> Iterator[Any]:
 
 def history_matrix() -> sp.csr_matrix:
     return serving_train_data().interactions.matrix("binary")
+
+
+# ------------------------------------------------------------------ an MLflow store per test
+@pytest.fixture(scope="session")
+def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, migrated MLflow sqlite store; creating one takes seconds, copying it does not."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def store(tmp_path: Path, template_db: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh sqlite store in tmp_path (the working directory); returns its URI."""
+    import shutil
+
+    shutil.copy(template_db, tmp_path / "mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+# ------------------------------------------------------------------ a real server on 127.0.0.1
+@contextmanager
+def uvicorn_server(app: Any, ready_path: str = "/health/ready", timeout_s: float = 30.0) -> Iterator[str]:
+    """``app`` served by uvicorn in a thread on a free port; yields its base URL once
+    ``ready_path`` answers 200, and stops the server on exit."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{base}{ready_path}", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline and thread.is_alive(), "the server never became ready"
+        time.sleep(0.05)
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert not thread.is_alive()

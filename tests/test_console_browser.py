@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import csv
 import io
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from conftest import KEYS, auth
+from conftest import KEYS, auth, uvicorn_server
 
 from serving.app import create_app
 from serving.keys import hash_key
@@ -38,12 +34,6 @@ LAUNCH_ARGS = [
 TIMEOUT_MS = 10_000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, serving_bundles: dict[str, Path]) -> Iterator[str]:
     root = tmp_path_factory.mktemp("console-server")
@@ -55,23 +45,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, serving_bundles: dict[str, 
         events_poll_seconds=0,
         load_in_background=False,
     )
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline and thread.is_alive(), "the server never became ready"
-        time.sleep(0.05)
-    yield base
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with uvicorn_server(create_app(settings)) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,6 @@ fuzz of the OpenAPI schema that must never produce a 5xx."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,19 +10,12 @@ import httpx
 import hypothesis
 import pytest
 import schemathesis
-import uvicorn
-from conftest import KEYS, auth
+from conftest import KEYS, auth, uvicorn_server
 from schemathesis.checks import not_a_server_error
 
 from serving.app import create_app
 from serving.keys import hash_key
 from serving.settings import ApiKeySpec, ServingSettings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -40,24 +30,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory, serving_bundles: dict[
         events_poll_seconds=0.2,
         max_batch=20,
     )
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline and thread.is_alive(), "the server never became ready"
-        time.sleep(0.05)
-    yield base
-    server.should_exit = True
-    thread.join(timeout=10)
-    assert not thread.is_alive()
+    with uvicorn_server(create_app(settings)) as base:
+        yield base
 
 
 def test_real_server_answers_over_http(live_server: str) -> None:
