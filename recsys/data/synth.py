@@ -816,6 +816,23 @@ def _write_transactions(
     return staples
 
 
+
+def _start(spec: SynthSpec, out_dir: Path | str) -> tuple[Path, _Catalogue, _Members]:
+    """The output folder (created) and the catalogue and members every layout draws from the
+    same seeded streams, so both layouts hold the same purchases."""
+    out_dir = Path(out_dir).expanduser().resolve()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"synth: cannot create output folder {out_dir}: {exc.strerror}") from exc
+    if not out_dir.is_dir():
+        raise InputError(f"synth: output path {out_dir} exists and is not a folder")
+    catalogue = _make_catalogue(spec, np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(0,))))
+    members = _make_members(
+        spec, catalogue, np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(1,)))
+    )
+    return out_dir, catalogue, members
+
 def synthesize(spec: SynthSpec, out_dir: Path) -> str:
     """Write synthetic source files and their column mapping into ``out_dir``.
 
@@ -849,18 +866,7 @@ def synthesize(spec: SynthSpec, out_dir: Path) -> str:
     True
     """
     t0 = time.perf_counter()
-    out_dir = Path(out_dir).expanduser().resolve()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"synth: cannot create output folder {out_dir}: {exc.strerror}") from exc
-    if not out_dir.is_dir():
-        raise InputError(f"synth: output path {out_dir} exists and is not a folder")
-
-    catalogue = _make_catalogue(spec, np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(0,))))
-    members = _make_members(
-        spec, catalogue, np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(1,)))
-    )
+    out_dir, catalogue, members = _start(spec, out_dir)
     ids = _Ids(spec)
     start_us = _epoch_us(spec.start)
 
@@ -1186,18 +1192,7 @@ def synthesize_retailer(spec: SynthSpec, out_dir: Path, dirty_lines: int = 0) ->
     if isinstance(dirty_lines, bool) or not isinstance(dirty_lines, int) or dirty_lines < 0:
         raise InputError(f"synth: dirty_lines must be an integer >= 0, got {dirty_lines!r}")
     t0 = time.perf_counter()
-    out_dir = Path(out_dir).expanduser().resolve()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"synth: cannot create output folder {out_dir}: {exc.strerror}") from exc
-    if not out_dir.is_dir():
-        raise InputError(f"synth: output path {out_dir} exists and is not a folder")
-
-    catalogue = _make_catalogue(spec, np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(0,))))
-    members = _make_members(
-        spec, catalogue, np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(1,)))
-    )
+    out_dir, catalogue, members = _start(spec, out_dir)
     ids = _RetailerIds(spec)
     paths = {table: out_dir / file for table, file in RETAILER_FILES.items()}
     meta = {b"recsys.synth": json.dumps({**spec.to_dict(), "layout": RETAILER_NAME,
