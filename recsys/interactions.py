@@ -16,6 +16,7 @@ import duckdb
 import numpy as np
 import scipy.sparse as sp
 
+from recsys.arrays import unique_ints
 from recsys.columns import Col
 from recsys.idmap import IdMap
 
@@ -121,7 +122,7 @@ class Interactions:
     def member_days(self) -> np.ndarray:
         """Distinct purchase days per member (the member's number of shopping trips)."""
         key = self.member.astype(np.int64) * (int(self.age_days.max(initial=0)) + 1) + self.age_days
-        uniq = np.unique(key)
+        uniq = unique_ints(key)
         return np.bincount(
             (uniq // (int(self.age_days.max(initial=0)) + 1)).astype(np.int64), minlength=len(self.members)
         )

@@ -25,6 +25,8 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
+from recsys.arrays import unique_ints
+
 Normalization = Literal["min", "truth"]
 
 
@@ -43,7 +45,7 @@ def hit_matrix(topk: np.ndarray, truth: sp.spmatrix) -> np.ndarray:
         raise ValueError(f"topk has {n} rows but truth has {truth.shape[0]}")
     n_cols = truth.shape[1]
     coo = truth.tocoo()
-    keys = np.unique(coo.row.astype(np.int64) * n_cols + coo.col.astype(np.int64))
+    keys = unique_ints(coo.row.astype(np.int64) * n_cols + coo.col.astype(np.int64))
     cand = np.arange(n, dtype=np.int64)[:, None] * n_cols + topk.astype(np.int64)
     pos = np.searchsorted(keys, cand)
     pos = np.minimum(pos, max(len(keys) - 1, 0))
