@@ -18,6 +18,7 @@ from features.build import build_features
 from features.config import FeatureConfig
 from recsys.interactions import WEIGHTINGS
 from recsys.models import Recommender, TrainData, get_model
+from recsys.precompute import PreRanked, pre_rank
 from training.data import DataPaths, load_split
 from training.evaluate import evaluate_audiences, evaluate_picks
 from training.next_basket import evaluate_next_basket, load_next_basket
@@ -225,6 +226,19 @@ def test_evaluate_picks_truth_normalisation_and_member_subset(pick_model):
     assert out["ndcg@2"] == pytest.approx((1 / (1 + D2) + D2 + 1 / (1 + D2 + 0.5)) / 3)
     only = evaluate_picks(model, PICK_TRUTH, seen, ks=(2,), members=np.array([1]))
     assert only["n_queries"] == 1 and only["recall@2"] == 1.0 and only["coverage@2"] == pytest.approx(2 / 6)
+
+
+def test_evaluate_picks_from_pre_ranked_lists(pick_model):
+    # the lists' heads are the replenish rankings: the same metrics without ranking again; lists
+    # too short for the largest k are not used
+    model, seen = pick_model
+    lists = pre_rank(model, n=3)
+    direct = evaluate_picks(model, PICK_TRUTH, seen, ks=(1, 2))
+    assert evaluate_picks(model, PICK_TRUTH, seen, ks=(1, 2), pre_ranked=lists) == direct
+    wrong = PreRanked({m: np.zeros_like(v) for m, v in lists.indices.items()}, lists.scores)
+    assert evaluate_picks(model, PICK_TRUTH, seen, ks=(1, 2), pre_ranked=wrong) != direct
+    assert evaluate_picks(model, PICK_TRUTH, seen, ks=(1, 4), pre_ranked=wrong) == evaluate_picks(
+        model, PICK_TRUTH, seen, ks=(1, 4))
 
 
 def test_evaluate_picks_uses_replenish_mode(pick_model):

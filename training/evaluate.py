@@ -16,6 +16,7 @@ import scipy.sparse as sp
 from recsys import metrics as M
 from recsys.interactions import Interactions
 from recsys.models.base import Recommender
+from recsys.precompute import PreRanked
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,20 @@ def evaluate_picks(
     normalization: M.Normalization = "min",
     ideal: str = "min",
     members: np.ndarray | None = None,
+    pre_ranked: PreRanked | None = None,
 ) -> dict[str, float]:
     """Person -> product metrics over members with a non-empty truth (replenish mode: buying
-    again what one bought before is a hit), also split into repeat vs new-to-member products."""
+    again what one bought before is a hit), also split into repeat vs new-to-member products.
+
+    ``pre_ranked``: the model's lists from :func:`recsys.precompute.pre_rank` (checked there to
+    equal ``model.recommend``); their heads are used instead of ranking the members again."""
     rows = np.where(M.mask_nonempty(truth))[0] if members is None else np.asarray(members)
     t = sp.csr_matrix(truth)[rows]
     kmax = max(ks)
-    topk, _ = model.recommend(rows, k=kmax, mode="replenish")
+    if pre_ranked is not None and "replenish" in pre_ranked.modes and kmax <= pre_ranked.n:
+        topk = pre_ranked.indices["replenish"][rows, :kmax].astype(np.int64)
+    else:
+        topk, _ = model.recommend(rows, k=kmax, mode="replenish")
     out = M.ranking_report(topk, t, ks, normalization, ideal)  # type: ignore[arg-type]
     for k in ks:
         out[f"coverage@{k}"] = M.coverage_at_k(topk, truth.shape[1], k)

@@ -22,6 +22,7 @@ from recsys.bundle import Bundle, save_bundle
 from recsys.columns import Col
 from recsys.models import get_model
 from recsys.models.base import Recommender
+from recsys.precompute import DEFAULT_N, PreRanked, pre_rank
 from training.config import TrainConfig
 from training.data import DataPaths, load_split
 from training.evaluate import evaluate_audiences, evaluate_picks
@@ -51,10 +52,17 @@ class TrainResult:
     alias: str | None = None
     bundle_dir: Path | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    pre_ranked: PreRanked | None = None  # every member's pick lists, for the bundle
 
 
-def fit_and_evaluate(cfg: TrainConfig, console: Console | None = None, on_iteration: Any = None) -> TrainResult:
-    """The modelling part of a run, without MLflow: load, fit, evaluate."""
+def fit_and_evaluate(
+    cfg: TrainConfig, console: Console | None = None, on_iteration: Any = None, rank_all: bool = False
+) -> TrainResult:
+    """The modelling part of a run, without MLflow: load, fit, evaluate.
+
+    ``rank_all``: also rank every member's pick lists (:func:`recsys.precompute.pre_rank`, which
+    the serving bundle carries) and read the evaluated members' picks from them, rather than
+    ranking those members twice."""
     console = console or Console(stderr=True)
     timings: dict[str, float] = {}
     paths = DataPaths(cfg.data.canonical, cfg.data.features)
@@ -78,10 +86,16 @@ def fit_and_evaluate(cfg: TrainConfig, console: Console | None = None, on_iterat
         model.fit(data)
     timings["fit_s"] = time.perf_counter() - t0
 
+    lists = None
+    if rank_all:
+        t0 = time.perf_counter()
+        with console.status(f"ranking every member's top {DEFAULT_N} picks"):
+            lists = pre_rank(model)
+        timings["pre_rank_s"] = time.perf_counter() - t0
     truth, seen = split.truth(), split.seen()
     t0 = time.perf_counter()
     with console.status("evaluating picks"):
-        metrics = evaluate_picks(model, truth, seen, ks=tuple(ev.ks))
+        metrics = evaluate_picks(model, truth, seen, ks=tuple(ev.ks), pre_ranked=lists)
     with console.status("evaluating audiences"):
         # the most active members (purchase occasions), most active first, ties by index
         activity = np.bincount(data.interactions.member, minlength=data.n_members)
@@ -103,7 +117,7 @@ def fit_and_evaluate(cfg: TrainConfig, console: Console | None = None, on_iterat
               "train": {"members": data.n_members, "products": data.n_products,
                         "occasions": int(len(data.interactions.member))}}
     return TrainResult(model, metrics, timings, members=data.interactions.members,
-                       products=data.interactions.products, report=report)
+                       products=data.interactions.products, report=report, pre_ranked=lists)
 
 
 def next_basket_run(cfg_json: dict[str, Any]) -> tuple[dict[str, float], float]:
@@ -137,11 +151,10 @@ def build_bundle(cfg: TrainConfig, result: TrainResult, out: Path, run_id: str |
         "metrics": {k: result.metrics.get(k) for k in SUMMARY_KEYS if k in result.metrics},
         "features_manifest": json.loads((cfg.data.features / "manifest.json").read_text()),
     }
-    # every member's top-100 picks per mode, ranked once here (served from the bundle)
-    from recsys.precompute import pre_rank
-
+    # every member's top-100 picks per mode (served from the bundle)
+    lists = result.pre_ranked if result.pre_ranked is not None else pre_rank(result.model)
     return save_bundle(out, Bundle(result.model, result.members, result.products, mem, prod, meta,
-                                   pre_ranked=pre_rank(result.model)))
+                                   pre_ranked=lists))
 
 
 def _aligned(con: duckdb.DuckDBPyConnection, table: Path, key: str, ids: Any, wanted: tuple[str, ...]) -> pa.Table:
@@ -172,7 +185,7 @@ def run_training(cfg: TrainConfig, config_path: Path | None = None, tracking_uri
             tracker.log_iteration("train_loss", it, loss)
             tracker.log_iteration("train_seconds", it, seconds)
 
-        result = fit_and_evaluate(cfg, console, on_iteration)
+        result = fit_and_evaluate(cfg, console, on_iteration, rank_all=True)
         result.run_id = tracker.run_id
         tracker.log_metrics(result.metrics)
         tracker.log_metrics(result.timings)
