@@ -19,7 +19,7 @@ Audiences (product -> person)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from recsys.arrays import unique_ints
 from recsys.interactions import Interactions
 from recsys.models.base import ModelParams, Recommender, Tag, TrainData
 from recsys.models.factorization import attribute_vectors
@@ -121,6 +122,21 @@ class FeatureState:
     member_occ: np.ndarray
     member_repeat: np.ndarray
     member_early: np.ndarray  # purchases of products in their first weeks on sale
+    _cf_index: Any = field(default=None, repr=False, compare=False)
+
+    def cf_index(self) -> Any:
+        """An exact inner-product FAISS index over the product vectors, built on first use: the
+        members' top products by ALS score (picks candidates) without sorting every product."""
+        if self._cf_index is None:
+            import faiss
+
+            index = faiss.IndexFlatIP(self.item_factors.shape[1])
+            index.add(np.ascontiguousarray(self.item_factors, dtype=np.float32))
+            self._cf_index = index
+        return self._cf_index
+
+    def __getstate__(self) -> dict[str, Any]:  # the FAISS index does not pickle; it is rebuilt
+        return {**self.__dict__, "_cf_index": None}
 
     @property
     def n_members(self) -> int:
@@ -429,6 +445,9 @@ class Hybrid(Recommender):
         p = self.params
         item_cat, item_brand = self._tags(data)
         rng = np.random.default_rng(p.seed)
+        # the audience samples draw from their own stream: a change to the picks candidates
+        # (how many negatives they draw) must not reshuffle the audience model's examples
+        audience_rng = np.random.default_rng([p.seed, 1])
         keep_cols = [j for j, f in enumerate(PAIR_FEATURES) if f not in set(p.drop_features)]
         X_parts, y_parts, examples = [], [], []
         windows = label_windows(data.interactions, p)
@@ -443,7 +462,7 @@ class Hybrid(Recommender):
             keep = y | (rng.random(len(y)) < p.negative_rate)
             X_parts.append(pair_features(s, users[r[keep]], c[keep])[:, keep_cols])
             y_parts.append(y[keep])
-            examples.append(self._audience_examples(s, labels, rng, window=w))
+            examples.append(self._audience_examples(s, labels, audience_rng, window=w))
         X, y = np.vstack(X_parts), np.concatenate(y_parts)
         classifier = lgb.LGBMClassifier(
             n_estimators=p.n_estimators, learning_rate=p.learning_rate, num_leaves=p.num_leaves,
@@ -475,13 +494,13 @@ class Hybrid(Recommender):
         cols.append(np.tile(top_pop, len(users)))
         n_cf = min(p.candidates_cf, s.n_products - 1)
         if n_cf > 0:
-            for start in range(0, len(users), 2048):
-                blk = users[start : start + 2048]
-                scores = s.user_factors[blk] @ s.item_factors.T
-                top = np.argpartition(-scores, n_cf - 1, axis=1)[:, :n_cf]
-                rows.append(np.repeat(np.arange(start, start + len(blk)), n_cf))
-                cols.append(top.ravel().astype(np.int64))
-        key = np.unique(np.concatenate(rows).astype(np.int64) * s.n_products + np.concatenate(cols))
+            # one thread: FAISS brings its own OpenMP runtime, whose spinning threads would fight
+            # LightGBM's (and a parallel next-basket run's) for the cores
+            with threadpool_limits(1):
+                _, top = s.cf_index().search(np.ascontiguousarray(s.user_factors[users]), n_cf)
+            rows.append(np.repeat(np.arange(len(users)), n_cf))
+            cols.append(top.ravel().astype(np.int64))
+        key = unique_ints(np.concatenate(rows).astype(np.int64) * s.n_products + np.concatenate(cols))
         return key // s.n_products, key % s.n_products
 
     def _score_candidates(self, members: np.ndarray) -> sp.csr_matrix:
@@ -628,18 +647,51 @@ class Hybrid(Recommender):
         )
 
 
-def _logistic_within(A: np.ndarray, b: np.ndarray, group: np.ndarray, l2: float) -> np.ndarray:
+def _logistic_within(A: np.ndarray, b: np.ndarray, group: np.ndarray, l2: float,
+                     max_iter: int = 50, tol: float = 1e-8) -> np.ndarray:
     """Weights of a logistic regression with one free intercept per group (a product): only
-    differences between members of the same product inform them. Raw-feature scale."""
-    from sklearn.linear_model import LogisticRegression
+    differences between members of the same product inform them. Raw-feature scale.
 
+    The objective is scikit-learn's ``LogisticRegression(C=1/l2, fit_intercept=False)`` over the
+    standardised features plus one-hot group columns (every coefficient, intercepts included,
+    under the L2 penalty), solved by Newton's method: the Hessian's intercept block is diagonal,
+    so each step is a ``d x d`` solve (Schur complement) and costs a few passes over the rows,
+    where a general solver needs hundreds of passes for thousands of intercepts."""
     mean, std = A.mean(axis=0), A.std(axis=0) + 1e-6
+    X = (A - mean) / std
+    y = np.asarray(b, dtype=np.float64)
     _, inv = np.unique(group, return_inverse=True)
-    onehot = sp.csr_matrix((np.ones(len(inv)), (np.arange(len(inv)), inv)), shape=(len(inv), int(inv.max()) + 1))
-    X = sp.hstack([sp.csr_matrix((A - mean) / std), onehot], format="csr")
-    lr = LogisticRegression(C=1.0 / l2, max_iter=2000, fit_intercept=False)
-    lr.fit(X, b)
-    return (lr.coef_.ravel()[: A.shape[1]] / std).astype(np.float32)
+    n_groups, d = int(inv.max()) + 1, X.shape[1]
+    member_of = sp.csr_matrix((np.ones(len(inv)), (inv, np.arange(len(inv)))), shape=(n_groups, len(inv)))
+    w, a = np.zeros(d), np.zeros(n_groups)
+
+    def objective(w: np.ndarray, a: np.ndarray) -> tuple[float, np.ndarray]:
+        z = X @ w + a[inv]
+        return float(np.logaddexp(0.0, z).sum() - y @ z + 0.5 * l2 * (w @ w + a @ a)), z
+
+    f, z = objective(w, a)
+    for _ in range(max_iter):
+        p = 1.0 / (1.0 + np.exp(-z))
+        r, h = p - y, p * (1.0 - p)
+        gw, ga = X.T @ r + l2 * w, member_of @ r + l2 * a
+        hx = X * h[:, None]
+        hww = X.T @ hx + l2 * np.eye(d)
+        hwa = np.asarray(member_of @ hx)  # (groups, d)
+        diag = np.asarray(member_of @ h).ravel() + l2
+        schur = hww - hwa.T @ (hwa / diag[:, None])
+        dw = np.linalg.solve(schur, gw - hwa.T @ (ga / diag))
+        da = (ga - hwa @ dw) / diag
+        decrement = float(gw @ dw + ga @ da)
+        step = 1.0
+        while True:  # backtracking: a full Newton step can overshoot far from the optimum
+            f_new, z_new = objective(w - step * dw, a - step * da)
+            if f_new <= f - 1e-4 * step * decrement or step < 1e-8:
+                break
+            step *= 0.5
+        w, a, f, z = w - step * dw, a - step * da, f_new, z_new
+        if decrement < tol * len(y):
+            break
+    return (w / std).astype(np.float32)
 
 
 def _logistic(A: np.ndarray, b: np.ndarray, l2: float, rate: float) -> tuple[np.ndarray, float]:
