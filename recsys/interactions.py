@@ -49,8 +49,10 @@ class Interactions:
         cls, members: IdMap, products: IdMap, member: np.ndarray, product: np.ndarray,
         age_days: np.ndarray, quantity: np.ndarray, amount: np.ndarray, as_of: date,
     ) -> Interactions:
-        """Occasions given as parallel arrays of indices, stored sorted by (member, product)."""
-        order = np.lexsort((product, member))
+        """Occasions given as parallel arrays of indices, stored sorted by (member, product, age):
+        a total order, so that sums over a pair's occasions (recency weights) add up in the same
+        order whatever order the rows were read in."""
+        order = np.lexsort((age_days, product, member))
         return cls(
             members=members, products=products,
             member=np.asarray(member)[order].astype(np.int32),

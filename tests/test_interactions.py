@@ -214,3 +214,19 @@ def test_idmap_rejects_duplicates():
 def test_load_with_an_empty_fixed_member_map_keeps_it_empty(tx_file):
     x = load_interactions(tx_file, AS_OF, members=IdMap([]))
     assert len(x.members) == 0 and len(x.member) == 0
+
+
+def test_weighted_sums_do_not_depend_on_the_order_rows_arrive_in():
+    # occasions are stored in a total order (member, product, age): float32 recency sums come out
+    # bit-identical however the query returned the rows (a parallel scan does not fix an order)
+    rng = np.random.default_rng(3)
+    n = 4000
+    member, product = rng.integers(0, 5, n), rng.integers(0, 4, n)
+    age = rng.integers(1, 400, n)
+    ones = np.ones(n, np.float32)
+    maps = IdMap([f"m{i}" for i in range(5)]), IdMap([f"p{i}" for i in range(4)])
+    want = Interactions.from_occasions(*maps, member, product, age, ones, ones, date(2001, 2, 1)).matrix("recency", 14.0)
+    for _ in range(3):
+        o = rng.permutation(n)
+        got = Interactions.from_occasions(*maps, member[o], product[o], age[o], ones, ones, date(2001, 2, 1))
+        assert got.matrix("recency", 14.0).data.tobytes() == want.data.tobytes()
