@@ -371,3 +371,14 @@ def test_hybrid_within_product_logistic_is_scikit_learns_optimum(l2: float) -> N
     ref = LogisticRegression(C=1.0 / l2, fit_intercept=False, tol=1e-10, max_iter=10_000).fit(X, b)
     want = ref.coef_.ravel()[:d] / std
     np.testing.assert_allclose(_logistic_within(A, b, group, l2), want, rtol=1e-4, atol=1e-5)
+
+
+def test_hybrid_product_line_codes_come_only_from_barcode_ids() -> None:
+    # a line is a longer id prefix of a barcode (12+ characters); other ids get no line (-1), so a
+    # retailer whose ids are not barcodes gets a zero line feature rather than a wrong one
+    from recsys.models.hybrid import _id_prefix_codes
+
+    ids = np.array(["4710088620156", "4710088620999", "4710088710000", "A12", "4710088"])
+    codes = _id_prefix_codes(ids, 9)
+    assert codes[0] == codes[1] != codes[2]
+    assert codes[0] >= 0 and codes[2] >= 0 and codes[3] == -1 and codes[4] == -1

@@ -43,7 +43,7 @@ AUDIENCE_FEATURES = (
     "log_count", "log_category_count", "category_share", "log_member_occ", "log_member_days",
     "log_member_last_age", "cf", "log_knn", "member_repeat_share", "log_brand_count",
     "log_count_x_recency", "log_category_x_occ", "log_early_adoptions", "early_adoption_share",
-    "band_share", "log_category_recent",
+    "band_share", "log_category_recent", "log_line_count", "log_brand_knn", "log_category_knn",
 )
 
 
@@ -58,6 +58,9 @@ class HybridParams(ModelParams):
     # Without a brand column, a product id that is a retail barcode (EAN-13 / GS1) still names its
     # maker in its first digits: group products by that prefix as a stand-in for brand.
     brand_from_id_prefix: int | None = None
+    # ... and a longer prefix names a product line (one maker's sizes and flavours of a product): a
+    # never-sold product is often a new variant of a line that sold
+    line_from_id_prefix: int | None = None
     # candidates for picks
     candidates_popular: int = 60
     candidates_cf: int = 40
@@ -82,7 +85,7 @@ class HybridParams(ModelParams):
     # weights over-fits the one window it learns from: keep it to the signals that transfer
     cold_audience_features: list[str] = [
         "log_category_count", "log_member_occ", "cf", "log_brand_count", "log_early_adoptions", "band_share",
-        "log_category_recent",
+        "log_category_recent", "log_line_count", "log_brand_knn", "log_category_knn",
     ]
     seed: int = 0
     num_threads: int = 0
@@ -106,11 +109,16 @@ class FeatureState:
     item_band: np.ndarray
     member_brand: sp.csr_matrix | None
     member_brand_csc: sp.csc_matrix | None
+    member_line: sp.csr_matrix | None  # members x product lines (id prefix), purchase occasions
+    member_line_csc: sp.csc_matrix | None
+    brand_knn: sp.csr_matrix | None  # products x brands: mean item-kNN similarity to the brand's sold products
+    cat_knn: sp.csr_matrix  # products x categories: the same for the category
     knn: sp.csr_matrix  # product x product similarity
     user_factors: np.ndarray
     item_factors: np.ndarray
     item_cat: np.ndarray
     item_brand: np.ndarray | None
+    item_line: np.ndarray | None
     span: float
     buyers: np.ndarray
     occasions: np.ndarray
@@ -177,9 +185,32 @@ def _gather(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.where(keys[pos] == q, data[pos], 0).astype(np.float32)
 
 
+def _group_knn(counts: sp.csr_matrix, knn: sp.csr_matrix, groups: np.ndarray) -> sp.csr_matrix:
+    """Products x groups: each product's item-kNN similarity to the sold products of each group,
+    averaged over them. A never-sold product has no kNN column of its own; its group's sold
+    products stand in for it (a member's affinity is ``counts @ this``, computed per request: the
+    members x groups table would be tens of millions of entries)."""
+    sold = (np.diff(counts.tocsc().indptr) > 0) & (groups >= 0)
+    n_groups = int(groups.max(initial=-1)) + 1
+    size = np.bincount(groups[sold], minlength=n_groups).astype(np.float32)
+    j = np.where(sold)[0]
+    mean = sp.csr_matrix((1.0 / size[groups[j]], (j, groups[j])), shape=(counts.shape[1], n_groups), dtype=np.float32)
+    out = (knn @ mean).tocsr().astype(np.float32)
+    out.sort_indices()
+    return out
+
+
+def _sorted_group_matrix(counts: sp.csr_matrix, groups: np.ndarray | None) -> sp.csr_matrix | None:
+    if groups is None or not (groups >= 0).any():
+        return None
+    out = _group_matrix(counts, groups)
+    out.sort_indices()
+    return out
+
+
 def build_state(
     x: Interactions, params: HybridParams, item_cat: np.ndarray, item_brand: np.ndarray | None,
-    product_tags: dict[str, Tag],
+    product_tags: dict[str, Tag], item_line: np.ndarray | None = None,
 ) -> FeatureState:
     from implicit.cpu.als import AlternatingLeastSquares
     from implicit.nearest_neighbours import CosineRecommender, bm25_weight
@@ -211,10 +242,9 @@ def build_state(
     member_cat.sort_indices()
     band = product_tags.get("price_band")
     item_band = band.codes if band is not None else np.full(x.shape[1], -1, np.int32)
-    member_brand = None
-    if item_brand is not None and (item_brand >= 0).any():
-        member_brand = _group_matrix(counts, item_brand)
-        member_brand.sort_indices()
+    member_brand = _sorted_group_matrix(counts, item_brand)
+    member_line = _sorted_group_matrix(counts, item_line)
+    knn_sim = sp.csr_matrix(knn.similarity, dtype=np.float32)
     span = float(max(int(x.age_days.max(initial=1)), 1))
     return FeatureState(
         counts=counts, counts_csc=counts.tocsc(), last_age=last_age, last_age_csc=last_age.tocsc(),
@@ -224,9 +254,12 @@ def build_state(
         member_band=np.asarray(_group_matrix(counts, item_band).todense(), dtype=np.float32),
         item_band=item_band,
         member_brand=member_brand, member_brand_csc=member_brand.tocsc() if member_brand is not None else None,
-        knn=sp.csr_matrix(knn.similarity, dtype=np.float32),
+        member_line=member_line, member_line_csc=member_line.tocsc() if member_line is not None else None,
+        brand_knn=_group_knn(counts, knn_sim, item_brand) if member_brand is not None else None,
+        cat_knn=_group_knn(counts, knn_sim, item_cat),
+        knn=knn_sim,
         user_factors=np.asarray(als.user_factors, np.float32), item_factors=item_factors,
-        item_cat=item_cat, item_brand=item_brand, span=span,
+        item_cat=item_cat, item_brand=item_brand, item_line=item_line, span=span,
         buyers=buyers, occasions=occasions,
         recent_pop=np.asarray(recency14.sum(axis=0)).ravel().astype(np.float32),
         rebuy_rate=(rebuy + 1.5) / (buyers + 5.0),
@@ -270,10 +303,13 @@ def pair_features(s: FeatureState, members: np.ndarray, products: np.ndarray) ->
     ]).astype(np.float32)
 
 
-def _knn_pairs(s: FeatureState, u: np.ndarray, i: np.ndarray) -> np.ndarray:
-    """sum over the member's history h of similarity(h, i), for each pair."""
+def _knn_pairs(s: FeatureState, u: np.ndarray, i: np.ndarray, sim: sp.csr_matrix | None = None) -> np.ndarray:
+    """sum over the member's history h of similarity(h, i), for each pair (``sim``: products x
+    columns, the item-kNN similarity by default; ``i`` indexes its columns)."""
+    if sim is None:
+        sim = s.knn
     uniq, inv = np.unique(u, return_inverse=True)
-    scores = (s.counts[uniq] @ s.knn).tocsr()
+    scores = (s.counts[uniq] @ sim).tocsr()
     scores.sort_indices()
     return _gather(scores, inv, i)
 
@@ -292,11 +328,22 @@ def audience_features(s: FeatureState, products: np.ndarray, members: np.ndarray
         out[:, idx < 0] = 0.0
         return out
 
+    def knn_cols(sim: sp.csr_matrix | None, idx: np.ndarray) -> np.ndarray:
+        if sim is None:
+            return np.zeros((len(m), len(idx)), np.float32)
+        # products of a block share a few groups: one column per distinct group, then spread
+        uniq, inv = np.unique(np.where(idx >= 0, idx, 0), return_inverse=True)
+        out = np.asarray((s.counts @ sim[:, uniq]).todense(), dtype=np.float32)[m][:, inv]
+        out[:, idx < 0] = 0.0
+        return out
+
     cats = s.item_cat[products]
     raw = {
         "cnt": cols(s.counts_csc, products), "ucat": cols(s.member_cat_csc, cats),
         "last": cols(s.last_age_csc, products), "brand": cols(s.member_brand_csc, _brands(s, products)),
         "cat_recent": cols(s.member_cat_recent, cats),
+        "line": cols(s.member_line_csc, _groups(s.item_line, products)),
+        "brand_knn": knn_cols(s.brand_knn, _brands(s, products)), "cat_knn": knn_cols(s.cat_knn, cats),
         "cf": (s.user_factors[m] @ s.item_factors[products].T),
         "knn": np.asarray((s.counts @ s.knn[:, products]).todense(), dtype=np.float32)[m],
     }
@@ -313,17 +360,28 @@ def audience_pair_features(s: FeatureState, members: np.ndarray, products: np.nd
             return np.zeros(len(u), np.float32)
         return np.where(idx >= 0, _gather(mat, u, np.maximum(idx, 0)), 0.0).astype(np.float32)
 
+    def knn_pairs(sim: sp.csr_matrix | None, idx: np.ndarray) -> np.ndarray:
+        if sim is None:
+            return np.zeros(len(u), np.float32)
+        return np.where(idx >= 0, _knn_pairs(s, u, np.maximum(idx, 0), sim), 0.0).astype(np.float32)
+
     cats = s.item_cat[i]
     raw = {
         "cnt": pairs(s.counts, i), "ucat": pairs(s.member_cat, cats), "last": pairs(s.last_age, i),
         "brand": pairs(s.member_brand, _brands(s, i)), "cat_recent": pairs(s.member_cat_recent, cats),
+        "line": pairs(s.member_line, _groups(s.item_line, i)), "brand_knn": knn_pairs(s.brand_knn, _brands(s, i)),
+        "cat_knn": knn_pairs(s.cat_knn, cats),
         "cf": np.einsum("ij,ij->i", s.user_factors[u], s.item_factors[i]), "knn": _knn_pairs(s, u, i),
     }
     return _assemble_audience(s, u, i, raw).T
 
 
 def _brands(s: FeatureState, products: np.ndarray) -> np.ndarray:
-    return s.item_brand[products] if s.item_brand is not None else np.full(len(products), -1)
+    return _groups(s.item_brand, products)
+
+
+def _groups(codes: np.ndarray | None, products: np.ndarray) -> np.ndarray:
+    return codes[products] if codes is not None else np.full(len(products), -1)
 
 
 def _assemble_audience(s: FeatureState, m: np.ndarray, p: np.ndarray, raw: dict[str, np.ndarray]) -> np.ndarray:
@@ -353,6 +411,9 @@ def _assemble_audience(s: FeatureState, m: np.ndarray, p: np.ndarray, raw: dict[
     out[13] = early / np.maximum(occ, 1.0)
     out[14] = np.where(bands >= 0, s.member_band[m, np.maximum(bands, 0)], 0.0) / np.maximum(occ, 1.0)
     out[15] = np.log1p(raw["cat_recent"])
+    out[16] = np.log1p(raw["line"])
+    out[17] = np.log1p(raw["brand_knn"])
+    out[18] = np.log1p(raw["cat_knn"])
     return out
 
 
@@ -419,31 +480,42 @@ def _carve(
     return history, labels
 
 
+def _id_prefix_codes(ids: np.ndarray, n: int) -> np.ndarray:
+    """Codes of the first ``n`` characters of product ids that look like retail barcodes (EAN-13 /
+    GS1: 12 digits or more), whose prefixes name the maker and, longer, the product line; other ids
+    stay unknown (-1)."""
+    prefix = np.array([i[:n] if len(i) >= 12 else "" for i in ids], dtype=object)
+    return Tag.from_values(prefix).codes
+
+
 # ----------------------------------------------------------------------------- the model
 class Hybrid(Recommender):
     """The default model for both directions (see the module docstring)."""
 
     name = "hybrid"
     Params = HybridParams
-    state_version = 3  # 2: price-band and recent-category audience features; 3: product-level audience terms
+    # 2: price-band and recent-category audience features; 3: product-level audience terms;
+    # 4: product-line and brand / category kNN audience features
+    state_version = 4
 
-    def _tags(self, data: TrainData) -> tuple[np.ndarray, np.ndarray | None]:
+    def _tags(self, data: TrainData) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Category, brand and product-line codes of every product (brand and line: ``None`` when
+        unknown)."""
         cat = data.product_tags.get("category")
         brand = data.product_tags.get("brand")
         item_cat = cat.codes if cat is not None else np.zeros(data.n_products, np.int32)
         item_brand = brand.codes if brand is not None and (brand.codes >= 0).any() else None
-        n = self.params.brand_from_id_prefix
-        if item_brand is None and n:
-            ids = data.interactions.products.external_ids.astype(str)
-            prefix = np.array([i[:n] if len(i) >= 12 else "" for i in ids], dtype=object)
-            item_brand = Tag.from_values(prefix).codes  # ids that are not barcodes stay unknown (-1)
-        return item_cat, item_brand
+        ids = data.interactions.products.external_ids.astype(str)
+        if item_brand is None and self.params.brand_from_id_prefix:
+            item_brand = _id_prefix_codes(ids, self.params.brand_from_id_prefix)
+        item_line = _id_prefix_codes(ids, self.params.line_from_id_prefix) if self.params.line_from_id_prefix else None
+        return item_cat, item_brand, item_line
 
     def _fit(self, data: TrainData) -> None:
         import lightgbm as lgb
 
         p = self.params
-        item_cat, item_brand = self._tags(data)
+        item_cat, item_brand, item_line = self._tags(data)
         rng = np.random.default_rng(p.seed)
         # the audience samples draw from their own stream: a change to the picks candidates
         # (how many negatives they draw) must not reshuffle the audience model's examples
@@ -454,7 +526,7 @@ class Hybrid(Recommender):
         if not windows:
             raise ValueError("not enough history for a label window; lower label_days or add data")
         for w, (history, labels) in enumerate(windows):
-            s = build_state(history, p, item_cat, item_brand, data.product_tags)
+            s = build_state(history, p, item_cat, item_brand, data.product_tags, item_line)
             users = np.where(np.diff(labels.indptr) > 0)[0]
             users = users[np.diff(s.counts.indptr)[users] > 0]  # members with a history to learn from
             r, c = self._candidates(s, users)
@@ -480,7 +552,7 @@ class Hybrid(Recommender):
             "audience_rows_sold": int((~ex.cold).sum()), "audience_rows_never_sold": int(ex.cold.sum()),
         }
         # the final state: everything before the cut-off
-        self.state = build_state(data.interactions, p, item_cat, item_brand, data.product_tags)
+        self.state = build_state(data.interactions, p, item_cat, item_brand, data.product_tags, item_line)
 
     # -- picks
     def _candidates(self, s: FeatureState, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -615,7 +687,8 @@ class Hybrid(Recommender):
         for f in ("counts", "last_age", "recency14", "member_cat", "member_brand", "knn", "user_factors",
                   "item_factors", "item_cat", "item_brand", "buyers", "occasions", "recent_pop", "rebuy_rate",
                   "member_days", "member_last", "member_max", "member_occ", "member_repeat", "member_early",
-                  "member_cat_recent", "member_band", "item_band"):
+                  "member_cat_recent", "member_band", "item_band", "item_line", "member_line",
+                  "brand_knn", "cat_knn"):
             v = getattr(s, f)
             if v is not None:
                 out[f"s_{f}"] = v
@@ -631,14 +704,17 @@ class Hybrid(Recommender):
         self.audience_w, self.audience_g, self.audience_b = st["audience_w"], st["audience_g"], st["audience_b"]
         self.training_summary = st.get("training_summary", {})
         g = {k[2:]: v for k, v in st.items() if k.startswith("s_")}
-        mb = g.get("member_brand")
+        mb, ml = g.get("member_brand"), g.get("member_line")
         self.state = FeatureState(
             counts=g["counts"], counts_csc=g["counts"].tocsc(), last_age=g["last_age"],
             last_age_csc=g["last_age"].tocsc(), recency14=g["recency14"], recency14_csc=g["recency14"].tocsc(),
             member_cat=g["member_cat"], member_cat_csc=g["member_cat"].tocsc(),
             member_brand=mb, member_brand_csc=mb.tocsc() if mb is not None else None,
+            member_line=ml, member_line_csc=ml.tocsc() if ml is not None else None,
+            brand_knn=g.get("brand_knn"), cat_knn=g["cat_knn"],
             knn=g["knn"], user_factors=g["user_factors"], item_factors=g["item_factors"],
-            item_cat=g["item_cat"], item_brand=g.get("item_brand"), span=float(g["span"]),
+            item_cat=g["item_cat"], item_brand=g.get("item_brand"), item_line=g.get("item_line"),
+            span=float(g["span"]),
             buyers=g["buyers"], occasions=g["occasions"], recent_pop=g["recent_pop"],
             rebuy_rate=g["rebuy_rate"], member_days=g["member_days"], member_last=g["member_last"],
             member_max=g["member_max"], member_occ=g["member_occ"], member_repeat=g["member_repeat"],
