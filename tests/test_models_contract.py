@@ -228,8 +228,10 @@ def test_audience_shapes_and_member_mask(fitted, name):
 @pytest.mark.parametrize("name", names_for("audience_batch"))
 def test_audience_does_not_depend_on_the_batch(fitted, name):
     model = fitted[name]
-    products = np.array([0, 5, 17, 30, 44])
-    together = model.audience(products, n=40)
+    # out of category order, in batches of two: audience() groups a category's products into a
+    # batch and must hand each answer back to its own row
+    products = np.array([44, 5, 30, 0, 17, 6])
+    together = model.audience(products, n=40, batch_size=2)
     alone = [model.audience(products[j : j + 1], n=40) for j in range(len(products))]
     np.testing.assert_array_equal(together[0], np.vstack([a[0] for a in alone]))
     # float32 sums in another BLAS blocking: equal to rounding (ulp ~1e-6 at |score| ~10)

@@ -205,6 +205,32 @@ def test_topk_rows_breaks_ties_at_the_cut_by_index():
     assert topk_rows(scores, 1)[0].tolist() == [[2]]  # lowest index among the tied best
 
 
+def _topk_by_hand(scores: np.ndarray, k: int, tiebreak: np.ndarray | None) -> list[list[int]]:
+    # the definition: finite scores only, higher score first, then higher tiebreak, then lower index
+    tb = np.zeros(scores.shape[1]) if tiebreak is None else tiebreak
+    out = []
+    for row in scores:
+        order = sorted((j for j in range(len(row)) if row[j] > -np.inf), key=lambda j: (-row[j], -tb[j], j))
+        out.append((order + [-1] * k)[:k])
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_topk_rows_matches_the_definition_on_ties_infinities_and_signed_zeros(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    values = np.array([-0.0, 0.0, 1.5, -1.5, 2.0, np.inf, -np.inf, np.nan, 3e38, -3e38, 1e-40], np.float32)
+    for _ in range(200):
+        n, m = int(rng.integers(1, 5)), int(rng.integers(1, 25))
+        scores = rng.choice(values, (n, m))
+        k = int(rng.integers(1, m + 3))
+        tiebreak = rng.integers(0, 3, m).astype(float) if rng.random() < 0.5 else None
+        idx, sc = topk_rows(scores, k, tiebreak)
+        want = _topk_by_hand(np.where(np.isnan(scores), -np.inf, scores), k, tiebreak)
+        assert idx.tolist() == want
+        got = np.where(idx >= 0, scores[np.arange(n)[:, None], np.maximum(idx, 0)], -np.inf)
+        assert np.array_equal(sc, got.astype(np.float32))
+
+
 # ------------------------------------------------------------------------------ ALS vs implicit
 ALS_PARAMS = {"factors": 6, "iterations": 8, "regularization": 0.05, "alpha": 2.0, "seed": 11,
               "num_threads": 1, "weighting": "bm25", "bm25_k1": 1.2, "bm25_b": 0.75}

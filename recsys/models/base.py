@@ -125,21 +125,40 @@ def topk_rows(
     sc = np.full((n, k), NEG_INF, dtype=np.float32)
     if k_eff == 0 or n == 0:
         return idx, sc
-    if k_eff < m:
-        kth = -np.partition(-scores, k_eff - 1, axis=1)[:, k_eff - 1]
-        # every entry that can make the cut; never a -inf one (a short list would sort them all)
-        rows, cols = np.nonzero((scores >= kth[:, None]) & (scores > NEG_INF))
+    # One unsigned 64-bit key per entry: in the high half the score, as an integer whose order
+    # is the reverse of the score's; in the low half the column's place in tie order (higher
+    # tiebreak first, then lower index). Keys are distinct, so a partition finds exactly the top
+    # k, ties at the cut included, and a plain sort of those k orders them: no argsort, no
+    # lexsort over the candidates.
+    s = np.asarray(scores, dtype=np.float32)
+    if np.isnan(s).any():
+        s = np.where(np.isnan(s), NEG_INF, s)  # NaN ranks with -inf, i.e. never
+    s = s + np.float32(0.0)  # -0.0 becomes 0.0: the two tie, as they compare equal
+    bits = s.view(np.int32)
+    flip = bits >> 31  # 0 for positive scores, -1 (all bits) for negative ones
+    np.invert(flip, out=flip)
+    flip &= 0x7FFFFFFF
+    flip ^= bits  # positive: every bit but the sign flipped; negative: unchanged
+    key = flip.view(np.uint32).astype(np.uint64)
+    key <<= np.uint64(32)
+    if tiebreak is None:
+        perm = None
+        key |= np.arange(m, dtype=np.uint64)
     else:
-        rows, cols = np.nonzero(scores > NEG_INF)
-    vals = scores[rows, cols]
-    keys = [cols, -tiebreak[cols]] if tiebreak is not None else [cols]
-    order = np.lexsort((*keys, -vals, rows))
-    rows, cols, vals = rows[order], cols[order], vals[order]
-    starts = np.searchsorted(rows, np.arange(n))
-    rank = np.arange(len(rows)) - starts[rows]
-    keep = rank < k_eff
-    idx[rows[keep], rank[keep]] = cols[keep]
-    sc[rows[keep], rank[keep]] = vals[keep]
+        perm = np.lexsort((np.arange(m), -np.asarray(tiebreak)[:m]))
+        place = np.empty(m, dtype=np.uint64)
+        place[perm] = np.arange(m, dtype=np.uint64)
+        key |= place
+    if k_eff < m:
+        key = np.partition(key, k_eff - 1, axis=1)[:, :k_eff]
+    key.sort(axis=1)
+    top = (key & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    if perm is not None:
+        top = perm[top]
+    vals = np.take_along_axis(s, top, axis=1)
+    finite = vals > NEG_INF
+    idx[:, :k_eff] = np.where(finite, top, -1)
+    sc[:, :k_eff] = np.where(finite, vals, NEG_INF)
     return idx, sc
 
 
@@ -300,11 +319,15 @@ class Recommender(ABC):
         products = np.asarray(products, dtype=np.int64)
         out_i = np.empty((len(products), n), dtype=np.int64)
         out_s = np.empty((len(products), n), dtype=np.float32)
+        # batches of products of one category: a model that scores by category (or by anything
+        # its products share) computes each category's part once rather than once per batch
+        order = np.argsort(self.category[products], kind="stable") if self.category is not None else None
         for sl in _batches(len(products), batch_size):
-            scores = np.array(self._score_members(products[sl]), dtype=np.float32, copy=True)
+            rows = order[sl] if order is not None else sl
+            scores = np.asarray(self._score_members(products[rows]), dtype=np.float32)
             if member_mask is not None:
-                scores[:, ~member_mask] = NEG_INF
-            out_i[sl], out_s[sl] = topk_rows(scores, n, tiebreak=getattr(self, "activity", None))
+                scores = np.where(member_mask[None, :], scores, NEG_INF)
+            out_i[rows], out_s[rows] = topk_rows(scores, n, tiebreak=getattr(self, "activity", None))
         return out_i, out_s
 
     def similar_items(self, products: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
