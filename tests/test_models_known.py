@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from helpers_data import COLD_PRODUCT, literal_data, synthetic_data
 
+from recsys.idmap import IdMap
 from recsys.models import Tag, TrainData, get_model
 from recsys.models.base import topk_rows
 from recsys.models.factorization import attribute_vectors
@@ -355,26 +358,36 @@ def test_hybrid_gather_equals_dense_indexing_for_few_and_many_members(n_members:
     assert np.array_equal(_gather(m, rows, cols), m.toarray()[rows, cols])
 
 
-def test_hybrid_audience_pair_features_equal_the_block_features() -> None:
-    # training samples (member, product) pairs; serving scores blocks: both must see one feature set
-    from recsys.models.hybrid import audience_features, audience_pair_features
+@pytest.mark.parametrize("zeroed", [(), ("cf", "log_count", "log_knn", "log_category_count", "band_share")])
+def test_hybrid_block_audience_logits_equal_weights_times_pair_features(zeroed: tuple[str, ...]) -> None:
+    # training learns from (member, product) pairs; audiences are scored a block at a time from
+    # group columns and sparse terms: both must give w @ features, whichever weights are zero
+    from recsys.models.hybrid import AUDIENCE_FEATURES, audience_logits, audience_pair_features
 
     model = get_model("hybrid")({"factors": 8, "iterations": 3, "n_estimators": 10, "min_child_samples": 10,
                                  "knn_neighbours": 20, "audience_negatives": 5, "num_threads": 1,
-                                 "label_days": 14})
+                                 "label_days": 14, "line_from_id_prefix": 9})
     data = synthetic_data()
+    # barcode-like product ids, five products to a product line (the first 9 digits)
+    ids = IdMap([f"471000{i // 5:03d}{i:04d}" for i in range(data.n_products)])
+    data = dataclasses.replace(data, interactions=dataclasses.replace(data.interactions, products=ids))
     brands = np.array(["b0", "b1", "b2", None], dtype=object)[np.arange(data.n_products) % 4]
     data.product_tags["brand"] = Tag.from_values(brands)  # some products without a brand
     s = model.fit(data).state
-    assert s.member_brand is not None
-    products = np.arange(0, s.n_products, 7)
-    block = audience_features(s, products)  # (F, members, products)
+    assert s.member_brand is not None and s.member_line is not None
     rng = np.random.default_rng(0)
-    mem = rng.integers(0, s.n_members, 500)
-    col = rng.integers(0, len(products), 500)
+    w = rng.standard_normal(len(AUDIENCE_FEATURES)).astype(np.float32)
+    w[[AUDIENCE_FEATURES.index(f) for f in zeroed]] = 0.0
+    products = np.arange(0, s.n_products, 7)
+    block = audience_logits(s, products, w)  # (products, members)
+    assert block.shape == (len(products), s.n_members)
+    mem = rng.integers(0, s.n_members, 2000)
+    col = rng.integers(0, len(products), 2000)
+    bought = s.counts[mem, products[col]].A1 > 0
+    assert 0 < bought.sum() < len(mem)  # both kinds of pairs are checked
     pairs = audience_pair_features(s, mem, products[col])
-    assert pairs.shape == (500, block.shape[0])
-    np.testing.assert_allclose(pairs, block[:, mem, col].T, rtol=1e-5, atol=1e-6)
+    assert pairs.shape == (2000, len(AUDIENCE_FEATURES))
+    np.testing.assert_allclose(block[col, mem], pairs @ w, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("l2", [0.1, 1.0, 30.0])
@@ -408,3 +421,22 @@ def test_hybrid_product_line_codes_come_only_from_barcode_ids() -> None:
     codes = _id_prefix_codes(ids, 9)
     assert codes[0] == codes[1] != codes[2]
     assert codes[0] >= 0 and codes[2] >= 0 and codes[3] == -1 and codes[4] == -1
+
+
+def test_hybrid_without_audiences_gives_the_same_picks_and_refuses_audiences() -> None:
+    # the next-basket protocol fits picks only; its picks must be the full model's picks
+    from recsys.errors import RecsysError
+
+    params = {"factors": 8, "iterations": 3, "n_estimators": 10, "min_child_samples": 10,
+              "knn_neighbours": 20, "audience_negatives": 5, "num_threads": 1, "label_days": 14}
+    data = synthetic_data()
+    full = get_model("hybrid")(params).fit(data)
+    picks_only = get_model("hybrid")({**params, "audiences": False}).fit(data)
+    members = np.arange(data.n_members)
+    for mode in ("replenish", "discover"):
+        a, b = full.recommend(members, 10, mode=mode), picks_only.recommend(members, 10, mode=mode)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert "audience_rows_sold" in full.training_summary
+    assert "audience_rows_sold" not in picks_only.training_summary
+    with pytest.raises(RecsysError, match="audiences = true"):
+        picks_only.audience(np.array([0]), n=5)

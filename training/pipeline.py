@@ -131,9 +131,11 @@ def next_basket_run(cfg_json: dict[str, Any]) -> tuple[dict[str, float], float]:
     paths = DataPaths(cfg.data.canonical, cfg.data.features)
     nbr = load_next_basket(paths.transactions, paths.canonical / "products.parquet")
     params = cfg.model_params()
-    # the label window of a model that learns from one is each member's last basket here
-    if "label_mode" in type(params).model_fields:
-        params = params.model_copy(update={"label_mode": "last_basket"})
+    # the label window of a model that learns from one is each member's last basket here, and a
+    # model that can leave its audience part out does: this protocol ranks products for members
+    fields = type(params).model_fields
+    update = {k: v for k, v in (("label_mode", "last_basket"), ("audiences", False)) if k in fields}
+    params = params.model_copy(update=update)
     model = get_model(cfg.model.name)(params).fit(nbr.train)
     metrics = evaluate_next_basket(model, nbr, tuple(cfg.evaluation.ks))
     return {f"nbr_{k}": v for k, v in metrics.items()}, time.perf_counter() - t0

@@ -28,6 +28,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from recsys.arrays import unique_ints
+from recsys.errors import RecsysError
 from recsys.interactions import Interactions
 from recsys.models.base import ModelParams, Recommender, Tag, TrainData
 from recsys.models.factorization import attribute_vectors
@@ -77,7 +78,9 @@ class HybridParams(ModelParams):
     min_child_samples: int = 100
     negative_rate: float = 0.25
     drop_features: list[str] = ["buyers_rate", "occasions_rate", "recent_pop"]
-    # the audience model (logistic regression)
+    # the audience models (logistic regression); off where only picks are evaluated (the
+    # next-basket protocol): the model then ranks products for members, not members for products
+    audiences: bool = True
     audience_negatives: int = 20
     audience_max_products: int = 3000
     audience_l2: float = 1.0
@@ -305,54 +308,122 @@ def pair_features(s: FeatureState, members: np.ndarray, products: np.ndarray) ->
 
 def _knn_pairs(s: FeatureState, u: np.ndarray, i: np.ndarray, sim: sp.csr_matrix | None = None) -> np.ndarray:
     """sum over the member's history h of similarity(h, i), for each pair (``sim``: products x
-    columns, the item-kNN similarity by default; ``i`` indexes its columns)."""
+    columns, the item-kNN similarity by default; ``i`` indexes its columns).
+
+    ``history @ sim`` for the pairs' members is far larger than the pairs (tens of millions of
+    entries for a few million pairs): it is computed a block of columns at a time, densely, and
+    only the pairs are read from each block."""
     if sim is None:
         sim = s.knn
-    uniq, inv = np.unique(u, return_inverse=True)
-    scores = (s.counts[uniq] @ sim).tocsr()
-    scores.sort_indices()
-    return _gather(scores, inv, i)
+    out = np.zeros(len(u), np.float32)
+    if len(u) == 0:
+        return out
+    members, row = np.unique(u, return_inverse=True)
+    cols, col = np.unique(i, return_inverse=True)
+    history = s.counts if len(members) == s.n_members else s.counts[members]
+    if len(members) == s.n_members:
+        row = members[row]
+    sim_cols = sp.csc_matrix(sim)[:, cols]
+    block = max(1, int(_KNN_BLOCK_ENTRIES // max(len(members), 1)))
+    order = np.argsort(col, kind="stable")
+    starts = np.searchsorted(col[order], np.arange(0, len(cols) + block, block))
+    for b, lo in enumerate(range(0, len(cols), block)):
+        pairs = order[starts[b] : starts[b + 1]]
+        if len(pairs) == 0:
+            continue
+        dense = (history @ sim_cols[:, lo : lo + block]).toarray()
+        out[pairs] = dense[row[pairs], col[pairs] - lo]
+    return out
 
 
-def audience_features(s: FeatureState, products: np.ndarray, members: np.ndarray | None = None) -> np.ndarray:
-    """``(len(AUDIENCE_FEATURES), n_members, len(products))`` float32: each product against every
-    (or the given) member, computed for a block of products at once (dense columns)."""
+_KNN_BLOCK_ENTRIES = 4_000_000  # members x columns of one dense block (16 MB)
+
+
+def audience_logits(s: FeatureState, products: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``(len(products), n_members)`` float32: ``w @ features`` for each product against every
+    member, the features being :func:`audience_pair_features`'s, without materialising them.
+
+    The audience score is linear in its features, and most features depend on the member and on
+    one *group* of the product (its category, brand, product line or price band) rather than on
+    the product itself; others are zero except where the member bought the product or one of its
+    neighbours. So the score is a member term, plus one dense row per distinct group in the
+    block (copied to its products), plus a factor product, plus sparse terms added where they are
+    non-zero: a few dense passes per block instead of one per feature. Features whose weight is
+    zero (the never-sold model leaves most of them out) are not computed at all."""
     products = np.atleast_1d(np.asarray(products, dtype=np.int64))
-    m = np.arange(s.n_members) if members is None else np.asarray(members, dtype=np.int64)
+    wt = {f: float(w[j]) for j, f in enumerate(AUDIENCE_FEATURES)}
+    occ = s.member_occ
+    log_occ = np.log1p(occ)
+    inv_occ = 1.0 / np.maximum(occ, 1.0)
+    early = s.member_early
+    member = (
+        wt["log_member_occ"] * log_occ + wt["log_member_days"] * np.log1p(s.member_days)
+        + wt["log_member_last_age"] * np.log1p(np.minimum(s.member_last, 1e4))
+        + wt["member_repeat_share"] * s.member_repeat + wt["log_early_adoptions"] * np.log1p(early)
+        + wt["early_adoption_share"] * early * inv_occ
+    ).astype(np.float32)
+    out = np.empty((len(products), s.n_members), dtype=np.float32)
+    if wt["cf"] != 0.0:
+        np.matmul(wt["cf"] * s.item_factors[products], s.user_factors.T, out=out)
+        out += member
+    else:
+        out[:] = member
 
-    def cols(mat: sp.csc_matrix | None, idx: np.ndarray) -> np.ndarray:
-        if mat is None:
-            return np.zeros((len(m), len(idx)), np.float32)
-        safe = np.where(idx >= 0, idx, 0)
-        out = np.asarray(mat[:, safe].todense(), dtype=np.float32)[m]
-        out[:, idx < 0] = 0.0
-        return out
+    def rows(mat: sp.spmatrix, cols: np.ndarray) -> np.ndarray:
+        """Columns ``cols`` of a members x groups matrix, as dense rows (groups x members)."""
+        return mat[:, cols].T.toarray().astype(np.float32, copy=False)
 
-    def knn_cols(sim: sp.csr_matrix | None, idx: np.ndarray) -> np.ndarray:
-        if sim is None:
-            return np.zeros((len(m), len(idx)), np.float32)
-        # products of a block share a few groups: one column per distinct group, then spread
-        uniq, inv = np.unique(np.where(idx >= 0, idx, 0), return_inverse=True)
-        out = np.asarray((s.counts @ sim[:, uniq]).todense(), dtype=np.float32)[m][:, inv]
-        out[:, idx < 0] = 0.0
-        return out
+    def add_group(codes: np.ndarray, term: Any) -> None:
+        """out[j] += term(distinct groups)[group of product j]; products without a group skipped."""
+        has = codes >= 0
+        if has.any():
+            uniq, inv = np.unique(codes[has], return_inverse=True)
+            out[has] += term(uniq)[inv]
 
-    cats = s.item_cat[products]
-    raw = {
-        "cnt": cols(s.counts_csc, products), "ucat": cols(s.member_cat_csc, cats),
-        "last": cols(s.last_age_csc, products), "brand": cols(s.member_brand_csc, _brands(s, products)),
-        "cat_recent": cols(s.member_cat_recent, cats),
-        "line": cols(s.member_line_csc, _groups(s.item_line, products)),
-        "brand_knn": knn_cols(s.brand_knn, _brands(s, products)), "cat_knn": knn_cols(s.cat_knn, cats),
-        "cf": (s.user_factors[m] @ s.item_factors[products].T),
-        "knn": np.asarray((s.counts @ s.knn[:, products]).todense(), dtype=np.float32)[m],
-    }
-    return _assemble_audience(s, m[:, None], products[None, :], raw)
+    def category_term(c: np.ndarray) -> np.ndarray:
+        t = np.zeros((len(c), s.n_members), np.float32)
+        if wt["log_category_count"] or wt["category_share"] or wt["log_category_x_occ"]:
+            ucat = rows(s.member_cat_csc, c)
+            t += np.log1p(ucat) * (wt["log_category_count"] + wt["log_category_x_occ"] * log_occ).astype(np.float32)
+            t += ucat * (wt["category_share"] * inv_occ).astype(np.float32)
+        if wt["log_category_recent"]:
+            t += wt["log_category_recent"] * np.log1p(rows(s.member_cat_recent, c))
+        if wt["log_category_knn"]:
+            t += wt["log_category_knn"] * np.log1p(rows(s.counts @ s.cat_knn[:, c], slice(None)))
+        return t
+
+    def brand_term(b: np.ndarray) -> np.ndarray:
+        t = np.zeros((len(b), s.n_members), np.float32)
+        if wt["log_brand_count"] and s.member_brand_csc is not None:
+            t += wt["log_brand_count"] * np.log1p(rows(s.member_brand_csc, b))
+        if wt["log_brand_knn"] and s.brand_knn is not None:
+            t += wt["log_brand_knn"] * np.log1p(rows(s.counts @ s.brand_knn[:, b], slice(None)))
+        return t
+
+    add_group(s.item_cat[products], category_term)
+    if s.item_brand is not None and (wt["log_brand_count"] or wt["log_brand_knn"]):
+        add_group(s.item_brand[products], brand_term)
+    if s.item_line is not None and s.member_line_csc is not None and wt["log_line_count"]:
+        add_group(s.item_line[products], lambda g: wt["log_line_count"] * np.log1p(rows(s.member_line_csc, g)))
+    if wt["band_share"]:
+        add_group(s.item_band[products],
+                  lambda g: (wt["band_share"] * s.member_band[:, g].T * inv_occ).astype(np.float32))
+    # sparse terms: the member bought the product (count, recency) or one of its neighbours (kNN);
+    # the (member, product) pairs of a column slice are distinct, so a fancy-index add is exact
+    if wt["log_count"] or wt["log_count_x_recency"]:
+        cnt = s.counts_csc[:, products].tocoo()
+        rec = 1.0 / (1.0 + _gather(s.last_age, cnt.row, products[cnt.col]) / 30.0)
+        out[cnt.col, cnt.row] += (np.log1p(cnt.data) * (wt["log_count"] + wt["log_count_x_recency"] * rec)).astype(np.float32)
+    if wt["log_knn"]:
+        knn = (s.counts @ s.knn[:, products]).tocoo()
+        out[knn.col, knn.row] += (wt["log_knn"] * np.log1p(knn.data)).astype(np.float32)
+    return out
 
 
 def audience_pair_features(s: FeatureState, members: np.ndarray, products: np.ndarray) -> np.ndarray:
-    """``(n_pairs, len(AUDIENCE_FEATURES))`` float32 for (member, product) pairs: the same
-    features as :func:`audience_features`, looked up pair by pair (for sampled training pairs)."""
+    """``(n_pairs, len(AUDIENCE_FEATURES))`` float32 for (member, product) pairs, the features of
+    the audience models (training learns from sampled pairs; :func:`audience_logits` scores whole
+    blocks with the same features)."""
     u, i = np.asarray(members, dtype=np.int64), np.asarray(products, dtype=np.int64)
 
     def pairs(mat: sp.spmatrix | None, idx: np.ndarray) -> np.ndarray:
@@ -534,7 +605,8 @@ class Hybrid(Recommender):
             keep = y | (rng.random(len(y)) < p.negative_rate)
             X_parts.append(pair_features(s, users[r[keep]], c[keep])[:, keep_cols])
             y_parts.append(y[keep])
-            examples.append(self._audience_examples(s, labels, audience_rng, window=w))
+            if p.audiences:
+                examples.append(self._audience_examples(s, labels, audience_rng, window=w))
         X, y = np.vstack(X_parts), np.concatenate(y_parts)
         classifier = lgb.LGBMClassifier(
             n_estimators=p.n_estimators, learning_rate=p.learning_rate, num_leaves=p.num_leaves,
@@ -545,12 +617,16 @@ class Hybrid(Recommender):
         classifier.fit(X, y)
         self.ranker = _BoosterClassifier(classifier.booster_, p.num_threads)
         self.keep_cols = np.asarray(keep_cols, dtype=np.int64)
-        ex = AudienceExamples.concat(examples)
-        self._fit_audience(ex)
         self.training_summary = {
             "label_windows": len(windows), "ranker_rows": int(len(y)), "ranker_positive_rate": float(y.mean()),
-            "audience_rows_sold": int((~ex.cold).sum()), "audience_rows_never_sold": int(ex.cold.sum()),
         }
+        self.audience_w = self.audience_g = self.audience_b = None
+        if p.audiences:
+            ex = AudienceExamples.concat(examples)
+            self._fit_audience(ex)
+            self.training_summary.update({
+                "audience_rows_sold": int((~ex.cold).sum()), "audience_rows_never_sold": int(ex.cold.sum()),
+            })
         # the final state: everything before the cut-off
         self.state = build_state(data.interactions, p, item_cat, item_brand, data.product_tags, item_line)
 
@@ -660,14 +736,20 @@ class Hybrid(Recommender):
         self.audience_w, self.audience_g, self.audience_b = w, g, bias
 
     def _score_members(self, products: np.ndarray) -> np.ndarray:
+        """Audience logits ``(len(products), n_members)``: the sold-product model for products
+        with sales, the never-sold one for the others, each plus its product-level offset."""
+        if self.audience_w is None:
+            raise RecsysError("this hybrid model was fitted with audiences = false: it ranks products for "
+                              "members only; train it with audiences = true to build audiences")
+        products = np.asarray(products, dtype=np.int64)
+        out = np.empty((len(products), self.state.n_members), dtype=np.float32)
         warm = np.diff(self.state.counts_csc.indptr)[products] > 0
-        feats = audience_features(self.state, products)  # (F, members, products)
-        f, n_m, n_p = feats.shape
-        # both models at once as one BLAS product, then each product takes its own
-        logits = (self.audience_w @ feats.reshape(f, n_m * n_p)).reshape(2, n_m, n_p)
-        offset = self.audience_g @ product_level(self.state, products).T + self.audience_b[:, None]  # (2, n_p)
-        logits += offset.astype(np.float32)[:, None, :]
-        return np.where(warm[None, :], logits[0], logits[1]).T.astype(np.float32)
+        offset = (self.audience_g @ product_level(self.state, products).T + self.audience_b[:, None]).astype(np.float32)
+        for model, sel in ((0, np.flatnonzero(warm)), (1, np.flatnonzero(~warm))):
+            if len(sel):
+                out[sel] = audience_logits(self.state, products[sel], self.audience_w[model])
+                out[sel] += offset[model, sel][:, None]
+        return out
 
     def purchase_probability(self, scores: np.ndarray) -> np.ndarray:
         """Audience scores (logits) -> calibrated purchase probabilities in a label window."""
