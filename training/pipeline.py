@@ -7,7 +7,7 @@ import json
 import multiprocessing
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,24 +55,64 @@ class TrainResult:
     pre_ranked: PreRanked | None = None  # every member's pick lists, for the bundle
 
 
+class ChildRun:
+    """A function run in a fresh interpreter (spawn: forking after OpenMP has started can hang the
+    child). Daemonic, so a run that stops early (an unreachable tracking server, Ctrl-C) never
+    waits for it; :meth:`result` returns its value or raises its exception."""
+
+    def __init__(self, fn: Any, *args: Any):
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child_end = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=_child_main, args=(fn, args, child_end), daemon=True)
+        self._proc.start()
+        child_end.close()
+
+    def result(self) -> Any:
+        try:
+            ok, value = self._conn.recv()
+        except EOFError:
+            self._proc.join()
+            raise RuntimeError(f"the background process died (exit code {self._proc.exitcode})") from None
+        self._proc.join()
+        if not ok:
+            raise value
+        return value
+
+
+def _child_main(fn: Any, args: tuple[Any, ...], conn: Any) -> None:
+    try:
+        conn.send((True, fn(*args)))
+    except BaseException as exc:  # handed to the parent, which raises it
+        conn.send((False, exc))
+
+
+def start_next_basket(cfg: TrainConfig) -> ChildRun | None:
+    """The next-basket protocol started in a second process, when the config asks for it there
+    (it loads and fits on its own data, so it runs while this process does the rest)."""
+    if not (cfg.evaluation.next_basket and cfg.evaluation.next_basket_process):
+        return None
+    return ChildRun(next_basket_run, cfg.model_dump(mode="json"))
+
+
 def fit_and_evaluate(
-    cfg: TrainConfig, console: Console | None = None, on_iteration: Any = None, rank_all: bool = False
+    cfg: TrainConfig, console: Console | None = None, on_iteration: Any = None, rank_all: bool = False,
+    nbr_job: ChildRun | None = None,
 ) -> TrainResult:
     """The modelling part of a run, without MLflow: load, fit, evaluate.
 
     ``rank_all``: also rank every member's pick lists (:func:`recsys.precompute.pre_rank`, which
     the serving bundle carries) and read the evaluated members' picks from them, rather than
-    ranking those members twice."""
+    ranking those members twice. ``nbr_job``: the next-basket protocol already started by
+    :func:`start_next_basket` (else it is started here).
+
+    ``timings``: ``evaluate_s`` is the wall time from the fitted model to every metric of the
+    split (pre-ranking included when asked); the parts, which overlap, have their own keys."""
     console = console or Console(stderr=True)
     timings: dict[str, float] = {}
     paths = DataPaths(cfg.data.canonical, cfg.data.features)
     ev = cfg.evaluation
-    nbr_job = None
-    if ev.next_basket and ev.next_basket_process:
-        # a fresh interpreter (spawn): forking after OpenMP has started can hang the child
-        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        nbr_job = pool.submit(next_basket_run, cfg.model_dump(mode="json"))
-        pool.shutdown(wait=False)
+    if nbr_job is None:
+        nbr_job = start_next_basket(cfg)
     t0 = time.perf_counter()
     with console.status("loading the split"):
         data, split = load_split(paths, cfg.data.cutoff, cfg.data.test_end)
@@ -86,25 +126,33 @@ def fit_and_evaluate(
         model.fit(data)
     timings["fit_s"] = time.perf_counter() - t0
 
-    lists = None
-    if rank_all:
-        t0 = time.perf_counter()
-        with console.status(f"ranking every member's top {DEFAULT_N} picks"):
-            lists = pre_rank(model)
-        timings["pre_rank_s"] = time.perf_counter() - t0
     truth, seen = split.truth(), split.seen()
+    # the most active members (purchase occasions), most active first, ties by index
+    activity = np.bincount(data.interactions.member, minlength=data.n_members)
+    reference = np.lexsort((np.arange(data.n_members), -activity))
+
+    def timed(key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        timings[key] = time.perf_counter() - t
+        return out
+
+    # Ranking every member's lists and evaluating audiences read the fitted model and nothing
+    # else, and both spend their time in NumPy / SciPy / LightGBM calls that release the GIL: two
+    # threads keep both cores busy once the next-basket process is done.
     t0 = time.perf_counter()
-    with console.status("evaluating picks"):
-        metrics = evaluate_picks(model, truth, seen, ks=tuple(ev.ks), pre_ranked=lists)
-    with console.status("evaluating audiences"):
-        # the most active members (purchase occasions), most active first, ties by index
-        activity = np.bincount(data.interactions.member, minlength=data.n_members)
-        reference = np.lexsort((np.arange(data.n_members), -activity))
-        metrics.update(evaluate_audiences(
-            model, truth, seen, sizes=tuple(ev.audience_sizes), min_buyers_known=ev.min_buyers_known,
+    what = f"ranking every member's top {DEFAULT_N} picks and evaluating audiences" if rank_all else "evaluating audiences"
+    with console.status(what), ThreadPoolExecutor(2 if rank_all else 1) as pool:
+        ranked = pool.submit(timed, "pre_rank_s", pre_rank, model) if rank_all else None
+        audiences = pool.submit(
+            timed, "evaluate_audiences_s", evaluate_audiences, model, truth, seen,
+            sizes=tuple(ev.audience_sizes), min_buyers_known=ev.min_buyers_known,
             min_buyers_new=ev.min_buyers_new, reference=reference,
-        ))
-    timings["evaluate_s"] = time.perf_counter() - t0
+        )
+        lists = ranked.result() if ranked is not None else None
+        metrics = timed("evaluate_picks_s", evaluate_picks, model, truth, seen, ks=tuple(ev.ks), pre_ranked=lists)
+        metrics.update(audiences.result())
+    timings["evaluate_s"] = time.perf_counter() - t0  # wall time of the three together
     if ev.next_basket:
         t0 = time.perf_counter()
         with console.status("next-basket protocol"):
@@ -173,10 +221,12 @@ def _aligned(con: duckdb.DuckDBPyConnection, table: Path, key: str, ids: Any, wa
 def run_training(cfg: TrainConfig, config_path: Path | None = None, tracking_uri: str | None = None,
                  console: Console | None = None) -> TrainResult:
     """Fit, evaluate, log to MLflow, register and gate the champion alias."""
+    t_all = time.perf_counter()
+    # first, so that the second process runs while this one sets up MLflow
+    nbr_job = start_next_basket(cfg)
     from training.tracking import Tracker, gate_champion, log_bundle_model
 
     console = console or Console(stderr=True)
-    t_all = time.perf_counter()
     with Tracker(cfg.mlflow.experiment, run_name=cfg.model.name, tracking_uri=tracking_uri) as tracker:
         tracker.log_params({"config": cfg.model_dump(mode="json"), "model_params": cfg.model_params().model_dump(mode="json")})
         if config_path is not None:
@@ -187,7 +237,7 @@ def run_training(cfg: TrainConfig, config_path: Path | None = None, tracking_uri
             tracker.log_iteration("train_loss", it, loss)
             tracker.log_iteration("train_seconds", it, seconds)
 
-        result = fit_and_evaluate(cfg, console, on_iteration, rank_all=True)
+        result = fit_and_evaluate(cfg, console, on_iteration, rank_all=True, nbr_job=nbr_job)
         result.run_id = tracker.run_id
         tracker.log_metrics(result.metrics)
         tracker.log_metrics(result.timings)
