@@ -38,3 +38,17 @@ def test_a_child_run_is_daemonic_so_an_early_failure_never_waits_for_it() -> Non
     run._proc.join(5)
     with pytest.raises(RuntimeError, match="background process died"):
         run.result()
+
+
+def test_protocol_params_change_only_what_the_model_has() -> None:
+    from recsys.models import get_model
+    from training.pipeline import protocol_params
+
+    hybrid = get_model("hybrid").Params(label_days=14)
+    nbr = protocol_params(hybrid, last_basket=True, audiences=False)
+    assert (nbr.label_mode, nbr.audiences, nbr.label_days) == ("last_basket", False, 14)
+    picks = protocol_params(hybrid, last_basket=False, audiences=False)
+    assert (picks.label_mode, picks.audiences) == ("days", False)
+    assert protocol_params(hybrid, last_basket=False, audiences=True) == hybrid
+    als = get_model("als").Params(factors=8)
+    assert protocol_params(als, last_basket=True, audiences=False) == als  # nothing of the kind to change

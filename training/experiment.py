@@ -434,12 +434,13 @@ class TrialRunner:
         return out.value
 
     def _fit(self, cls: Any, params: Any, kind: str, trial: Any, out: TrialOutcome) -> Any:
+        from training.pipeline import protocol_params
+
         if kind == "nbr":
             assert self.nbr is not None
             # as training does: a model with label windows learns from each member's last basket
-            p = params.model_copy(update={"label_mode": "last_basket"}) if hasattr(params, "label_mode") else params
-            return cls(p).fit(self.nbr.train)
-        model = cls(params)
+            return cls(protocol_params(params, last_basket=True, audiences=False)).fit(self.nbr.train)
+        model = cls(protocol_params(params, last_basket=False, audiences="audiences" in self.protocols))
         every = self.cfg.sweep.prune_every_iterations
         if trial is not None and every > 0 and self.sub_members is not None:
             self._watch_iterations(model, trial, out, every, int(getattr(params, "iterations", 0)))

@@ -21,7 +21,7 @@ from rich.table import Table
 from recsys.bundle import Bundle, save_bundle
 from recsys.columns import Col
 from recsys.models import get_model
-from recsys.models.base import Recommender
+from recsys.models.base import ModelParams, Recommender
 from recsys.precompute import DEFAULT_N, PreRanked, pre_rank
 from training.config import TrainConfig
 from training.data import DataPaths, load_split
@@ -168,6 +168,19 @@ def fit_and_evaluate(
                        products=data.interactions.products, report=report, pre_ranked=lists)
 
 
+def protocol_params(params: ModelParams, *, last_basket: bool, audiences: bool) -> ModelParams:
+    """A model's params as a protocol needs them: a model that learns from a label window learns
+    from each member's last basket on the next-basket protocol, and a model that can leave its
+    audience part out does where no audience is scored."""
+    fields = type(params).model_fields
+    update: dict[str, Any] = {}
+    if last_basket and "label_mode" in fields:
+        update["label_mode"] = "last_basket"
+    if not audiences and "audiences" in fields:
+        update["audiences"] = False
+    return params.model_copy(update=update)
+
+
 def next_basket_run(cfg_json: dict[str, Any]) -> tuple[dict[str, float], float]:
     """Fit the configured model on the next-basket protocol's data and evaluate it: the
     ``nbr_``-prefixed metrics and the seconds it took. Takes plain JSON so that it can run in
@@ -178,12 +191,7 @@ def next_basket_run(cfg_json: dict[str, Any]) -> tuple[dict[str, float], float]:
     cfg = TrainConfig.model_validate(cfg_json)
     paths = DataPaths(cfg.data.canonical, cfg.data.features)
     nbr = load_next_basket(paths.transactions, paths.canonical / "products.parquet")
-    params = cfg.model_params()
-    # the label window of a model that learns from one is each member's last basket here, and a
-    # model that can leave its audience part out does: this protocol ranks products for members
-    fields = type(params).model_fields
-    update = {k: v for k, v in (("label_mode", "last_basket"), ("audiences", False)) if k in fields}
-    params = params.model_copy(update=update)
+    params = protocol_params(cfg.model_params(), last_basket=True, audiences=False)
     model = get_model(cfg.model.name)(params).fit(nbr.train)
     metrics = evaluate_next_basket(model, nbr, tuple(cfg.evaluation.ks))
     return {f"nbr_{k}": v for k, v in metrics.items()}, time.perf_counter() - t0
