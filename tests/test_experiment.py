@@ -335,7 +335,7 @@ def test_report_writes_every_row_of_every_table(shop: Path, tmp_path: Path, stor
         return [c for c in cells[1:] if not c.startswith("---")]  # no header, no alignment row
 
     def labels(table: str) -> list[str]:
-        return [r.label for r in cfg.rows if table in r.tables and r.label != "sweep best"]
+        return [r.label for r in cfg.rows if table in r.tables and not r.optional]
 
     def plain(rows: list[str]) -> list[str]:
         return [r.replace(" **(default)**", "") for r in rows]
@@ -345,7 +345,19 @@ def test_report_writes_every_row_of_every_table(shop: Path, tmp_path: Path, stor
     for group in ("sold before", "never sold before"):
         rows = plain(table_rows(section(f"Product → person: audiences for products {group}")))
         assert rows == [RANDOM, MOST_ACTIVE, *labels("audiences")]
-    assert "Skipped (config not found): sweep best." in text  # an optional row without its config file
+    assert "Skipped (config not found): sweep best, hybrid, swept." in text  # optional rows without their config
+    # the rows marked for it, again on the validation window, beside their test figures
+    val = section("The same rows on the validation window")
+    want = [r.label for r in cfg.rows if r.validation and not r.optional]
+    assert len(want) >= 3 and plain(table_rows(val)) == want
+    for line in [x for x in val.splitlines() if x.startswith("| ")][2:]:
+        cells = [c.strip() for c in line.split("|")[2:-1]]
+        assert len(cells) == 8 and all(np.isfinite(float(c)) for c in cells[:4]), line
+        label = line.split("|")[1].strip()
+        if plain([label])[0] in labels("picks"):  # Recall@10 on the test window: the picks table's
+            test_row = next(x for x in section("Person → product: temporal split").splitlines()
+                            if x.startswith(f"| {label} |"))
+            assert cells[1] == test_row.split("|")[2].strip()
     targets = section("Targets")
     for t in cfg.targets:
         assert t.text in targets
@@ -367,7 +379,10 @@ def test_report_writes_every_row_of_every_table(shop: Path, tmp_path: Path, stor
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"REPORT.md", "report.json", "plots"} <= arts
     rows = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.data.tags["report.row"] for r in rows) == sorted(r.label for r in cfg.rows if r.label != "sweep best")
+    test_runs = [r.data.tags["report.row"] for r in rows if "report.window" not in r.data.tags]
+    val_runs = [r.data.tags["report.row"] for r in rows if r.data.tags.get("report.window") == "validation"]
+    assert sorted(test_runs) == sorted(r.label for r in cfg.rows if not r.optional)
+    assert sorted(val_runs) == sorted(want)
 
 
 def test_report_rows_option_and_unknown_rows(shop: Path, tmp_path: Path, store: str) -> None:
@@ -380,3 +395,13 @@ def test_report_rows_option_and_unknown_rows(shop: Path, tmp_path: Path, store: 
     assert result.exit_code == 0, result.output
     text = out.read_text()
     assert "| GP-TopFreq |" in text and "| category buyers |" in text and "| hybrid **(default)** |" not in text
+
+
+def test_validation_rows_need_a_validation_window(tmp_path: Path) -> None:
+    raw = tomllib.loads((REPO / "experiments" / "configs" / "report.toml").read_text())
+    assert raw["validation"] and any(r.get("validation") for r in raw["rows"])
+    del raw["validation"]
+    path = tmp_path / "report.toml"
+    path.write_text(dumps_toml(raw))
+    with pytest.raises(InputError, match=r"validation = true need a \[validation\] window"):
+        ReportConfig.from_toml(path)

@@ -11,6 +11,9 @@ so every figure of the report comes from the same run. The report writes
   computes), the wall time of each row, the published reference figures beside ours with the
   protocol of each, and which targets hold (computed from the numbers);
 * PNG plots beside it (metric vs k; audience recall vs audience size; repeat vs new-to-member);
+* when ``[validation]`` is set, the rows marked ``validation = true`` fitted and evaluated again on
+  that earlier window (the one sweeps tune on), beside their test-window figures: a choice made
+  while looking at the test window shows up there as a gain that does not carry over;
 
 and logs all of it to MLflow: a parent run with the report, plots and ``report.json``, and one
 nested run per row with its params, metrics and timings.
@@ -23,7 +26,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,6 +64,7 @@ class ReportRow(_Strict):
     tables: list[Table] = ["picks", "next_basket"]
     role: Literal["baseline", "default", "tuned"] = "baseline"
     optional: bool = False  # a missing `config` skips the row (with a note) instead of failing
+    validation: bool = False  # also fit and evaluate it on the report's validation window
     note: str = ""
 
     @model_validator(mode="after")
@@ -100,9 +104,15 @@ class ReportSettings(_Strict):
     notes: list[str] = []
 
 
+class Window(_Strict):
+    cutoff: date  # train before it
+    end: date  # test on [cutoff, end)
+
+
 class ReportConfig(_Strict):
     report: ReportSettings = ReportSettings()
     data: DataConfig
+    validation: Window | None = None  # the window sweeps tune on, for rows with validation = true
     evaluation: EvaluationConfig = EvaluationConfig(ks=[1, 5, 10, 20], audience_sizes=[100, 500, 1000, 2000, 5000])
     rows: list[ReportRow]
     published: list[Published] = []
@@ -114,6 +124,8 @@ class ReportConfig(_Strict):
         dupes = sorted({x for x in labels if labels.count(x) > 1})
         if dupes:
             raise ValueError(f"row labels must be unique; repeated: {', '.join(dupes)}")
+        if self.validation is None and any(r.validation for r in self.rows):
+            raise ValueError("rows with validation = true need a [validation] window (cutoff, end)")
         known = set(labels) | {RANDOM, MOST_ACTIVE}
         for t in self.targets:
             if t.kind == "sweep":
@@ -155,9 +167,17 @@ class ReportResult:
     plots: list[Path]
     skipped: list[str]
     wall_s: float
+    validation: dict[str, RowResult] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- running the rows
+def validation_config(cfg: ReportConfig, tc: TrainConfig) -> TrainConfig:
+    """A row's config moved to the validation window (picks and audiences, no next-basket run)."""
+    assert cfg.validation is not None
+    data = cfg.data.model_copy(update={"cutoff": cfg.validation.cutoff, "test_end": cfg.validation.end})
+    return tc.model_copy(update={"data": data, "evaluation": tc.evaluation.model_copy(update={"next_basket": False})})
+
+
 def row_config(cfg: ReportConfig, row: ReportRow) -> TrainConfig | None:
     """The `recsys train` config of one row: the report's split and evaluation, the row's model
     (``None`` for an optional row whose config file is missing)."""
@@ -223,12 +243,27 @@ def run_report(
             console.print(f"      fit {t.get('fit_s', 0):.1f}s, evaluate {t.get('evaluate_s', 0):.1f}s"
                           + (f", next-basket {t['next_basket_s']:.1f}s" if "next_basket_s" in t else ""),
                           highlight=False)
+        validation: dict[str, RowResult] = {}
+        val_rows = [r for r in wanted if r.validation and configs[r.label] is not None]
+        for i, row in enumerate(val_rows, 1):
+            tc = validation_config(cfg, configs[row.label])
+            console.print(f"[validation {i}/{len(val_rows)}] {row.label} on [{tc.data.cutoff}, {tc.data.test_end})",
+                          highlight=False)
+            with Tracker(cfg.report.experiment, run_name=f"{row.label} (validation)", tracking_uri=tracking_uri,
+                         nested=True) as run:
+                run.set_tags({"report.row": row.label, "report.window": "validation",
+                              "report.parent_run": parent.run_id})
+                res = fit_and_evaluate(tc, console)
+                run.log_metrics({**res.metrics, **res.timings})
+            validation[row.label] = RowResult(row, tc.model.name, tc.model.params, res.metrics, res.timings,
+                                              res.report.get("train", {}))
         targets = evaluate_targets(cfg, results, tracking_uri)
         sweeps = sweep_sections(cfg, tracking_uri)
         plots_dir = out.parent / cfg.report.plots_dir
         plots = write_plots(cfg, results, plots_dir)
         wall_s = time.perf_counter() - t_all
-        markdown = render(cfg, results, targets, plots, out, parent.run_id, wall_s, skipped, config_path, sweeps)
+        markdown = render(cfg, results, targets, plots, out, parent.run_id, wall_s, skipped, config_path, sweeps,
+                          validation)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(markdown)
         parent.log_file(out)
@@ -237,6 +272,8 @@ def run_report(
         parent.log_dict(_jsonable({"rows": {k: {"model": r.model, "params": r.params, "tables": r.row.tables,
                                                 "metrics": r.metrics, "timings": r.timings}
                                             for k, r in results.items()},
+                                   "validation": {k: {"metrics": r.metrics, "timings": r.timings}
+                                                  for k, r in validation.items()},
                                    "targets": targets, "skipped": skipped}), "report.json")
         summary: dict[str, float] = {"wall_s": wall_s}
         for label, r in results.items():
@@ -248,7 +285,7 @@ def run_report(
             if t["holds"] is not None:
                 summary[f"target_{i}_holds"] = float(t["holds"])
         parent.log_metrics(summary)
-    return ReportResult(out, markdown, parent.run_id, results, targets, plots, skipped, wall_s)
+    return ReportResult(out, markdown, parent.run_id, results, targets, plots, skipped, wall_s, validation)
 
 
 # ----------------------------------------------------------------------------- derived rows and targets
@@ -500,7 +537,7 @@ def _protocol(cfg: ReportConfig, table: str) -> str:
 
 def render(cfg: ReportConfig, results: dict[str, RowResult], targets: list[dict[str, Any]], plots: list[Path],
            out: Path, run_id: str, wall_s: float, skipped: list[str], config_path: Path | None,
-           sweeps: list[str] | None = None) -> str:
+           sweeps: list[str] | None = None, validation: dict[str, RowResult] | None = None) -> str:
     from training.tracking import git_state
 
     ks = sorted(cfg.evaluation.ks)
@@ -633,6 +670,7 @@ def render(cfg: ReportConfig, results: dict[str, RowResult], targets: list[dict[
                              *(_f(v) for v in ours)])
             lines += [f"**{title}** ({our_protocol})", "", _md_table(header, rows, text_columns=3), ""]
 
+    lines += validation_section(cfg, results, validation or {}, k1, n_head)
     lines += sweeps or []
 
     # ---- plots
@@ -651,6 +689,36 @@ def render(cfg: ReportConfig, results: dict[str, RowResult], targets: list[dict[
     if cfg.report.notes:
         lines += ["## Notes", "", *(f"- {n}" for n in cfg.report.notes), ""]
     return "\n".join(lines)
+
+
+def validation_section(cfg: ReportConfig, results: dict[str, RowResult], validation: dict[str, RowResult],
+                       k: int, n: int) -> list[str]:
+    """The rows fitted on the validation window beside their test-window figures."""
+    if not validation or cfg.validation is None:
+        return []
+    v = cfg.validation
+    lines = [f"## The same rows on the validation window (train before {v.cutoff}, test [{v.cutoff}, {v.end}))", "",
+             "Sweeps tune on this window and never see the test window. Whatever in the default model was chosen "
+             "by hand while looking at the test window has to hold here too: a gain that appears only in the test "
+             "columns is a choice fitted to the test window.", ""]
+    header = ["model", f"Recall@{k} validation", f"Recall@{k} test", f"NDCG@{k} validation", f"NDCG@{k} test",
+              f"known products: lift vs most-active@{n}, validation", "test",
+              f"never-sold: lift vs most-active@{n}, validation", "test"]
+    rows = []
+    for label, val in validation.items():
+        test = results.get(label)
+        tm = test.metrics if test is not None else {}
+        rows.append([_name(val), _f(val.metrics.get(f"recall@{k}")), _f(tm.get(f"recall@{k}")),
+                     _f(val.metrics.get(f"ndcg@{k}")), _f(tm.get(f"ndcg@{k}")),
+                     *(_f(m.get(f"audience_{g}_lift_most_active@{n}"), 2) for g in ("known", "new")
+                       for m in (val.metrics, tm))])
+    lines += [_md_table(header, rows), ""]
+    any_val = next(iter(validation.values()))
+    lines += [f"Validation window: {int(any_val.metrics.get('n_queries', 0)):,} members with a purchase in it; "
+              f"{_count(any_val.metrics.get('audience_known_n_products'), 'sold product')} and "
+              f"{_count(any_val.metrics.get('audience_new_n_products'), 'never-sold product')} with enough buyers "
+              "to be scored.", ""]
+    return lines
 
 
 def _count(n: float | None, noun: str) -> str:
