@@ -19,6 +19,8 @@ Audiences (product -> person)
 
 from __future__ import annotations
 
+import importlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any, Literal
@@ -583,8 +585,6 @@ class Hybrid(Recommender):
         return item_cat, item_brand, item_line
 
     def _fit(self, data: TrainData) -> None:
-        import lightgbm as lgb
-
         p = self.params
         item_cat, item_brand, item_line = self._tags(data)
         rng = np.random.default_rng(p.seed)
@@ -596,39 +596,46 @@ class Hybrid(Recommender):
         windows = label_windows(data.interactions, p)
         if not windows:
             raise ValueError("not enough history for a label window; lower label_days or add data")
-        for w, (history, labels) in enumerate(windows):
-            s = build_state(history, p, item_cat, item_brand, data.product_tags, item_line)
-            users = np.where(np.diff(labels.indptr) > 0)[0]
-            users = users[np.diff(s.counts.indptr)[users] > 0]  # members with a history to learn from
-            r, c = self._candidates(s, users)
-            y = _gather(labels, users[r], c) > 0
-            keep = y | (rng.random(len(y)) < p.negative_rate)
-            X_parts.append(pair_features(s, users[r[keep]], c[keep])[:, keep_cols])
-            y_parts.append(y[keep])
-            if p.audiences:
-                examples.append(self._audience_examples(s, labels, audience_rng, window=w))
-        X, y = np.vstack(X_parts), np.concatenate(y_parts)
-        classifier = lgb.LGBMClassifier(
-            n_estimators=p.n_estimators, learning_rate=p.learning_rate, num_leaves=p.num_leaves,
-            min_child_samples=p.min_child_samples, subsample=0.8, subsample_freq=1,
-            random_state=p.seed, n_jobs=max(p.num_threads, 1), verbose=-1,
-            deterministic=True, force_row_wise=True,
-        )
-        classifier.fit(X, y)
-        self.ranker = _BoosterClassifier(classifier.booster_, p.num_threads)
-        self.keep_cols = np.asarray(keep_cols, dtype=np.int64)
-        self.training_summary = {
-            "label_windows": len(windows), "ranker_rows": int(len(y)), "ranker_positive_rate": float(y.mean()),
-        }
-        self.audience_w = self.audience_g = self.audience_b = None
-        if p.audiences:
-            ex = AudienceExamples.concat(examples)
-            self._fit_audience(ex)
-            self.training_summary.update({
-                "audience_rows_sold": int((~ex.cold).sum()), "audience_rows_never_sold": int(ex.cold.sum()),
-            })
-        # the final state: everything before the cut-off
-        self.state = build_state(data.interactions, p, item_cat, item_brand, data.product_tags, item_line)
+        # The final state (everything before the cut-off) depends on nothing learnt here, and the
+        # ranker and the audience models on nothing of each other: they run side by side (each is
+        # deterministic on its own, so the model is the same as one built in sequence). BLAS stays
+        # at one thread for the whole fit, so no worker's limit can lapse inside another's.
+        with threadpool_limits(1, "blas"), ThreadPoolExecutor(2) as pool:
+            lightgbm = pool.submit(importlib.import_module, "lightgbm")
+            final = pool.submit(build_state, data.interactions, p, item_cat, item_brand, data.product_tags, item_line)
+            for w, (history, labels) in enumerate(windows):
+                s = build_state(history, p, item_cat, item_brand, data.product_tags, item_line)
+                users = np.where(np.diff(labels.indptr) > 0)[0]
+                users = users[np.diff(s.counts.indptr)[users] > 0]  # members with a history to learn from
+                r, c = self._candidates(s, users)
+                y = _gather(labels, users[r], c) > 0
+                keep = y | (rng.random(len(y)) < p.negative_rate)
+                X_parts.append(pair_features(s, users[r[keep]], c[keep])[:, keep_cols])
+                y_parts.append(y[keep])
+                if p.audiences:
+                    examples.append(self._audience_examples(s, labels, audience_rng, window=w))
+            ex = AudienceExamples.concat(examples) if p.audiences else None
+            self.audience_w = self.audience_g = self.audience_b = None  # set by _fit_audience
+            audiences = pool.submit(self._fit_audience, ex) if ex is not None else None
+            X, y = np.vstack(X_parts), np.concatenate(y_parts)
+            classifier = lightgbm.result().LGBMClassifier(
+                n_estimators=p.n_estimators, learning_rate=p.learning_rate, num_leaves=p.num_leaves,
+                min_child_samples=p.min_child_samples, subsample=0.8, subsample_freq=1,
+                random_state=p.seed, n_jobs=max(p.num_threads, 1), verbose=-1,
+                deterministic=True, force_row_wise=True,
+            )
+            classifier.fit(X, y)
+            self.ranker = _BoosterClassifier(classifier.booster_, p.num_threads)
+            self.keep_cols = np.asarray(keep_cols, dtype=np.int64)
+            self.training_summary = {
+                "label_windows": len(windows), "ranker_rows": int(len(y)), "ranker_positive_rate": float(y.mean()),
+            }
+            if audiences is not None and ex is not None:
+                audiences.result()
+                self.training_summary.update({
+                    "audience_rows_sold": int((~ex.cold).sum()), "audience_rows_never_sold": int(ex.cold.sum()),
+                })
+            self.state = final.result()
 
     # -- picks
     def _candidates(self, s: FeatureState, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
