@@ -2,11 +2,13 @@
 
 1. The ALS wrapper's fit against calling implicit directly on the same weighted matrix, in the
    same process, alternating runs (target: within 10 %).
-2. ``recsys train`` end to end with the default config (features present; target <= 90 s).
+2. ``recsys train`` end to end with the default config (features present; target <= 90 s), run
+   ``--train-repeats`` times; the machine's load average is printed beside each run, since the
+   figure is absolute and a shared machine slows it.
 
 Run after ``make demo`` (or the fetch / ingest / features steps)::
 
-    .venv/bin/python experiments/bench_training.py [--repeats 3] [--skip-train]
+    .venv/bin/python experiments/bench_training.py [--repeats 3] [--train-repeats 2] [--skip-train]
 """
 
 from __future__ import annotations
@@ -51,18 +53,24 @@ def bench_wrapper(data_dir: Path, repeats: int) -> dict[str, float]:
     return {"wrapper_fit_s": w, "implicit_fit_s": r, "overhead_pct": 100 * (w - r) / r}
 
 
-def bench_train(config: Path) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "recsys.cli", "train", "--config", str(config),
-                               "--tracking-uri", uri], capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        print(proc.stderr[-2000:], file=sys.stderr)
-        raise SystemExit("recsys train failed")
-    print(proc.stdout)
-    return {"recsys_train_wall_s": wall}
+def bench_train(config: Path, repeats: int) -> dict[str, float]:
+    walls = []
+    for i in range(repeats):
+        load = os.getloadavg()[0]
+        with tempfile.TemporaryDirectory() as tmp:
+            uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "recsys.cli", "train", "--config", str(config),
+                                   "--tracking-uri", uri], capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            print(proc.stderr[-2000:], file=sys.stderr)
+            raise SystemExit("recsys train failed")
+        if i == 0:
+            print(proc.stdout)
+        print(f"recsys train run {i + 1}: {wall:.1f} s wall (load average before it: {load:.2f})")
+        walls.append(wall)
+    return {"recsys_train_wall_s": statistics.median(walls), "recsys_train_best_s": min(walls)}
 
 
 def main() -> None:
@@ -70,17 +78,18 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=Path("data"))
     ap.add_argument("--config", type=Path, default=Path("experiments/configs/default.toml"))
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--train-repeats", type=int, default=2)
     ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args()
     out = bench_wrapper(args.data_dir, args.repeats)
     if not args.skip_train:
-        out.update(bench_train(args.config))
+        out.update(bench_train(args.config, args.train_repeats))
     print(f"{'figure':24s} value")
     for k, v in out.items():
         print(f"{k:24s} {v:8.2f}")
     print(f"targets: overhead <= 10 % -> {'met' if out['overhead_pct'] <= 10 else 'NOT met'}"
           + (f"; recsys train <= 90 s -> {'met' if out['recsys_train_wall_s'] <= 90 else 'NOT met'}"
-             if "recsys_train_wall_s" in out else ""))
+             + " (median)" if "recsys_train_wall_s" in out else ""))
 
 
 if __name__ == "__main__":
