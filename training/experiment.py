@@ -607,9 +607,8 @@ def run_sweep(
     maximize = cfg.sweep.direction == "maximize"
     best_path = best_out or cfg.best_config_path
     t_start = time.perf_counter()
-    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp, \
+    with tempfile.TemporaryDirectory() as tmp, \
             Tracker(cfg.experiment, run_name=f"sweep-{cfg.sweep.name}", tracking_uri=tracking_uri) as parent:
-        warnings.filterwarnings("ignore", message="Method expects CSR input")  # implicit, about its own copy
         parent.set_tags({"recsys.sweep": "true", "sweep.name": cfg.sweep.name, "sweep.metric": metric})
         parent.log_params({"sweep": cfg.sweep, "pruner": cfg.pruner, "validation": cfg.validation,
                            "data": cfg.data, "evaluation": cfg.evaluation})

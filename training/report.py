@@ -206,11 +206,12 @@ def run_report(
     only: list[str] | None = None,
 ) -> ReportResult:
     from training.pipeline import fit_and_evaluate
-    from training.tracking import Tracker
+    from training.tracking import Tracker, git_state
 
     console = console or Console(stderr=True)
     out = out or cfg.report.output
     t_all = time.perf_counter()
+    git = git_state()  # the code the rows ran, before the report overwrites its own tracked outputs
     wanted = [r for r in cfg.rows if only is None or r.label in only]
     if only is not None and len(wanted) != len(set(only)):
         missing = sorted(set(only) - {r.label for r in cfg.rows})
@@ -263,7 +264,7 @@ def run_report(
         plots = write_plots(cfg, results, plots_dir)
         wall_s = time.perf_counter() - t_all
         markdown = render(cfg, results, targets, plots, out, parent.run_id, wall_s, skipped, config_path, sweeps,
-                          validation)
+                          validation, git)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(markdown)
         parent.log_file(out)
@@ -537,7 +538,8 @@ def _protocol(cfg: ReportConfig, table: str) -> str:
 
 def render(cfg: ReportConfig, results: dict[str, RowResult], targets: list[dict[str, Any]], plots: list[Path],
            out: Path, run_id: str, wall_s: float, skipped: list[str], config_path: Path | None,
-           sweeps: list[str] | None = None, validation: dict[str, RowResult] | None = None) -> str:
+           sweeps: list[str] | None = None, validation: dict[str, RowResult] | None = None,
+           git: dict[str, str] | None = None) -> str:
     from training.tracking import git_state
 
     ks = sorted(cfg.evaluation.ks)
@@ -548,7 +550,7 @@ def render(cfg: ReportConfig, results: dict[str, RowResult], targets: list[dict[
     shown_sizes = [n for n in sizes if n in (100, 1000, 5000)] or sizes
     any_row = next(iter(results.values()), None)
     train = any_row.train if any_row else {}
-    git = git_state()
+    git = git if git is not None else git_state()
     lines = [
         f"# {cfg.report.title}",
         "",

@@ -7,6 +7,7 @@ with no purchases get a vector from their attributes (see :func:`attribute_vecto
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -177,6 +178,23 @@ class ItemKNNParams(ModelParams):
     weighting: Weighting = "count"
 
 
+def item_similarity(matrix: sp.csr_matrix, neighbours: int, similarity: str = "cosine", bm25_k1: float = 1.2,
+                    bm25_b: float = 0.75, num_threads: int = 0) -> sp.csr_matrix:
+    """implicit's item-item kNN similarity (products x products, ``neighbours`` per product) over
+    a members x products matrix."""
+    from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+
+    if similarity == "bm25":
+        knn = BM25Recommender(K=neighbours, K1=bm25_k1, B=bm25_b, num_threads=num_threads)
+    else:
+        knn = CosineRecommender(K=neighbours, num_threads=num_threads)
+    with warnings.catch_warnings():
+        # implicit normalises the matrix into a COO copy and then warns that it was not given CSR
+        warnings.filterwarnings("ignore", message="Method expects CSR input")
+        knn.fit(sp.csr_matrix(matrix), show_progress=False)
+    return sp.csr_matrix(knn.similarity, dtype=np.float32)
+
+
 class ItemKNN(Recommender):
     """implicit's item-item nearest neighbours (cosine or BM25): a member's score for a product
     is the similarity-weighted sum over what they bought."""
@@ -185,16 +203,9 @@ class ItemKNN(Recommender):
     Params = ItemKNNParams
 
     def _fit(self, data: TrainData) -> None:
-        from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
-
         p = self.params
         matrix = data.interactions.matrix(p.weighting)
-        if p.similarity == "bm25":
-            knn = BM25Recommender(K=p.neighbours, K1=p.bm25_k1, B=p.bm25_b, num_threads=0)
-        else:
-            knn = CosineRecommender(K=p.neighbours, num_threads=0)
-        knn.fit(matrix, show_progress=False)
-        self.similarity = sp.csr_matrix(knn.similarity, dtype=np.float32)
+        self.similarity = item_similarity(matrix, p.neighbours, p.similarity, p.bm25_k1, p.bm25_b)
         self.user_items = matrix.astype(np.float32)
         self.activity = np.asarray(data.interactions.member_days(), dtype=np.float32)
         self.activity /= max(float(self.activity.max(initial=0)), 1.0)

@@ -33,7 +33,7 @@ from recsys.arrays import unique_ints
 from recsys.errors import RecsysError
 from recsys.interactions import Interactions
 from recsys.models.base import ModelParams, Recommender, Tag, TrainData
-from recsys.models.factorization import attribute_vectors
+from recsys.models.factorization import attribute_vectors, item_similarity
 
 NEG_INF = np.float32(-np.inf)
 
@@ -218,7 +218,7 @@ def build_state(
     product_tags: dict[str, Tag], item_line: np.ndarray | None = None,
 ) -> FeatureState:
     from implicit.cpu.als import AlternatingLeastSquares
-    from implicit.nearest_neighbours import CosineRecommender, bm25_weight
+    from implicit.nearest_neighbours import bm25_weight
 
     counts = x.matrix("count")
     counts.sort_indices()
@@ -228,8 +228,7 @@ def build_state(
             random_state=params.seed, num_threads=params.num_threads,
         )
         als.fit(bm25_weight(counts, K1=params.bm25_k1, B=params.bm25_b).tocsr(), show_progress=False)
-        knn = CosineRecommender(K=params.knn_neighbours, num_threads=params.num_threads)
-        knn.fit(counts, show_progress=False)
+        knn_sim = item_similarity(counts, params.knn_neighbours, num_threads=params.num_threads)
     warm = np.diff(counts.tocsc().indptr) > 0
     item_factors = attribute_vectors(np.asarray(als.item_factors, np.float32), warm, product_tags)
     binary = counts.copy()
@@ -249,7 +248,6 @@ def build_state(
     item_band = band.codes if band is not None else np.full(x.shape[1], -1, np.int32)
     member_brand = _sorted_group_matrix(counts, item_brand)
     member_line = _sorted_group_matrix(counts, item_line)
-    knn_sim = sp.csr_matrix(knn.similarity, dtype=np.float32)
     span = float(max(int(x.age_days.max(initial=1)), 1))
     return FeatureState(
         counts=counts, counts_csc=counts.tocsc(), last_age=last_age, last_age_csc=last_age.tocsc(),
