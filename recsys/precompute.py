@@ -32,8 +32,10 @@ Examples
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +128,7 @@ def pre_rank(
     batch_size: int | None = None,
     verify: int = VERIFY_MEMBERS,
     progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
 ) -> PreRanked:
     """Rank every member's top-``n`` products in each of ``modes`` (see the module docstring).
 
@@ -137,6 +140,9 @@ def pre_rank(
         ~256 MB, at most 1,024)
     verify : members (spread over the index) whose lists are compared with ``model.recommend``
     progress : called with (members done, members) after each batch
+    workers : threads ranking batches side by side (default: one per core). Scoring is NumPy,
+        SciPy, FAISS and LightGBM calls that release the GIL, each batch writes its own rows, and
+        a model's scoring hooks only read the fitted model.
 
     Raises
     ------
@@ -154,7 +160,8 @@ def pre_rank(
     indices = {m: np.full((n_members, n), -1, dtype=np.int32) for m in modes}
     scores = {m: np.full((n_members, n), NEG_INF, dtype=np.float32) for m in modes}
     fast = _uses_base_recommend(model)
-    for start in range(0, n_members, batch_size):
+
+    def rank(start: int) -> int:
         batch = np.arange(start, min(n_members, start + batch_size), dtype=np.int64)
         sl = slice(start, start + len(batch))
         cand = model._score_candidates(batch) if fast else None
@@ -177,8 +184,19 @@ def pre_rank(
             for mode in modes:
                 idx, sc = model.recommend(batch, n, mode=mode)  # type: ignore[arg-type]
                 indices[mode][sl], scores[mode][sl] = idx.astype(np.int32), sc
-        if progress is not None:
-            progress(sl.stop, n_members)
+        return len(batch)
+
+    starts = range(0, n_members, batch_size)
+    if n_members:
+        rank(starts[0])  # first on its own: a model may build a lazy cache (an index) on first use
+    done = min(batch_size, n_members)
+    if progress is not None and n_members:
+        progress(done, n_members)
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        for size in pool.map(rank, starts[1:]):
+            done += size
+            if progress is not None:
+                progress(done, n_members)
     seconds = time.perf_counter() - t0
     verified = _verify(model, indices, scores, n, verify)
     meta = {

@@ -623,7 +623,7 @@ class Hybrid(Recommender):
                 deterministic=True, force_row_wise=True,
             )
             classifier.fit(X, y)
-            self.ranker = _BoosterClassifier(classifier.booster_, p.num_threads)
+            self.ranker = _BoosterClassifier(classifier.booster_)
             self.keep_cols = np.asarray(keep_cols, dtype=np.int64)
             self.training_summary = {
                 "label_windows": len(windows), "ranker_rows": int(len(y)), "ranker_positive_rate": float(y.mean()),
@@ -786,7 +786,7 @@ class Hybrid(Recommender):
         import lightgbm as lgb
 
         booster = lgb.Booster(model_str=st["ranker"])
-        self.ranker = _BoosterClassifier(booster, self.params.num_threads)
+        self.ranker = _BoosterClassifier(booster)
         self.keep_cols = st["keep_cols"]
         self.audience_w, self.audience_g, self.audience_b = st["audience_w"], st["audience_g"], st["audience_b"]
         self.training_summary = st.get("training_summary", {})
@@ -873,17 +873,16 @@ def _logistic(A: np.ndarray, b: np.ndarray, l2: float, rate: float) -> tuple[np.
 class _BoosterClassifier:
     """The one method of LGBMClassifier the model uses, over the fitted or loaded Booster.
 
-    A few rows (one member's picks while serving) are scored on one thread, where starting
-    OpenMP threads costs more than it saves; a batch uses ``num_threads`` (0: OpenMP's default).
+    Scores on one thread. Every caller already runs it beside other work — pre-ranking beside the
+    audience evaluation, the next-basket process beside the training run, requests in the server's
+    event loop — and LightGBM's OpenMP threads on top of those oversubscribe the cores: on 2 cores,
+    ``recsys train`` spent ~170 CPU-seconds with two prediction threads and ~140 with one, for the
+    same predictions (a tree ensemble's output does not depend on the thread count).
     """
 
-    BATCH_ROWS = 20_000
-
-    def __init__(self, booster: Any, num_threads: int = 0):
+    def __init__(self, booster: Any):
         self.booster_ = booster
-        self.num_threads = num_threads
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        threads = self.num_threads if len(X) >= self.BATCH_ROWS else 1
-        p = self.booster_.predict(X, num_threads=threads)
+        p = self.booster_.predict(X, num_threads=1)
         return np.column_stack([1 - p, p])
