@@ -136,6 +136,16 @@ class FeatureState:
     member_repeat: np.ndarray
     member_early: np.ndarray  # purchases of products in their first weeks on sale
     _cf_index: Any = field(default=None, repr=False, compare=False)
+    _csc: dict[str, sp.csc_matrix] = field(default_factory=dict, repr=False, compare=False)
+
+    def csc(self, name: str) -> sp.csc_matrix:
+        """A column-major copy of a products x columns table (``knn``, ``cat_knn``,
+        ``brand_knn``), made on first use. A member's affinity to a few columns is
+        ``counts_csc @ csc(name)[:, cols]``: it reads only the products those columns touch,
+        where the row-major product reads all of ``counts`` (0.4 vs 9.8 ms for one column)."""
+        if name not in self._csc:
+            self._csc[name] = sp.csc_matrix(getattr(self, name))
+        return self._csc[name]
 
     def cf_index(self) -> Any:
         """An exact inner-product FAISS index over the product vectors, built on first use: the
@@ -148,8 +158,8 @@ class FeatureState:
             self._cf_index = index
         return self._cf_index
 
-    def __getstate__(self) -> dict[str, Any]:  # the FAISS index does not pickle; it is rebuilt
-        return {**self.__dict__, "_cf_index": None}
+    def __getstate__(self) -> dict[str, Any]:  # the FAISS index does not pickle; caches are rebuilt
+        return {**self.__dict__, "_cf_index": None, "_csc": {}}
 
     @property
     def n_members(self) -> int:
@@ -306,24 +316,22 @@ def pair_features(s: FeatureState, members: np.ndarray, products: np.ndarray) ->
     ]).astype(np.float32)
 
 
-def _knn_pairs(s: FeatureState, u: np.ndarray, i: np.ndarray, sim: sp.csr_matrix | None = None) -> np.ndarray:
-    """sum over the member's history h of similarity(h, i), for each pair (``sim``: products x
-    columns, the item-kNN similarity by default; ``i`` indexes its columns).
+def _knn_pairs(s: FeatureState, u: np.ndarray, i: np.ndarray, table: str = "knn") -> np.ndarray:
+    """sum over the member's history h of similarity(h, i), for each pair (``table``: a products x
+    columns table of the state, the item-kNN similarity by default; ``i`` indexes its columns).
 
     ``history @ sim`` for the pairs' members is far larger than the pairs (tens of millions of
     entries for a few million pairs): it is computed a block of columns at a time, densely, and
     only the pairs are read from each block."""
-    if sim is None:
-        sim = s.knn
     out = np.zeros(len(u), np.float32)
     if len(u) == 0:
         return out
     members, row = np.unique(u, return_inverse=True)
     cols, col = np.unique(i, return_inverse=True)
-    history = s.counts if len(members) == s.n_members else s.counts[members]
+    history = s.counts_csc if len(members) == s.n_members else s.counts[members]
     if len(members) == s.n_members:
         row = members[row]
-    sim_cols = sp.csc_matrix(sim)[:, cols]
+    sim_cols = s.csc(table)[:, cols]
     block = max(1, int(_KNN_BLOCK_ENTRIES // max(len(members), 1)))
     order = np.argsort(col, kind="stable")
     starts = np.searchsorted(col[order], np.arange(0, len(cols) + block, block))
@@ -389,7 +397,7 @@ def audience_logits(s: FeatureState, products: np.ndarray, w: np.ndarray) -> np.
         if wt["log_category_recent"]:
             t += wt["log_category_recent"] * np.log1p(rows(s.member_cat_recent, c))
         if wt["log_category_knn"]:
-            t += wt["log_category_knn"] * np.log1p(rows(s.counts @ s.cat_knn[:, c], slice(None)))
+            t += wt["log_category_knn"] * np.log1p(rows(s.counts_csc @ s.csc("cat_knn")[:, c], slice(None)))
         return t
 
     def brand_term(b: np.ndarray) -> np.ndarray:
@@ -397,7 +405,7 @@ def audience_logits(s: FeatureState, products: np.ndarray, w: np.ndarray) -> np.
         if wt["log_brand_count"] and s.member_brand_csc is not None:
             t += wt["log_brand_count"] * np.log1p(rows(s.member_brand_csc, b))
         if wt["log_brand_knn"] and s.brand_knn is not None:
-            t += wt["log_brand_knn"] * np.log1p(rows(s.counts @ s.brand_knn[:, b], slice(None)))
+            t += wt["log_brand_knn"] * np.log1p(rows(s.counts_csc @ s.csc("brand_knn")[:, b], slice(None)))
         return t
 
     add_group(s.item_cat[products], category_term)
@@ -415,7 +423,7 @@ def audience_logits(s: FeatureState, products: np.ndarray, w: np.ndarray) -> np.
         rec = 1.0 / (1.0 + _gather(s.last_age, cnt.row, products[cnt.col]) / 30.0)
         out[cnt.col, cnt.row] += (np.log1p(cnt.data) * (wt["log_count"] + wt["log_count_x_recency"] * rec)).astype(np.float32)
     if wt["log_knn"]:
-        knn = (s.counts @ s.knn[:, products]).tocoo()
+        knn = (s.counts_csc @ s.csc("knn")[:, products]).tocoo()
         out[knn.col, knn.row] += (wt["log_knn"] * np.log1p(knn.data)).astype(np.float32)
     return out
 
@@ -431,17 +439,17 @@ def audience_pair_features(s: FeatureState, members: np.ndarray, products: np.nd
             return np.zeros(len(u), np.float32)
         return np.where(idx >= 0, _gather(mat, u, np.maximum(idx, 0)), 0.0).astype(np.float32)
 
-    def knn_pairs(sim: sp.csr_matrix | None, idx: np.ndarray) -> np.ndarray:
-        if sim is None:
+    def knn_pairs(table: str, idx: np.ndarray) -> np.ndarray:
+        if getattr(s, table) is None:
             return np.zeros(len(u), np.float32)
-        return np.where(idx >= 0, _knn_pairs(s, u, np.maximum(idx, 0), sim), 0.0).astype(np.float32)
+        return np.where(idx >= 0, _knn_pairs(s, u, np.maximum(idx, 0), table), 0.0).astype(np.float32)
 
     cats = s.item_cat[i]
     raw = {
         "cnt": pairs(s.counts, i), "ucat": pairs(s.member_cat, cats), "last": pairs(s.last_age, i),
         "brand": pairs(s.member_brand, _brands(s, i)), "cat_recent": pairs(s.member_cat_recent, cats),
-        "line": pairs(s.member_line, _groups(s.item_line, i)), "brand_knn": knn_pairs(s.brand_knn, _brands(s, i)),
-        "cat_knn": knn_pairs(s.cat_knn, cats),
+        "line": pairs(s.member_line, _groups(s.item_line, i)), "brand_knn": knn_pairs("brand_knn", _brands(s, i)),
+        "cat_knn": knn_pairs("cat_knn", cats),
         "cf": np.einsum("ij,ij->i", s.user_factors[u], s.item_factors[i]), "knn": _knn_pairs(s, u, i),
     }
     return _assemble_audience(s, u, i, raw).T
