@@ -104,9 +104,7 @@ class FeatureState:
     counts: sp.csr_matrix
     counts_csc: sp.csc_matrix
     last_age: sp.csr_matrix
-    last_age_csc: sp.csc_matrix
     recency14: sp.csr_matrix
-    recency14_csc: sp.csc_matrix
     member_cat: sp.csr_matrix
     member_cat_csc: sp.csc_matrix
     member_cat_recent: sp.csc_matrix  # recency-weighted (14-day half-life) category affinity
@@ -260,8 +258,7 @@ def build_state(
     member_line = _sorted_group_matrix(counts, item_line)
     span = float(max(int(x.age_days.max(initial=1)), 1))
     return FeatureState(
-        counts=counts, counts_csc=counts.tocsc(), last_age=last_age, last_age_csc=last_age.tocsc(),
-        recency14=recency14, recency14_csc=recency14.tocsc(),
+        counts=counts, counts_csc=counts.tocsc(), last_age=last_age, recency14=recency14,
         member_cat=member_cat, member_cat_csc=member_cat.tocsc(),
         member_cat_recent=_group_matrix(recency14, item_cat).tocsc(),
         member_band=np.asarray(_group_matrix(counts, item_band).todense(), dtype=np.float32),
@@ -444,56 +441,37 @@ def audience_pair_features(s: FeatureState, members: np.ndarray, products: np.nd
             return np.zeros(len(u), np.float32)
         return np.where(idx >= 0, _knn_pairs(s, u, np.maximum(idx, 0), table), 0.0).astype(np.float32)
 
-    cats = s.item_cat[i]
-    raw = {
-        "cnt": pairs(s.counts, i), "ucat": pairs(s.member_cat, cats), "last": pairs(s.last_age, i),
-        "brand": pairs(s.member_brand, _brands(s, i)), "cat_recent": pairs(s.member_cat_recent, cats),
-        "line": pairs(s.member_line, _groups(s.item_line, i)), "brand_knn": knn_pairs("brand_knn", _brands(s, i)),
-        "cat_knn": knn_pairs("cat_knn", cats),
-        "cf": np.einsum("ij,ij->i", s.user_factors[u], s.item_factors[i]), "knn": _knn_pairs(s, u, i),
-    }
-    return _assemble_audience(s, u, i, raw).T
-
-
-def _brands(s: FeatureState, products: np.ndarray) -> np.ndarray:
-    return _groups(s.item_brand, products)
+    cats, brands, bands = s.item_cat[i], _groups(s.item_brand, i), s.item_band[i]
+    cnt, ucat = pairs(s.counts, i), pairs(s.member_cat, cats)
+    rec = np.where(cnt > 0, 1.0 / (1.0 + pairs(s.last_age, i) / 30.0), 0.0)
+    occ = s.member_occ[u]
+    log_occ = np.log1p(occ)
+    early = s.member_early[u]
+    out = np.empty((len(u), len(AUDIENCE_FEATURES)), dtype=np.float32)
+    out[:, 0] = np.log1p(cnt)
+    out[:, 1] = np.log1p(ucat)
+    out[:, 2] = ucat / np.maximum(occ, 1.0)
+    out[:, 3] = log_occ
+    out[:, 4] = np.log1p(s.member_days[u])
+    out[:, 5] = np.log1p(np.minimum(s.member_last[u], 1e4))
+    out[:, 6] = np.einsum("ij,ij->i", s.user_factors[u], s.item_factors[i])
+    out[:, 7] = np.log1p(_knn_pairs(s, u, i))
+    out[:, 8] = s.member_repeat[u]
+    out[:, 9] = np.log1p(pairs(s.member_brand, brands))
+    out[:, 10] = out[:, 0] * rec
+    out[:, 11] = out[:, 1] * log_occ
+    out[:, 12] = np.log1p(early)
+    out[:, 13] = early / np.maximum(occ, 1.0)
+    out[:, 14] = np.where(bands >= 0, s.member_band[u, np.maximum(bands, 0)], 0.0) / np.maximum(occ, 1.0)
+    out[:, 15] = np.log1p(pairs(s.member_cat_recent, cats))
+    out[:, 16] = np.log1p(pairs(s.member_line, _groups(s.item_line, i)))
+    out[:, 17] = np.log1p(knn_pairs("brand_knn", brands))
+    out[:, 18] = np.log1p(knn_pairs("cat_knn", cats))
+    return out
 
 
 def _groups(codes: np.ndarray | None, products: np.ndarray) -> np.ndarray:
     return codes[products] if codes is not None else np.full(len(products), -1)
-
-
-def _assemble_audience(s: FeatureState, m: np.ndarray, p: np.ndarray, raw: dict[str, np.ndarray]) -> np.ndarray:
-    """The audience features from raw lookups; ``m`` and ``p`` are member / product indices that
-    broadcast against the lookups (a column and a row for a block, two vectors for pairs)."""
-    cnt, ucat = raw["cnt"], raw["ucat"]
-    shape = np.broadcast_shapes(m.shape, p.shape)
-    rec = np.where(cnt > 0, 1.0 / (1.0 + raw["last"] / 30.0), 0.0)
-    occ = s.member_occ[m]
-    log_occ = np.log1p(occ)
-    early = s.member_early[m]
-    bands = s.item_band[p]
-    out = np.empty((len(AUDIENCE_FEATURES), *shape), dtype=np.float32)
-    out[0] = np.log1p(cnt)
-    out[1] = np.log1p(ucat)
-    out[2] = ucat / np.maximum(occ, 1.0)
-    out[3] = log_occ
-    out[4] = np.log1p(s.member_days[m])
-    out[5] = np.log1p(np.minimum(s.member_last[m], 1e4))
-    out[6] = raw["cf"]
-    out[7] = np.log1p(raw["knn"])
-    out[8] = s.member_repeat[m]
-    out[9] = np.log1p(raw["brand"])
-    out[10] = out[0] * rec
-    out[11] = out[1] * log_occ
-    out[12] = np.log1p(early)
-    out[13] = early / np.maximum(occ, 1.0)
-    out[14] = np.where(bands >= 0, s.member_band[m, np.maximum(bands, 0)], 0.0) / np.maximum(occ, 1.0)
-    out[15] = np.log1p(raw["cat_recent"])
-    out[16] = np.log1p(raw["line"])
-    out[17] = np.log1p(raw["brand_knn"])
-    out[18] = np.log1p(raw["cat_knn"])
-    return out
 
 
 def product_level(s: FeatureState, products: np.ndarray) -> np.ndarray:
@@ -801,8 +779,7 @@ class Hybrid(Recommender):
         g = {k[2:]: v for k, v in st.items() if k.startswith("s_")}
         mb, ml = g.get("member_brand"), g.get("member_line")
         self.state = FeatureState(
-            counts=g["counts"], counts_csc=g["counts"].tocsc(), last_age=g["last_age"],
-            last_age_csc=g["last_age"].tocsc(), recency14=g["recency14"], recency14_csc=g["recency14"].tocsc(),
+            counts=g["counts"], counts_csc=g["counts"].tocsc(), last_age=g["last_age"], recency14=g["recency14"],
             member_cat=g["member_cat"], member_cat_csc=g["member_cat"].tocsc(),
             member_brand=mb, member_brand_csc=mb.tocsc() if mb is not None else None,
             member_line=ml, member_line_csc=ml.tocsc() if ml is not None else None,
