@@ -41,11 +41,11 @@ import orjson
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.responses import Response
 
-from serving import service
 from serving.app import create_app_from_env
 from serving.deps import State, authorize, current_state, require
 from serving.keys import Principal
 from serving.schemas import Mode, PicksResponse
+from serving.service import picks as pick_service
 
 Caller = Annotated[Principal, Depends(require("picks"))]
 MemberId = Annotated[str, Path(min_length=1, max_length=200)]
@@ -98,9 +98,9 @@ def create_app() -> FastAPI:
             # the production handler's work in a def handler (thread pool), lists and orjson included
             state = current_state(request)
             authorize(request, "picks")
-            result = service.picks(state, [member_id], 10, "replenish")
+            result = pick_service.picks(state, [member_id], 10, "replenish")
             assert result is not None
-            return Response(orjson.dumps(service.picks_dict(state, result[0])), media_type="application/json")
+            return Response(orjson.dumps(pick_service.picks_dict(state, result[0])), media_type="application/json")
 
         @app.get("/bench/picks-fastapi/{member_id}", include_in_schema=False)
         async def picks_fastapi(
@@ -111,18 +111,18 @@ def create_app() -> FastAPI:
         ) -> PicksResponse:
             # the same answer the FastAPI way: dependencies, declared parameters, a pydantic
             # response model validated and serialised by FastAPI
-            result = service.picks(state, [member_id], k, mode, category, exclude, segment)
+            result = pick_service.picks(state, [member_id], k, mode, category, exclude, segment)
             assert result is not None
-            return service.picks_response(state, result[0])
+            return pick_service.picks_response(state, result[0])
 
         @app.get("/bench/picks-live/{member_id}", include_in_schema=False)
         async def picks_live(request: Request, member_id: MemberId) -> Response:
             # the production route's work with the pre-ranked lists ignored: every member scored live
             state = current_state(request)
             authorize(request, "picks")
-            result = service.picks(state, [member_id], 10, "replenish", use_lists=False)
+            result = pick_service.picks(state, [member_id], 10, "replenish", use_lists=False)
             assert result is not None
-            return Response(orjson.dumps(service.picks_dict(state, result[0])), media_type="application/json")
+            return Response(orjson.dumps(pick_service.picks_dict(state, result[0])), media_type="application/json")
 
         @app.get("/bench/recall", include_in_schema=False)
         def recall(
@@ -181,14 +181,14 @@ def create_app() -> FastAPI:
                 for mode in ("replenish", "discover"):
                     for categories, exclude in ((None, None), (category, None), (None, some_bought or None)):
                         args = (state, [member], 10, mode, categories, exclude, None)
-                        fast = service.picks(*args, allow_live=False)
+                        fast = pick_service.picks(*args, allow_live=False)
                         if fast is None:
                             continue  # the lists cannot answer this one: the server scores it live
-                        live = service.picks(*args, use_lists=False)
+                        live = pick_service.picks(*args, use_lists=False)
                         assert live is not None
                         compared += 1
                         from_lists += fast[0].source == "pre_ranked"
-                        if service.picks_dict(state, fast[0]) != service.picks_dict(state, live[0]):
+                        if pick_service.picks_dict(state, fast[0]) != pick_service.picks_dict(state, live[0]):
                             differ += 1
                             if len(examples) < 5:
                                 examples.append(f"{member} {mode} {categories} {exclude}")

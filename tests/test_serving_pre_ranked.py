@@ -20,9 +20,9 @@ from helpers_data import N_MEMBERS, N_PRODUCTS, synthetic_data
 from recsys.bundle import Bundle, BundleError, load_bundle, save_bundle
 from recsys.models import get_model
 from recsys.precompute import PreRanked, PreRankError, pre_rank
-from serving import service
 from serving.app import create_app
 from serving.schemas import AudienceResponse, BatchPicksResponse, PicksResponse, SimilarResponse
+from serving.service import picks as pick_service
 
 HYBRID = {"factors": 8, "iterations": 5, "n_estimators": 30, "min_child_samples": 10, "knn_neighbours": 20,
           "audience_negatives": 5, "num_threads": 1}
@@ -96,7 +96,7 @@ def state_of(client: TestClient) -> Any:
 
 
 def sources(client: TestClient, member: str, k: int, mode: str, **filters: Any) -> list[str]:
-    out = service.picks(state_of(client), [member], k, mode, filters.get("category"), filters.get("exclude"))
+    out = pick_service.picks(state_of(client), [member], k, mode, filters.get("category"), filters.get("exclude"))
     assert out is not None
     return [pl.source for pl in out]
 

@@ -12,7 +12,6 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
-from serving import service
 from serving.deps import Audit, MetricsDep, State, require
 from serving.keys import Principal
 from serving.schemas import (
@@ -23,6 +22,7 @@ from serving.schemas import (
     ExportRecord,
     ExportsResponse,
 )
+from serving.service import audiences as audience_service
 
 router = APIRouter(tags=["audiences"], responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
 Caller = Annotated[Principal, Depends(require("audiences"))]
@@ -39,10 +39,10 @@ def audiences(state: State, _: Caller, body: AudienceRequest) -> Response:
     # a def handler: a 100,000-member audience is tens of milliseconds of numpy, kept off the loop.
     # The body is encoded once with orjson: as 10,000 pydantic members validated again by FastAPI
     # it cost more than finding them (response_model documents it; the tests validate it)
-    return Response(orjson.dumps(service.audience(state, body).as_dict()), media_type="application/json")
+    return Response(orjson.dumps(audience_service.audience(state, body).as_dict()), media_type="application/json")
 
 
-def _csv_rows(result: service.AudienceResult) -> Iterator[bytes]:
+def _csv_rows(result: audience_service.AudienceResult) -> Iterator[bytes]:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["member_id", "score", "rank"])
@@ -68,7 +68,7 @@ def _csv_rows(result: service.AudienceResult) -> Iterator[bytes]:
 def export_audience(
     state: State, caller: Caller, audit: Audit, metrics: MetricsDep, body: AudienceRequest
 ) -> StreamingResponse:
-    result = service.audience(state, body)
+    result = audience_service.audience(state, body)
     audit.write({
         "key_id": caller.key_id,
         "product_id": body.product_id,
@@ -94,7 +94,7 @@ def export_audience(
 
 @router.get("/v1/audiences/options", summary="Tag values, categories and brands an audience request may name")
 async def audience_options(state: State, _: Caller) -> AudienceOptions:
-    return service.audience_options(state)
+    return audience_service.audience_options(state)
 
 
 @router.get("/v1/audiences/exports", summary="Past audience exports from the audit trail, newest first")

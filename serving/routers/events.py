@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends
 
-from serving import service
 from serving.deps import MetricsDep, State, require
 from serving.keys import Principal
 from serving.schemas import ErrorResponse, EventsResponse, PurchaseEvent
+from serving.service import events as event_service
 
 router = APIRouter(tags=["events"], responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
 
@@ -26,7 +26,7 @@ def post_events(
     events: Annotated[list[PurchaseEvent], Body(min_length=1, description="At most max_events (1,000)")],
 ) -> EventsResponse:
     # a def handler: fsync blocks, so it runs in the thread pool, never on the event loop
-    accepted, applied, new_members = service.record_events(state, events)
+    accepted, applied, new_members = event_service.record_events(state, events)
     metrics.events.inc(accepted)
     return EventsResponse(
         accepted=accepted, applied=applied, new_members=new_members, model_version=state.info.version

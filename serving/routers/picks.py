@@ -36,7 +36,6 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from recsys.errors import InputError
-from serving import service
 from serving.deps import SECURITY, MetricsDep, State, authorize, current_state, require
 from serving.keys import Principal
 from serving.metrics import Metrics
@@ -48,6 +47,7 @@ from serving.schemas import (
     PicksQuery,
     PicksResponse,
 )
+from serving.service import members, picks
 
 router = APIRouter(tags=["picks"], responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
 Caller = Annotated[Principal, Depends(require("picks"))]
@@ -96,7 +96,7 @@ def _split(values: list[str] | None) -> list[str] | None:
     return out or None
 
 
-def _count(metrics: Metrics, results: list[service.PickList]) -> None:
+def _count(metrics: Metrics, results: list[picks.PickList]) -> None:
     for r in results:
         if r.fallback:
             metrics.fallbacks.labels(reason=r.fallback_reason or "").inc()
@@ -119,12 +119,12 @@ async def member_picks(request: Request, member_id: Annotated[str, Path(min_leng
     q = parse_query(request)
     args = (state, [member_id], q.k, q.mode, _split(q.category), _split(q.exclude), q.segment)
     # from the pre-ranked lists (microseconds) or a vector search (a fraction of a millisecond)
-    results = service.picks(*args, allow_live=state.scorer.kind == "vectors")
+    results = picks.picks(*args, allow_live=state.scorer.kind == "vectors")
     if results is None:  # the model scoring live takes milliseconds: not on the event loop
-        results = await anyio.to_thread.run_sync(lambda: service.picks(*args))
+        results = await anyio.to_thread.run_sync(lambda: picks.picks(*args))
     assert results is not None
     _count(request.app.state.metrics, results)
-    return _json(service.picks_dict(state, results[0]))
+    return _json(picks.picks_dict(state, results[0]))
 
 
 @router.post(
@@ -136,12 +136,12 @@ async def member_picks(request: Request, member_id: Annotated[str, Path(min_leng
 def batch_picks(state: State, metrics: MetricsDep, _: Caller, body: BatchPicksRequest) -> Response:
     if len(body.member_ids) > state.settings.max_batch:
         raise InputError(f"at most {state.settings.max_batch} member_ids per call; got {len(body.member_ids)}")
-    results = service.picks(
+    results = picks.picks(
         state, body.member_ids, body.k, body.mode, _split(body.category), _split(body.exclude), body.segment
     )
     assert results is not None
     _count(metrics, results)
-    return _json({"model_version": state.info.version, "results": [service.picks_dict(state, r) for r in results]})
+    return _json({"model_version": state.info.version, "results": [picks.picks_dict(state, r) for r in results]})
 
 
 @router.get(
@@ -152,4 +152,4 @@ def batch_picks(state: State, metrics: MetricsDep, _: Caller, body: BatchPicksRe
 def member_profile(
     state: State, _: Caller, member_id: Annotated[str, Path(min_length=1, max_length=200)]
 ) -> MemberProfile:
-    return service.member_profile(state, member_id)
+    return members.member_profile(state, member_id)

@@ -8,10 +8,10 @@ import orjson
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 
-from serving import service
 from serving.deps import State, get_caller, require
 from serving.keys import Principal
 from serving.schemas import ErrorResponse, ProductSearchResponse, SimilarResponse
+from serving.service import products, similar
 
 router = APIRouter(tags=["similar"], responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
 
@@ -29,7 +29,7 @@ async def similar_products(
     k: Annotated[int, Query(ge=1, le=10_000, description="At most max_k (100)")] = 10,
 ) -> Response:
     # encoded once with orjson (response_model documents the body)
-    return Response(orjson.dumps(service.similar_dict(state, product_id, k)), media_type="application/json")
+    return Response(orjson.dumps(similar.similar_dict(state, product_id, k)), media_type="application/json")
 
 
 @router.get(
@@ -44,4 +44,4 @@ async def search_products(
     category: Annotated[str | None, Query(max_length=200, description="Only this category")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
 ) -> ProductSearchResponse:
-    return service.search_products(state, q, category, limit)
+    return products.search_products(state, q, category, limit)

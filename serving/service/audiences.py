@@ -1,0 +1,247 @@
+"""Audiences for a product (``/v1/audiences``, its CSV export and ``/v1/audiences/options``): the
+member filter, the reference products of a product not yet sold, the members and their profile,
+and the expected buyers of the random and most-active baselines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from recsys.errors import InputError
+from serving.schemas import (
+    AudienceBaseline,
+    AudienceOptions,
+    AudienceProfile,
+    AudienceRequest,
+    AudienceResponse,
+)
+from serving.service.common import listing, product_column, product_row
+from serving.state import UNKNOWN, ServingState
+
+# a product not yet sold is scored from at most this many reference products (the most bought)
+MAX_REFERENCE_PRODUCTS = 50
+MIN_BRAND_REFERENCES = 3
+
+
+def member_mask(state: ServingState, filters: dict[str, list[str]]) -> np.ndarray | None:
+    """Members (over every row, live ones included) whose tags pass ``filters``; None: all."""
+    if not filters:
+        return None
+    mask = np.ones(state.members.n_base, dtype=bool)
+    for tag, labels in filters.items():
+        masks = state.tag_masks.get(tag)
+        if masks is None:
+            present = ", ".join(sorted(state.tag_masks)) or "none"
+            raise InputError(f"member tag {tag!r} is not in this bundle; tags: {present}")
+        unknown = [v for v in labels if v not in masks]
+        if unknown:
+            raise InputError(
+                f"unknown {tag} value(s) {', '.join(map(repr, unknown))}; allowed: {listing(sorted(masks))}"
+            )
+        keep = np.zeros(state.members.n_base, dtype=bool)
+        for label in labels:
+            keep |= masks[label]
+        mask &= keep
+    # members first seen in live events have no tags yet: no tag filter keeps them
+    return np.concatenate([mask, np.zeros(len(state.members) - state.members.n_base, dtype=bool)])
+
+
+def _reference_products(state: ServingState, category: str, price: float | None, brand: str | None) -> tuple[np.ndarray, list[str]]:
+    """Products that stand in for a product not yet sold: the most bought of the same category,
+    narrowed to the price band of the nearest-priced product and then to the brand when enough
+    such products exist."""
+    code = state.category.code(category)
+    if code < 0:
+        raise InputError(f"unknown category {category!r}; categories: {listing(state.category.labels)}")
+    in_cat = state.category.codes == code
+    sold = np.asarray(state.history.sum(axis=0)).ravel()
+    warm = getattr(state.bundle.model, "warm_items", None)
+    warm = np.asarray(warm, dtype=bool) if warm is not None and len(warm) == state.n_products else sold > 0
+    cand = in_cat & warm if (in_cat & warm).any() else in_cat
+    notes = [f"scored from products of category {category!r}"]
+    table = state.product_table
+    if price is not None and {"price", "price_band"} <= set(table.column_names):
+        prices = np.asarray(table.column("price").to_pylist(), dtype=np.float64)
+        bands = np.asarray(table.column("price_band").to_pylist(), dtype=object)
+        priced = np.flatnonzero(cand & np.isfinite(prices))
+        if len(priced):
+            nearest = priced[np.argmin(np.abs(prices[priced] - price))]
+            band = bands[nearest]
+            narrowed = cand & (bands == band)
+            if band is not None and narrowed.any():
+                cand = narrowed
+                notes.append(f"price band {band!r} (nearest-priced product {state.products.external_ids[nearest]})")
+    if brand is not None and "brand" in table.column_names:
+        brands = np.asarray(table.column("brand").to_pylist(), dtype=object)
+        narrowed = cand & (brands == brand)
+        if narrowed.sum() >= MIN_BRAND_REFERENCES:
+            cand = narrowed
+            notes.append(f"brand {brand!r}")
+    rows = np.flatnonzero(cand)
+    rows = rows[np.lexsort((rows, -sold[rows]))][:MAX_REFERENCE_PRODUCTS]
+    return rows, notes
+
+
+@dataclass
+class AudienceResult:
+    """An audience before encoding: :class:`~serving.schemas.AudienceResponse`'s fields with the
+    members as two parallel lists (ids, scores), not 100,000 pydantic objects."""
+
+    model_version: str
+    product_id: str | None
+    reference_products: list[str]
+    member_ids: list[str]
+    scores: list[float]
+    profile: AudienceProfile
+    notes: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The response body as plain JSON-able values (same fields, same order)."""
+        return {
+            "model_version": self.model_version,
+            "product_id": self.product_id,
+            "reference_products": self.reference_products,
+            "members": [{"member_id": m, "score": s} for m, s in zip(self.member_ids, self.scores, strict=True)],
+            "profile": self.profile.model_dump(),
+            "notes": self.notes,
+        }
+
+    def response(self) -> AudienceResponse:
+        return AudienceResponse.model_validate(self.as_dict())
+
+
+def audience(state: ServingState, req: AudienceRequest) -> AudienceResult:
+    """The members most likely to buy the product (or a product described by attributes)."""
+    if req.size > state.settings.max_audience:
+        raise InputError(f"size must be between 1 and {state.settings.max_audience}; got {req.size}")
+    notes: list[str] = []
+    vector = None
+    if req.product_id is not None:
+        reference = np.array([product_row(state, req.product_id)], dtype=np.int64)
+    else:
+        attrs = req.attributes
+        assert attrs is not None  # the request model guarantees one of the two
+        reference, notes = _reference_products(state, attrs.category, attrs.price, attrs.brand)
+        hook = getattr(state.bundle.model, "virtual_item_vector", None)
+        if callable(hook) and state.scorer.kind == "vectors":
+            vector = hook(attrs.model_dump())
+            if vector is not None:
+                notes = ["scored from the model's own vector for these attributes"]
+    with state.lock:  # live events may add member rows: mask and search see the same rows
+        mask = member_mask(state, req.filters.active())
+        if req.exclude_bought_within_days is not None:
+            if req.product_id is None:
+                notes.append("exclude_bought_within_days ignored: a product not yet sold has no buyers")
+            else:
+                recent, dated = state.recent_buyers(int(reference[0]), req.exclude_bought_within_days)
+                if not dated:
+                    notes.append(
+                        "purchase dates are not in this bundle: every past buyer of the product is excluded "
+                        "(plus live buyers within the window)"
+                    )
+                mask = (np.ones(len(state.members), dtype=bool) if mask is None else mask) & ~recent
+        whole = None
+        if callable(getattr(state.bundle.model, "purchase_probability", None)) and state.scorer.kind == "model":
+            # the baselines need every pool member's score: rank the pool once and take its head
+            # (the model's top-n is the head of its top-(n+1): recsys.models.base.topk_rows)
+            n_rows = state.scorer.n_members
+            pool = n_rows if mask is None else int(np.count_nonzero(mask[:n_rows]))
+            whole = state.scorer.audience(reference, max(pool, req.size), mask, vector)
+            idx, sc = whole[0][: req.size], whole[1][: req.size]
+        else:
+            idx, sc = state.scorer.audience(reference, req.size, mask, vector)
+        ok = idx >= 0
+        rows, scores = idx[ok], sc[ok]
+        result = profile(state, rows, scores)
+        _add_baselines(state, result, reference, mask, vector, whole)
+    return AudienceResult(
+        model_version=state.info.version,
+        product_id=req.product_id,
+        reference_products=state.products.to_external(reference).tolist(),
+        member_ids=state.members.external(rows),
+        scores=scores.tolist(),
+        profile=result,
+        notes=notes,
+    )
+
+
+def member_activity(state: ServingState) -> np.ndarray:
+    """Purchase occasions per member row (bundle history + live events): who is "most active"."""
+    activity = np.zeros(len(state.members), dtype=np.float64)
+    base = np.asarray(state.purchase_counts.sum(axis=1), dtype=np.float64).ravel()
+    activity[: len(base)] = base
+    for member, bought in state.live.count.items():
+        if member < len(activity):
+            activity[member] += sum(bought.values())
+    return activity
+
+
+def _add_baselines(
+    state: ServingState, result: AudienceProfile, reference: np.ndarray, mask: np.ndarray | None,
+    vector: np.ndarray | None, whole: tuple[np.ndarray, np.ndarray] | None = None,
+) -> None:
+    """The pool the filters keep and, when the model gives calibrated purchase probabilities, the
+    expected buyers of two other ways to pick as many members from that pool: at random (size x
+    the pool's mean probability) and the most active members (most purchase occasions)."""
+    n_rows = state.scorer.n_members
+    pool_mask = np.ones(n_rows, dtype=bool) if mask is None else mask[:n_rows]
+    pool_size = int(pool_mask.sum())
+    result.eligible = pool_size
+    hook = getattr(state.bundle.model, "purchase_probability", None)
+    n = result.size
+    if not callable(hook) or result.expected_buyers is None or n == 0 or pool_size == 0:
+        return
+    # every pool member's score for the product: the same scorer call as the audience itself
+    idx, sc = whole if whole is not None else state.scorer.audience(reference, pool_size, mask, vector)
+    ok = (idx >= 0) & np.isfinite(sc)
+    rows = idx[ok]
+    if not len(rows):
+        return
+    prob = np.zeros(n_rows, dtype=np.float64)
+    prob[rows] = np.asarray(hook(sc[ok]), dtype=np.float64)
+    pool = np.flatnonzero(pool_mask)
+    random_expected = n * float(prob[pool].mean())
+    activity = member_activity(state)[:n_rows][pool]
+    most_active = pool[np.lexsort((pool, -activity))][:n]
+    active_expected = float(prob[most_active].sum())
+    result.random = AudienceBaseline(size=n, expected_buyers=random_expected)
+    result.most_active = AudienceBaseline(size=len(most_active), expected_buyers=active_expected)
+    result.lift_vs_random = result.expected_buyers / random_expected if random_expected > 0 else None
+    result.lift_vs_most_active = result.expected_buyers / active_expected if active_expected > 0 else None
+
+
+def profile(state: ServingState, rows: np.ndarray, scores: np.ndarray) -> AudienceProfile:
+    """Members per tag value (``unknown`` for none) and, when the model provides calibrated
+    probabilities (a ``purchase_probability(scores)`` hook), the expected number of buyers."""
+    counts: dict[str, dict[str, int]] = {}
+    base = rows[rows < state.members.n_base]
+    n_new = len(rows) - len(base)
+    for tag, t in state.member_tags.items():
+        codes = t.codes[base]
+        bins = np.bincount(np.where(codes >= 0, codes, len(t.labels)), minlength=len(t.labels) + 1)
+        c = {label: int(bins[i]) for i, label in enumerate(t.labels) if bins[i]}
+        if bins[-1] + n_new:
+            c[UNKNOWN] = int(bins[-1]) + n_new
+        counts[tag] = c
+    expected = None
+    hook = getattr(state.bundle.model, "purchase_probability", None)
+    if callable(hook) and len(scores):
+        expected = float(np.sum(np.asarray(hook(scores), dtype=np.float64)))
+    elif callable(hook):
+        expected = 0.0
+    return AudienceProfile(size=int(len(rows)), counts=counts, expected_buyers=expected)
+
+
+
+def audience_options(state: ServingState) -> AudienceOptions:
+    """Tag values, categories and brands an audience request may name."""
+    brands = product_column(state, "brand") or []
+    return AudienceOptions(
+        model_version=state.info.version,
+        tags={tag: sorted(masks) for tag, masks in state.tag_masks.items()},
+        categories=sorted(state.category.labels),
+        brands=sorted({str(b) for b in brands if b}),
+        max_audience=state.settings.max_audience,
+    )

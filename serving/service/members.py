@@ -1,0 +1,57 @@
+"""A member's profile for a store clerk's member view (``/v1/members/{id}/profile``)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from serving.schemas import CategoryShare, LastPurchase, MemberProfile
+from serving.service.common import product_category, product_name
+from serving.state import UNKNOWN, ServingState
+
+
+def member_profile(state: ServingState, member_id: str, top: int = 5) -> MemberProfile:
+    """A member's tags, purchase totals, top categories and last purchase (when dates are known)."""
+    row = state.members.get(member_id)
+    tags: dict[str, str | None] = {}
+    for tag, t in state.member_tags.items():
+        code = t.codes[row] if 0 <= row < len(t.codes) else -1
+        tags[tag] = t.labels[code] if code >= 0 else None
+    with state.lock:
+        bought = state.bought(row) if row >= 0 else {}
+        live_last = {
+            p: buyers[row] for p, buyers in state.live.last.items() if row >= 0 and row in buyers
+        }
+    per_category: dict[str, float] = {}
+    for p, c in bought.items():
+        cat = product_category(state, p) or UNKNOWN
+        per_category[cat] = per_category.get(cat, 0.0) + c
+    top_categories = sorted(per_category.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    last: LastPurchase | None = None
+    today = datetime.now(UTC).date()
+    if live_last:
+        p, ts = max(live_last.items(), key=lambda kv: (kv[1], -kv[0]))
+        day = datetime.fromtimestamp(ts, UTC).date()
+        last = LastPurchase(product_id=str(state.products.external_ids[p]), name=product_name(state, p),
+                            category=product_category(state, p), date=day.isoformat(), days_ago=(today - day).days)
+    elif state.last_age is not None and 0 <= row < state.last_age.shape[0]:
+        ages = state.last_age.getrow(row).tocoo()
+        pos = ages.data > 0
+        if pos.any():
+            cols, vals = ages.col[pos], ages.data[pos]
+            i = int(np.lexsort((cols, vals))[0])
+            p = int(cols[i])
+            day = state.as_of - timedelta(days=int(vals[i]))
+            last = LastPurchase(product_id=str(state.products.external_ids[p]), name=product_name(state, p),
+                                category=product_category(state, p), date=day.isoformat(), days_ago=(today - day).days)
+    return MemberProfile(
+        member_id=member_id,
+        model_version=state.info.version,
+        known=row >= 0,
+        tags=tags,
+        purchases=float(sum(bought.values())),
+        products_bought=len(bought),
+        top_categories=[CategoryShare(category=c, purchases=v) for c, v in top_categories],
+        last_purchase=last,
+    )
