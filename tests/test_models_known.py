@@ -343,10 +343,10 @@ def test_topfreq_audience_ties_go_to_the_more_active_member_at_high_counts():
 
 @pytest.mark.parametrize("n_members", [1, 3, 400])
 def test_hybrid_gather_equals_dense_indexing_for_few_and_many_members(n_members: int) -> None:
-    # _gather takes a row-restricted path when few members are asked for (serving)
+    # gather takes a row-restricted path when few members are asked for (serving)
     import scipy.sparse as sp
 
-    from recsys.models.hybrid import _gather
+    from recsys.models.hybrid.state import gather
 
     rng = np.random.default_rng(n_members)
     m = sp.random(500, 300, density=0.02, format="csr", random_state=n_members, dtype=np.float32)
@@ -355,14 +355,18 @@ def test_hybrid_gather_equals_dense_indexing_for_few_and_many_members(n_members:
     cols = rng.integers(0, 300, len(rows))
     coo = m.tocoo()  # add pairs that are surely stored
     rows, cols = np.r_[rows, coo.row[:20]], np.r_[cols, coo.col[:20]]
-    assert np.array_equal(_gather(m, rows, cols), m.toarray()[rows, cols])
+    assert np.array_equal(gather(m, rows, cols), m.toarray()[rows, cols])
 
 
 @pytest.mark.parametrize("zeroed", [(), ("cf", "log_count", "log_knn", "log_category_count", "band_share")])
 def test_hybrid_block_audience_logits_equal_weights_times_pair_features(zeroed: tuple[str, ...]) -> None:
     # training learns from (member, product) pairs; audiences are scored a block at a time from
     # group columns and sparse terms: both must give w @ features, whichever weights are zero
-    from recsys.models.hybrid import AUDIENCE_FEATURES, audience_logits, audience_pair_features
+    from recsys.models.hybrid.audiences import (
+        AUDIENCE_FEATURES,
+        audience_logits,
+        audience_pair_features,
+    )
 
     model = get_model("hybrid")({"factors": 8, "iterations": 3, "n_estimators": 10, "min_child_samples": 10,
                                  "knn_neighbours": 20, "audience_negatives": 5, "num_threads": 1,
@@ -396,7 +400,7 @@ def test_hybrid_within_product_logistic_is_scikit_learns_optimum(l2: float) -> N
     # standardised features plus one-hot product columns: the same weights, found in far fewer passes
     from sklearn.linear_model import LogisticRegression
 
-    from recsys.models.hybrid import _logistic_within
+    from recsys.models.hybrid.audiences import _logistic_within
 
     rng = np.random.default_rng(7)
     n, d, groups = 3000, 4, 40
@@ -415,10 +419,10 @@ def test_hybrid_within_product_logistic_is_scikit_learns_optimum(l2: float) -> N
 def test_hybrid_product_line_codes_come_only_from_barcode_ids() -> None:
     # a line is a longer id prefix of a barcode (12+ characters); other ids get no line (-1), so a
     # retailer whose ids are not barcodes gets a zero line feature rather than a wrong one
-    from recsys.models.hybrid import _id_prefix_codes
+    from recsys.models.hybrid.state import id_prefix_codes
 
     ids = np.array(["4710088620156", "4710088620999", "4710088710000", "A12", "4710088"])
-    codes = _id_prefix_codes(ids, 9)
+    codes = id_prefix_codes(ids, 9)
     assert codes[0] == codes[1] != codes[2]
     assert codes[0] >= 0 and codes[2] >= 0 and codes[3] == -1 and codes[4] == -1
 

@@ -1,0 +1,149 @@
+"""The hybrid model itself: fitting (label windows -> ranker and audience models, side by side with
+the final feature state), scoring through the contract's hooks, and saving / loading."""
+
+from __future__ import annotations
+
+import importlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from recsys.errors import RecsysError
+from recsys.models.base import Recommender, TrainData
+from recsys.models.hybrid.audiences import (
+    AudienceExamples,
+    audience_examples,
+    audience_scores,
+    fit_audience,
+)
+from recsys.models.hybrid.params import HybridParams
+from recsys.models.hybrid.ranker import (
+    PAIR_FEATURES,
+    BoosterClassifier,
+    fit_ranker,
+    pair_features,
+    ranker_examples,
+    score_candidates,
+)
+from recsys.models.hybrid.state import build_state, id_prefix_codes, state_arrays, state_from_arrays
+from recsys.models.hybrid.windows import label_windows
+
+NEG_INF = np.float32(-np.inf)
+
+
+class Hybrid(Recommender):
+    """The default model for both directions (see :mod:`recsys.models.hybrid`)."""
+
+    name = "hybrid"
+    Params = HybridParams
+    # 2: price-band and recent-category audience features; 3: product-level audience terms;
+    # 4: product-line and brand / category kNN audience features
+    state_version = 4
+
+    def _tags(self, data: TrainData) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Category, brand and product-line codes of every product (brand and line: ``None`` when
+        unknown)."""
+        cat = data.product_tags.get("category")
+        brand = data.product_tags.get("brand")
+        item_cat = cat.codes if cat is not None else np.zeros(data.n_products, np.int32)
+        item_brand = brand.codes if brand is not None and (brand.codes >= 0).any() else None
+        ids = data.interactions.products.external_ids.astype(str)
+        if item_brand is None and self.params.brand_from_id_prefix:
+            item_brand = id_prefix_codes(ids, self.params.brand_from_id_prefix)
+        item_line = id_prefix_codes(ids, self.params.line_from_id_prefix) if self.params.line_from_id_prefix else None
+        return item_cat, item_brand, item_line
+
+    def _fit(self, data: TrainData) -> None:
+        p = self.params
+        item_cat, item_brand, item_line = self._tags(data)
+        rng = np.random.default_rng(p.seed)
+        # the audience samples draw from their own stream: a change to the picks candidates
+        # (how many negatives they draw) must not reshuffle the audience model's examples
+        audience_rng = np.random.default_rng([p.seed, 1])
+        keep_cols = [j for j, f in enumerate(PAIR_FEATURES) if f not in set(p.drop_features)]
+        X_parts, y_parts, examples = [], [], []
+        windows = label_windows(data.interactions, p)
+        if not windows:
+            raise ValueError("not enough history for a label window; lower label_days or add data")
+        # The final state (everything before the cut-off) depends on nothing learnt here, and the
+        # ranker and the audience models on nothing of each other: they run side by side (each is
+        # deterministic on its own, so the model is the same as one built in sequence). BLAS stays
+        # at one thread for the whole fit, so no worker's limit can lapse inside another's.
+        with threadpool_limits(1, "blas"), ThreadPoolExecutor(2) as pool:
+            lightgbm = pool.submit(importlib.import_module, "lightgbm")
+            final = pool.submit(build_state, data.interactions, p, item_cat, item_brand, data.product_tags, item_line)
+            for w, (history, labels) in enumerate(windows):
+                s = build_state(history, p, item_cat, item_brand, data.product_tags, item_line)
+                X_w, y_w = ranker_examples(s, labels, rng, p, keep_cols)
+                X_parts.append(X_w)
+                y_parts.append(y_w)
+                if p.audiences:
+                    examples.append(audience_examples(s, labels, audience_rng, p, window=w))
+            ex = AudienceExamples.concat(examples) if p.audiences else None
+            self.audience_w = self.audience_g = self.audience_b = None  # set from fit_audience
+            audiences = pool.submit(fit_audience, ex, p) if ex is not None else None
+            X, y = np.vstack(X_parts), np.concatenate(y_parts)
+            self.ranker = fit_ranker(lightgbm.result(), X, y, p)
+            self.keep_cols = np.asarray(keep_cols, dtype=np.int64)
+            self.training_summary = {
+                "label_windows": len(windows), "ranker_rows": int(len(y)), "ranker_positive_rate": float(y.mean()),
+            }
+            if audiences is not None and ex is not None:
+                self.audience_w, self.audience_g, self.audience_b = audiences.result()
+                self.training_summary.update({
+                    "audience_rows_sold": int((~ex.cold).sum()), "audience_rows_never_sold": int(ex.cold.sum()),
+                })
+            self.state = final.result()
+
+    # -- picks
+    def _score_candidates(self, members: np.ndarray) -> sp.csr_matrix:
+        return score_candidates(self.state, self.ranker, self.keep_cols, members, self.params)
+
+    def _score_items(self, members: np.ndarray) -> np.ndarray:
+        cand = self._score_candidates(members).tocoo()
+        out = np.full(cand.shape, NEG_INF, dtype=np.float32)
+        out[cand.row, cand.col] = cand.data
+        return out
+
+    def pick_probabilities(self, members: np.ndarray, products: np.ndarray) -> np.ndarray:
+        """Probability that each (member, product) pair is bought in a label-window-long period."""
+        s = self.state
+        return self.ranker.predict_proba(pair_features(s, members, products)[:, self.keep_cols])[:, 1]
+
+    # -- audiences
+    def _score_members(self, products: np.ndarray) -> np.ndarray:
+        """Audience logits ``(len(products), n_members)`` (:func:`~recsys.models.hybrid.audiences.audience_scores`)."""
+        if self.audience_w is None:
+            raise RecsysError("this hybrid model was fitted with audiences = false: it ranks products for "
+                              "members only; train it with audiences = true to build audiences")
+        return audience_scores(self.state, products, self.audience_w, self.audience_g, self.audience_b)
+
+    def purchase_probability(self, scores: np.ndarray) -> np.ndarray:
+        """Audience scores (logits) -> calibrated purchase probabilities in a label window."""
+        return 1.0 / (1.0 + np.exp(-np.asarray(scores, dtype=np.float64)))
+
+    def _item_vectors(self) -> np.ndarray:
+        return self.state.item_factors
+
+    # -- persistence
+    def _state(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ranker": self.ranker.booster_.model_to_string(),
+            "keep_cols": self.keep_cols, "audience_w": self.audience_w, "audience_g": self.audience_g,
+            "audience_b": self.audience_b, "training_summary": self.training_summary,
+        }
+        out.update({f"s_{k}": v for k, v in state_arrays(self.state).items()})
+        return out
+
+    def _set_state(self, st: dict[str, Any]) -> None:
+        import lightgbm as lgb
+
+        booster = lgb.Booster(model_str=st["ranker"])
+        self.ranker = BoosterClassifier(booster)
+        self.keep_cols = st["keep_cols"]
+        self.audience_w, self.audience_g, self.audience_b = st["audience_w"], st["audience_g"], st["audience_b"]
+        self.training_summary = st.get("training_summary", {})
+        self.state = state_from_arrays({k[2:]: v for k, v in st.items() if k.startswith("s_")})

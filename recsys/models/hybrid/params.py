@@ -1,0 +1,55 @@
+"""The hybrid model's hyperparameters."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Literal
+
+from recsys.models.base import ModelParams
+
+
+class HybridParams(ModelParams):
+    # collaborative filtering (implicit ALS on BM25-weighted purchase-day counts)
+    factors: int = 64
+    iterations: int = 15
+    regularization: float = 0.05
+    bm25_k1: float = 100.0
+    bm25_b: float = 0.8
+    knn_neighbours: int = 100
+    # Without a brand column, a product id that is a retail barcode (EAN-13 / GS1) still names its
+    # maker in its first digits: group products by that prefix as a stand-in for brand.
+    brand_from_id_prefix: int | None = None
+    # ... and a longer prefix names a product line (one maker's sizes and flavours of a product): a
+    # never-sold product is often a new variant of a line that sold
+    line_from_id_prefix: int | None = None
+    # candidates for picks
+    candidates_popular: int = 60
+    candidates_cf: int = 40
+    # label windows
+    label_mode: Literal["days", "last_basket"] = "days"
+    label_days: int = 31
+    label_windows: int = 1  # how many windows (newest usable first) to learn from
+    holidays: list[date] = []
+    holiday_margin_days: int = 14
+    # the picks ranker (LightGBM)
+    n_estimators: int = 150
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_child_samples: int = 100
+    negative_rate: float = 0.25
+    drop_features: list[str] = ["buyers_rate", "occasions_rate", "recent_pop"]
+    # the audience models (logistic regression); off where only picks are evaluated (the
+    # next-basket protocol): the model then ranks products for members, not members for products
+    audiences: bool = True
+    audience_negatives: int = 20
+    audience_max_products: int = 3000
+    audience_l2: float = 1.0
+    # a never-sold product has no purchase history to learn from, and a model with many free
+    # weights over-fits the one window it learns from: keep it to the signals that transfer
+    cold_audience_features: list[str] = [
+        "log_category_count", "log_member_occ", "cf", "log_brand_count", "log_early_adoptions", "band_share",
+        "log_category_recent", "log_line_count", "log_brand_knn", "log_category_knn",
+    ]
+    seed: int = 0
+    num_threads: int = 0
+

@@ -1,0 +1,115 @@
+"""The hybrid's picks ranker: candidates per member, their pair features, and the LightGBM
+classifier that scores them (the probability that the member buys the product in a label-window
+long period)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from recsys.arrays import unique_ints
+from recsys.models.hybrid.params import HybridParams
+from recsys.models.hybrid.state import FeatureState, gather, knn_affinity
+
+PAIR_FEATURES = (
+    "count", "count_rel", "count_rate", "recency14", "last_age", "cf", "buyers_rate",
+    "occasions_rate", "recent_pop", "rebuy_rate", "member_days_rate", "member_last_age",
+    "blend", "member_repeat_share", "category_count", "category_share", "knn", "member_occ_rate",
+)
+
+
+def pair_features(s: FeatureState, members: np.ndarray, products: np.ndarray) -> np.ndarray:
+    """``(n_pairs, len(PAIR_FEATURES))`` float32 for (member, product) pairs."""
+    u, i = members.astype(np.int64), products.astype(np.int64)
+    cnt = gather(s.counts, u, i)
+    rel = cnt / np.maximum(s.member_max[u], 1.0)
+    last = np.where(cnt > 0, gather(s.last_age, u, i), 999.0)
+    cf = np.einsum("ij,ij->i", s.user_factors[u], s.item_factors[i])
+    pop_max = max(float(s.buyers.max(initial=0)), 1.0)
+    ucat = gather(s.member_cat, u, s.item_cat[i])
+    knn = knn_affinity(s, u, i)
+    return np.column_stack([
+        cnt, rel, cnt / np.maximum(s.member_days[u], 1.0), gather(s.recency14, u, i), last, cf,
+        s.buyers[i] / s.span, s.occasions[i] / s.span, s.recent_pop[i], s.rebuy_rate[i],
+        s.member_days[u] / s.span, s.member_last[u], rel + 0.05 * s.buyers[i] / pop_max,
+        s.member_repeat[u], ucat, ucat / np.maximum(s.member_occ[u], 1.0), knn, s.member_occ[u] / s.span,
+    ]).astype(np.float32)
+
+
+def candidates(s: FeatureState, users: np.ndarray, p: HybridParams) -> tuple[np.ndarray, np.ndarray]:
+    """Each member's candidate products, as (row in ``users``, product) pairs: everything they
+    bought, the most popular products and their nearest products by ALS score."""
+    sub = s.counts[users]
+    rows = [np.repeat(np.arange(len(users)), np.diff(sub.indptr))]
+    cols = [sub.indices.astype(np.int64)]
+    n_pop = min(p.candidates_popular, s.n_products)
+    top_pop = np.argsort(-s.buyers, kind="stable")[:n_pop]
+    rows.append(np.repeat(np.arange(len(users)), n_pop))
+    cols.append(np.tile(top_pop, len(users)))
+    n_cf = min(p.candidates_cf, s.n_products - 1)
+    if n_cf > 0:
+        # one thread: FAISS brings its own OpenMP runtime, whose spinning threads would fight
+        # LightGBM's (and a parallel next-basket run's) for the cores
+        with threadpool_limits(1):
+            _, top = s.cf_index().search(np.ascontiguousarray(s.user_factors[users]), n_cf)
+        rows.append(np.repeat(np.arange(len(users)), n_cf))
+        cols.append(top.ravel().astype(np.int64))
+    key = unique_ints(np.concatenate(rows).astype(np.int64) * s.n_products + np.concatenate(cols))
+    return key // s.n_products, key % s.n_products
+
+
+class BoosterClassifier:
+    """The one method of LGBMClassifier the model uses, over the fitted or loaded Booster.
+
+    Scores on one thread. Every caller already runs it beside other work — pre-ranking beside the
+    audience evaluation, the next-basket process beside the training run, requests in the server's
+    event loop — and LightGBM's OpenMP threads on top of those oversubscribe the cores: on 2 cores,
+    ``recsys train`` spent ~170 CPU-seconds with two prediction threads and ~140 with one, for the
+    same predictions (a tree ensemble's output does not depend on the thread count).
+    """
+
+    def __init__(self, booster: Any):
+        self.booster_ = booster
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        p = self.booster_.predict(X, num_threads=1)
+        return np.column_stack([1 - p, p])
+
+
+def ranker_examples(
+    s: FeatureState, labels: sp.csr_matrix, rng: np.random.Generator, p: HybridParams, keep_cols: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ranker's rows for one label window: the candidates of every member who bought in the
+    window and has a history before it, the positives (bought in the window) and a
+    ``negative_rate`` sample of the others, with their features on the window's history."""
+    users = np.where(np.diff(labels.indptr) > 0)[0]
+    users = users[np.diff(s.counts.indptr)[users] > 0]  # members with a history to learn from
+    r, c = candidates(s, users, p)
+    y = gather(labels, users[r], c) > 0
+    keep = y | (rng.random(len(y)) < p.negative_rate)
+    return pair_features(s, users[r[keep]], c[keep])[:, keep_cols], y[keep]
+
+
+def fit_ranker(lightgbm: Any, X: np.ndarray, y: np.ndarray, p: HybridParams) -> BoosterClassifier:
+    """The picks ranker: a LightGBM classifier over the pair features (``lightgbm``: the module,
+    imported beside the first label window's work)."""
+    classifier = lightgbm.LGBMClassifier(
+        n_estimators=p.n_estimators, learning_rate=p.learning_rate, num_leaves=p.num_leaves,
+        min_child_samples=p.min_child_samples, subsample=0.8, subsample_freq=1,
+        random_state=p.seed, n_jobs=max(p.num_threads, 1), verbose=-1,
+        deterministic=True, force_row_wise=True,
+    )
+    classifier.fit(X, y)
+    return BoosterClassifier(classifier.booster_)
+
+
+def score_candidates(s: FeatureState, ranker: BoosterClassifier, keep_cols: np.ndarray,
+                     members: np.ndarray, p: HybridParams) -> sp.csr_matrix:
+    """The ranker's probabilities for each member's candidates, as a sparse ``(len(members),
+    n_products)`` matrix (absent: not a candidate)."""
+    r, c = candidates(s, members, p)
+    prob = ranker.predict_proba(pair_features(s, members[r], c)[:, keep_cols])[:, 1]
+    return sp.csr_matrix((prob.astype(np.float32), (r, c)), shape=(len(members), s.n_products))
