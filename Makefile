@@ -8,7 +8,7 @@ AS_OF  ?= 2001-02-01
 export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test install browser lint bench clean
+.PHONY: demo test install spark java browser lint bench clean
 
 $(BIN)/recsys: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,16 @@ $(BIN)/recsys: pyproject.toml
 	@touch $@
 
 install: $(BIN)/recsys
+
+# Spark (optional: `make demo` never needs it): pyspark from the `spark` extra and Debian's Java 17.
+$(VENV)/.spark-installed: $(BIN)/recsys pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev,spark]'
+	@touch $@
+
+spark: $(VENV)/.spark-installed java
+
+java:
+	java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])' || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y openjdk-17-jre-headless)
 
 CONFIG ?= experiments/configs/default.toml
 HOST   ?= 127.0.0.1
@@ -38,7 +48,7 @@ browser:
 	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 	fc-list :lang=zh | grep -q . || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y fonts-wqy-microhei)
 
-test: install browser
+test: install spark browser
 	$(BIN)/python -m pytest -q
 
 lint: install

@@ -6,6 +6,7 @@ hand; the comments in tests/test_serving_*.py show the arithmetic.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -236,3 +237,19 @@ def uvicorn_server(app: Any, ready_path: str = "/health/ready", timeout_s: float
         server.should_exit = True
         thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+# --------------------------------------------------------------------------- Spark
+os.environ.setdefault("RECSYS_SPARK_MASTER", "local[2]")  # a model fitted without the fixture
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[Any]:
+    """One local[2] SparkSession for the whole test session; Spark tests use small data."""
+    pytest.importorskip("pyspark", reason="Spark tests need the spark extra: pip install -e '.[spark]'")
+    from recsys.spark.session import SparkSettings, get_spark
+
+    session = get_spark(SparkSettings(master="local[2]", conf={"spark.driver.memory": "2g"}))
+    session.conf.set("spark.sql.shuffle.partitions", "4")
+    yield session
+    session.stop()

@@ -26,9 +26,10 @@ PARAMS: dict[str, dict[str, Any]] = {
     "bpr": {"factors": 8, "iterations": 20, "num_threads": 1, "seed": 3},
     "hybrid": {"factors": 8, "iterations": 5, "n_estimators": 30, "min_child_samples": 10,
                "knn_neighbours": 20, "audience_negatives": 5, "num_threads": 1},
+    "spark_als": {"factors": 8, "iterations": 5, "seed": 3, "blocks": 2},
 }
 # models that give a never-sold product a vector from its attributes: finite scores for it
-ATTRIBUTE_MODELS = {"als", "bpr", "hybrid"}
+ATTRIBUTE_MODELS = {"als", "bpr", "hybrid", "spark_als"}
 # known bugs, per model and check (see the reasons)
 KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
