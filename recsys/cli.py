@@ -209,7 +209,8 @@ def experiment_run(
 
     Optuna, every trial a nested MLflow run, hopeless trials pruned; the best config is then
     fitted and reported once on the test window."""
-    from training.experiment import SweepConfig, run_sweep, sweep_summary
+    from training.experiment.config import SweepConfig
+    from training.experiment.sweep import run_sweep, sweep_summary
 
     try:
         cfg = SweepConfig.from_toml(config)

@@ -29,16 +29,10 @@ from recsys.data.mapping import resolve_source
 from recsys.data.synth import SynthSpec, synthesize
 from recsys.errors import InputError
 from training.config import EvaluationConfig, TrainConfig
-from training.experiment import (
-    POST_FIT_STEP,
-    ModelSpace,
-    SweepConfig,
-    TrialOutcome,
-    TrialRunner,
-    dumps_toml,
-    run_sweep,
-    write_train_config,
-)
+from training.experiment.config import ModelSpace, SweepConfig
+from training.experiment.sweep import run_sweep
+from training.experiment.toml_writer import dumps_toml, write_train_config
+from training.experiment.trials import POST_FIT_STEP, TrialOutcome, TrialRunner
 from training.report import MOST_ACTIVE, RANDOM, ReportConfig, evaluate_targets, sweep_sections
 
 pytestmark = [  # MLflow 3.17 against SQLAlchemy 2.1 and pandas 3: noise from inside MLflow
@@ -240,7 +234,7 @@ def test_the_pruner_compares_a_trial_with_its_own_model() -> None:
     from optuna.distributions import CategoricalDistribution
     from optuna.trial import TrialState, create_trial
 
-    from training.experiment import _PercentilePruner
+    from training.experiment.pruning import PercentilePruner
 
     dist = {"model": CategoricalDistribution(["als", "top_frequency"])}
     study = optuna.create_study(direction="maximize")
@@ -252,8 +246,8 @@ def test_the_pruner_compares_a_trial_with_its_own_model() -> None:
         return create_trial(params={"model": model}, distributions=dist, state=TrialState.RUNNING,
                             intermediate_values={POST_FIT_STEP: value})
 
-    per_model = _PercentilePruner(50.0, startup=2, warmup=0, min_trials=1, per_model=True)
-    across = _PercentilePruner(50.0, startup=2, warmup=0, min_trials=1, per_model=False)
+    per_model = PercentilePruner(50.0, startup=2, warmup=0, min_trials=1, per_model=True)
+    across = PercentilePruner(50.0, startup=2, warmup=0, min_trials=1, per_model=False)
     assert not per_model.prune(study, running("als", 0.065))  # above the ALS median (0.06)
     assert per_model.prune(study, running("als", 0.055))
     assert across.prune(study, running("als", 0.065))  # below the median of all (0.085)
