@@ -4,10 +4,16 @@ The feature definitions are the SQL files in ``features/sql``; this module only 
 it checks the inputs, substitutes the as-of date and the thresholds of :class:`FeatureConfig`
 into the SQL, runs it out of core, and writes a snapshot folder::
 
-    members.parquet                one row per member (tags, RFM, price sensitivity, ...)
-    products.parquet               one row per product (price band, sales, newness, ...)
+    members.parquet                one row per member (RFM aggregates, ... and every member tag)
+    products.parquet               one row per product (sales, price, ... and every product tag)
     category_price_bands.parquet   the per-category unit-price thresholds used by both
-    manifest.json                  as-of date, row counts, input hashes, code version, config
+    manifest.json                  as-of date, row counts, input hashes, code version, config,
+                                   and the tag registry: each tag's definition (SQL as run), the
+                                   values it took and how many members / products hold each
+
+The tags are those of a :class:`~recsys.tags.TagRegistry` (the built-in ones by default): each
+is a SQL expression or query (see :mod:`recsys.tags`) composed onto the member / product base
+rows of ``member_features.sql`` / ``product_features.sql`` by :func:`tagged_sql`.
 
 The manifest is written last: a folder without one is an interrupted build.
 """
@@ -30,10 +36,11 @@ import duckdb
 from rich.console import Console
 from rich.table import Table
 
-from features.config import TAG_LABELS, FeatureConfig
+from features.config import FeatureConfig
 from recsys.columns import Col
 from recsys.data.fetch import sha256sum
 from recsys.errors import InputError
+from recsys.tags import TagDef, TagRegistry, with_seen_values
 
 # The canonical tables this step reads, with the columns it relies on (the ingest contract).
 INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -52,7 +59,8 @@ MANIFEST_FILE = "manifest.json"
 OUTPUT_FILES = {"members": MEMBERS_FILE, "products": PRODUCTS_FILE, "category_price_bands": BANDS_FILE}
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
-
+# how many values of an open tag (regions, stores) the summary prints
+SUMMARY_TOP = 6
 
 
 @dataclass
@@ -66,7 +74,8 @@ class FeatureSnapshot:
         ``category_price_bands.parquet``, ``manifest.json``).
     manifest
         The parsed ``manifest.json``: ``as_of``, ``created_at``, ``row_counts``, ``inputs``
-        (file name -> sha256), ``code_version``, ``config``, ``stats`` and ``warnings``.
+        (file name -> sha256), ``code_version``, ``config``, ``stats``, ``warnings`` and
+        ``tags`` (the registry as built, each entry with ``counts`` per value and ``missing``).
 
     Examples
     --------
@@ -111,6 +120,21 @@ class FeatureSnapshot:
     def category_price_bands_path(self) -> Path:
         return self.out_dir / BANDS_FILE
 
+    @property
+    def tags(self) -> TagRegistry:
+        """The snapshot's tags: definitions as built and the values seen. A snapshot written
+        before tags were recorded gets the built-in tags whose columns it has, values read back."""
+        if "tags" in self.manifest:
+            return TagRegistry.from_json(self.manifest["tags"], f"{self.out_dir / MANIFEST_FILE}: tags")
+        return _registry_of_old_snapshot(self)
+
+    def tag_counts(self, name: str) -> tuple[dict[str, int], int]:
+        """Members (or products) per value of tag ``name``, and how many hold none."""
+        for entry in self.manifest.get("tags", []):
+            if entry.get("name") == name:
+                return dict(entry.get("counts", {})), int(entry.get("missing", 0))
+        raise KeyError(name)
+
     def print_summary(self, console: Console) -> None:
         """Print row counts and how members and products spread over each tag.
 
@@ -132,20 +156,9 @@ class FeatureSnapshot:
             counts.add_row("(lines before as-of)", f"{stats.get('lines_before_as_of', 0):,}")
             counts.add_row("(members with a purchase)", f"{stats.get('members_with_purchase', 0):,}")
         console.print(counts)
-
-        con = duckdb.connect()
-        try:
-            members = _sql_path(self.members_path)
-            products = _sql_path(self.products_path)
-            for column, top in (
-                ("value_segment", None), ("lifecycle", None), ("price_sensitivity", None),
-                ("age_group", 6), ("region", 6), ("preferred_channel", 6),
-            ):
-                console.print(_distribution(con, members, "members", column, top))
-            for column in ("price_band", "is_new", "never_sold"):
-                console.print(_distribution(con, products, "products", column, None))
-        finally:
-            con.close()
+        for entry in self.manifest.get("tags", []):
+            tag = TagDef.model_validate({k: v for k, v in entry.items() if k in TagDef.model_fields})
+            console.print(_distribution(tag, entry.get("counts", {}), int(entry.get("missing", 0))))
 
 
 def build_features(
@@ -157,8 +170,9 @@ def build_features(
     memory_limit: str = "10GB",
     threads: int | None = None,
     temp_dir: Path | None = None,
+    tags: TagRegistry | None = None,
 ) -> FeatureSnapshot:
-    """Compute member and product features from purchases strictly before ``as_of``.
+    """Compute member and product features and tags from purchases strictly before ``as_of``.
 
     Only transactions with ``ts < as_of`` (midnight) are read; a purchase on or after that day
     changes no feature. Every member of ``members.parquet`` and product of ``products.parquet``
@@ -181,6 +195,9 @@ def build_features(
         DuckDB threads (default: all CPUs).
     temp_dir
         Parent folder of the spill directory (default: the system temporary folder).
+    tags
+        The tags to compute (default: :meth:`TagRegistry.builtin`); e.g. the built-in ones
+        extended with a retailer's rule tags.
 
     Returns
     -------
@@ -192,7 +209,9 @@ def build_features(
     Raises
     ------
     InputError
-        A canonical file is missing, unreadable, or lacks a contract column.
+        A canonical file is missing, unreadable, or lacks a contract column; or a tag's SQL does
+        not run (the message names the tag), gives a single-valued tag several values for one
+        member, or produces a value a closed tag does not declare.
 
     Examples
     --------
@@ -212,7 +231,8 @@ def build_features(
     # A rebuild that fails half-way must not leave the old manifest vouching for new files.
     (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
 
-    params = _sql_params(as_of, cfg)
+    registry = tags if tags is not None else TagRegistry.builtin()
+    params = sql_params(as_of, cfg)
     with ThreadPoolExecutor(max_workers=1) as pool, tempfile.TemporaryDirectory(
         prefix="recsys-features-", dir=temp_dir
     ) as spill:
@@ -220,7 +240,7 @@ def build_features(
         hashes = pool.submit(lambda: {name: sha256sum(path) for name, path in inputs.items()})
         con = _connect(memory_limit, threads or os.cpu_count() or 1, Path(spill))
         try:
-            row_counts, stats, warnings = _run(con, inputs, out_dir, params, as_of)
+            row_counts, stats, warnings, built_tags = _run(con, inputs, out_dir, params, as_of, registry)
         finally:
             con.close()
         input_hashes = hashes.result()
@@ -234,6 +254,7 @@ def build_features(
         "config": cfg.model_dump(mode="json"),
         "stats": stats,
         "warnings": warnings,
+        "tags": built_tags,
     }
     tmp = out_dir / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -335,7 +356,8 @@ def _run(
     out_dir: Path,
     params: dict[str, str],
     as_of: date,
-) -> tuple[dict[str, int], dict[str, int], list[str]]:
+    registry: TagRegistry,
+) -> tuple[dict[str, int], dict[str, int], list[str], list[dict[str, Any]]]:
     for view, file in (
         ("transactions", "transactions.parquet"),
         ("products", "products.parquet"),
@@ -347,20 +369,29 @@ def _run(
     con.execute(
         f"CREATE TEMP TABLE category_price_bands AS {_render('category_price_bands.sql', params)}"
     )
+    con.execute(f"CREATE TEMP VIEW member_base AS {_render('member_features.sql', params)}")
+    con.execute(f"CREATE TEMP VIEW product_base AS {_render('product_features.sql', params)}")
 
     row_counts: dict[str, int] = {}
-    for table, sql, order in (
-        ("members", _render("member_features.sql", params), Col.MEMBER),
-        ("products", _render("product_features.sql", params), Col.PRODUCT),
-        ("category_price_bands", "SELECT * FROM category_price_bands", Col.CATEGORY),
+    rendered: dict[str, list[TagDef]] = {}
+    for table, entity, base, key in (
+        ("members", "member", "member_base", Col.MEMBER),
+        ("products", "product", "product_base", Col.PRODUCT),
     ):
-        target = out_dir / OUTPUT_FILES[table]
-        # Sorted output makes snapshots of unchanged data byte-comparable and diffs readable.
-        (n,) = con.execute(
-            f"COPY (SELECT * FROM ({sql}) AS f ORDER BY {order}) TO {_sql_path(target)} "
-            "(FORMAT parquet, COMPRESSION zstd)"
-        ).fetchone() or (0,)
-        row_counts[table] = int(n)
+        entity_tags = [render_tag(t, params) for t in registry.of(entity)]  # type: ignore[arg-type]
+        columns = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {base}").fetchall()]
+        _check_tags(con, entity_tags, base, key, columns)
+        rendered[table] = entity_tags
+        sql = tagged_sql(base, key, columns, entity_tags)
+        row_counts[table] = _copy(con, sql, key, out_dir / OUTPUT_FILES[table])
+        _check_one_row_each(con, entity_tags, key, out_dir / OUTPUT_FILES[table])
+    row_counts["category_price_bands"] = _copy(
+        con, "SELECT * FROM category_price_bands", Col.CATEGORY, out_dir / BANDS_FILE
+    )
+    built_tags = [
+        _built_tag(con, out_dir / OUTPUT_FILES[table], tag)
+        for table in ("members", "products") for tag in rendered[table]
+    ]
 
     (lines_used, buyers) = con.execute(
         f"SELECT COALESCE(SUM(n_lines), 0), COUNT(*) FILTER (WHERE n_lines > 0) "
@@ -387,11 +418,173 @@ def _run(
                 f"{orphans:,} {table} bought before {as_of.isoformat()} are missing from "
                 f"{table}.parquet; they got rows with empty attributes"
             )
-    return row_counts, stats, warnings
+    return row_counts, stats, warnings, built_tags
 
 
-def _sql_params(as_of: date, cfg: FeatureConfig) -> dict[str, str]:
-    """SQL literals for the ``${name}`` placeholders of the feature definitions.
+def _copy(con: duckdb.DuckDBPyConnection, sql: str, order: str, target: Path) -> int:
+    # Sorted output makes snapshots of unchanged data byte-comparable and diffs readable.
+    (n,) = con.execute(
+        f"COPY (SELECT * FROM ({sql}) AS f ORDER BY {order}) TO {_sql_path(target)} "
+        "(FORMAT parquet, COMPRESSION zstd)"
+    ).fetchone() or (0,)
+    return int(n)
+
+
+# --------------------------------------------------------------------------------------------
+# tags
+
+
+def render_tag(tag: TagDef, params: dict[str, str]) -> TagDef:
+    """``tag`` with its SQL's ``${name}`` placeholders replaced by the build's values."""
+    field_name = "expr" if tag.expr is not None else "query"
+    text = tag.expr if tag.expr is not None else tag.query
+    assert text is not None
+    try:
+        sql = Template(text).substitute(params)
+    except KeyError as exc:
+        raise InputError(
+            f"tag {tag.name!r} ({tag.source}): its SQL uses ${{{exc.args[0]}}}, which is not a feature "
+            f"parameter; parameters: {', '.join(sorted(params))}"
+        ) from None
+    except ValueError as exc:  # a lone $ (write $$ for a literal one)
+        raise InputError(f"tag {tag.name!r} ({tag.source}): {exc} in its SQL; write $$ for a literal $") from None
+    return tag.model_copy(update={field_name: sql})
+
+
+def quote_ident(name: str) -> str:
+    """A tag name as a quoted SQL identifier (names are validated: no quote can occur). DuckDB
+    quotes with double quotes; a Spark runner composing :func:`tagged_sql` passes backticks."""
+    return f'"{name}"'
+
+
+def tagged_sql(
+    base: str, key: str, columns: list[str], tags: list[TagDef], quote: Any = quote_ident
+) -> str:
+    """One ``SELECT``: the public columns of the ``base`` view (names not starting with ``_``)
+    followed by one column per tag, in registry order.
+
+    * an ``expr`` tag is evaluated on the base row;
+    * a single-valued ``query`` tag is joined on the key (``default`` where it gives no row or a
+      NULL value; repeated identical rows are one);
+    * a multi-valued ``query`` tag is joined as the sorted list of its distinct values (empty
+      where it gives none).
+
+    Flags (values ``true`` / ``false``) come out BOOLEAN, multi-valued tags as lists of text,
+    every other tag as text. Written in the SQL DuckDB and Spark SQL share, plus the shims of
+    ``duckdb_functions.sql`` (``ordered_list``, ``empty_text_list``).
+    """
+    selects = [f"b.{c}" for c in columns if not c.startswith("_")]
+    joins = []
+    for i, tag in enumerate(tags):
+        cast = "BOOLEAN" if tag.is_flag else "STRING"
+        if tag.expr is not None:
+            value = f"CAST(({tag.expr}) AS {cast})"
+        elif tag.multi:
+            joins.append(
+                f"LEFT JOIN (SELECT _k, ordered_list(_v, _v) AS _v FROM (SELECT DISTINCT {key} AS _k, "
+                f"CAST(value AS STRING) AS _v FROM ({tag.query}) AS q WHERE value IS NOT NULL) AS d "
+                f"GROUP BY _k) AS t{i} ON t{i}._k = b.{key}"
+            )
+            value = f"COALESCE(t{i}._v, empty_text_list())"
+        else:
+            joins.append(f"LEFT JOIN (SELECT DISTINCT {key} AS _k, value AS _v FROM ({tag.query}) AS q "
+                         f"WHERE value IS NOT NULL) AS t{i} ON t{i}._k = b.{key}")
+            value = f"CAST(t{i}._v AS {cast})"
+            if tag.default is not None:
+                default = tag.default.upper() if tag.is_flag else "'" + tag.default.replace("'", "''") + "'"
+                value = f"COALESCE({value}, {default})"
+        selects.append(f"{value} AS {quote(tag.name)}")
+    return f"SELECT {', '.join(selects)} FROM {base} AS b" + "".join(f" {j}" for j in joins)
+
+
+def _check_tags(
+    con: duckdb.DuckDBPyConnection, tags: list[TagDef], base: str, key: str, columns: list[str]
+) -> None:
+    """Each tag's SQL binds (errors name the tag) and its name is no base column."""
+    public = {c for c in columns if not c.startswith("_")}
+    for tag in tags:
+        where = f"tag {tag.name!r} ({tag.source})"
+        if tag.name in public:
+            raise InputError(f"{where}: its name is a column of the {base} features; rename the tag")
+        probe = (f"SELECT ({tag.expr}) AS value FROM {base}" if tag.expr is not None
+                 else f"SELECT {key}, value FROM ({tag.query}) AS q")
+        try:
+            con.execute(f"DESCRIBE {probe}").fetchall()
+        except duckdb.Error as exc:
+            first = str(exc).splitlines()[0]
+            shape = "an expression over the base row" if tag.expr is not None else f"a SELECT of {key} and value"
+            raise InputError(f"{where}: its SQL ({shape}) does not run: {first}") from None
+
+
+def _check_one_row_each(
+    con: duckdb.DuckDBPyConnection, tags: list[TagDef], key: str, written: Path
+) -> None:
+    """After the output is written: one row per key, else name the single-valued query tag that
+    gave a key several values (checked per tag only then, so a good build pays one cheap count)."""
+    (extra,) = con.execute(
+        f"SELECT COUNT(*) - COUNT(DISTINCT {key}) FROM read_parquet({_sql_path(written)})"
+    ).fetchone() or (0,)
+    if not extra:
+        return
+    for tag in tags:
+        if tag.query is None or tag.multi:
+            continue
+        dup = con.execute(
+            f"SELECT {key} FROM ({tag.query}) AS q WHERE value IS NOT NULL GROUP BY {key} "
+            f"HAVING COUNT(DISTINCT value) > 1 ORDER BY {key} LIMIT 3"
+        ).fetchall()
+        if dup:
+            ids = ", ".join(repr(r[0]) for r in dup)
+            raise InputError(
+                f"tag {tag.name!r} ({tag.source}): its query gives several values for one "
+                f"{key.removesuffix('_id')} (e.g. {ids}); declare it multi = true or give one row each"
+            )
+    raise InputError(f"{written.name}: {extra:,} repeated {key}(s) in the output; check the input tables")
+
+
+def _built_tag(con: duckdb.DuckDBPyConnection, table: Path, tag: TagDef) -> dict[str, Any]:
+    """The manifest entry of ``tag``: its definition with the values seen, ``counts`` per value
+    and ``missing`` (rows without a value)."""
+    col, path = quote_ident(tag.name), _sql_path(table)
+    if tag.multi:
+        rows = con.execute(
+            f"SELECT v, COUNT(*) FROM (SELECT UNNEST({col}) AS v FROM read_parquet({path})) AS u GROUP BY v"
+        ).fetchall()
+        (missing,) = con.execute(
+            f"SELECT COUNT(*) FROM read_parquet({path}) WHERE len({col}) = 0"
+        ).fetchone() or (0,)
+    else:
+        rows = con.execute(
+            f"SELECT CAST({col} AS VARCHAR) AS v, COUNT(*) FROM read_parquet({path}) GROUP BY v"
+        ).fetchall()
+        missing = sum(n for v, n in rows if v is None)
+    counts = {str(v): int(n) for v, n in rows if v is not None and str(v) != ""}
+    missing += sum(int(n) for v, n in rows if v is not None and str(v) == "")
+    built = with_seen_values(tag, counts)
+    entry = built.model_dump(mode="json")
+    entry["counts"] = {v: counts.get(v, 0) for v in built.value_names}
+    entry["missing"] = int(missing)
+    return entry
+
+
+def _registry_of_old_snapshot(snap: FeatureSnapshot) -> TagRegistry:
+    """The built-in tags a snapshot without a ``tags`` manifest entry has columns for."""
+    con = duckdb.connect()
+    try:
+        out = []
+        for entity, path in (("member", snap.members_path), ("product", snap.products_path)):
+            cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({_sql_path(path)})").fetchall()}
+            for tag in TagRegistry.builtin().of(entity):  # type: ignore[arg-type]
+                if tag.name in cols:
+                    entry = _built_tag(con, path, tag)
+                    out.append(TagDef.model_validate({k: v for k, v in entry.items() if k in TagDef.model_fields}))
+        return TagRegistry(tuple(out))
+    finally:
+        con.close()
+
+
+def sql_params(as_of: date, cfg: FeatureConfig) -> dict[str, str]:
+    """SQL literals for the ``${name}`` placeholders of the feature definitions and tags.
 
     Values are rendered from typed, validated config fields and a ``date``, never from user
     text, so substitution cannot inject SQL.
@@ -440,26 +633,26 @@ def _git(repo: Path, *args: str) -> str | None:
     return out.stdout.strip()
 
 
-def _distribution(
-    con: duckdb.DuckDBPyConnection, parquet: str, entity: str, column: str, top: int | None
-) -> Table:
-    rows = con.execute(
-        f"SELECT CAST({column} AS VARCHAR) AS v, COUNT(*) AS n FROM read_parquet({parquet}) "
-        "GROUP BY v ORDER BY n DESC, v"
-    ).fetchall()
-    total = sum(n for _, n in rows) or 1
-    if top is not None and len(rows) > top:
-        rest = sum(n for _, n in rows[top:])
-        rows = rows[:top] + [(f"(other {len(rows) - top})", rest)]
-    labels = TAG_LABELS.get(column, {})
-    table = Table(title=f"{entity} by {column}", title_justify="left")
-    table.add_column(column)
-    if labels:
-        table.add_column("标签")
+def _distribution(tag: TagDef, counts: dict[str, int], missing: int) -> Table:
+    rows = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if tag.open else list(counts.items())
+    if tag.open and len(rows) > SUMMARY_TOP:
+        rest = sum(n for _, n in rows[SUMMARY_TOP:])
+        rows = rows[:SUMMARY_TOP] + [(f"(other {len(rows) - SUMMARY_TOP})", rest)]
+    entity = f"{tag.entity}s"
+    total = (sum(counts.values()) + missing) if not tag.multi else None
+    title = f"{entity} by {tag.name} {tag.zh}" + (" (several per member)" if tag.multi else "")
+    table = Table(title=title, title_justify="left")
+    table.add_column(tag.name)
+    table.add_column("标签")
     table.add_column(entity, justify="right")
-    table.add_column("share", justify="right")
+    if total:
+        table.add_column("share", justify="right")
+    if missing:
+        rows.append(("(none)" if tag.multi else "(missing)", missing))
     for value, n in rows:
-        shown = "(missing)" if value is None else str(value)
-        cells = [shown] + ([labels.get(str(value).lower(), "")] if labels else [])
-        table.add_row(*cells, f"{n:,}", f"{n / total:.1%}")
+        zh = tag.label(value)[0] if not value.startswith("(") else ""
+        cells = [value, zh if zh != value else "", f"{n:,}"]
+        if total:
+            cells.append(f"{n / total:.1%}")
+        table.add_row(*cells)
     return table

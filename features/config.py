@@ -1,8 +1,9 @@
-"""Tag thresholds for the member and product features, and the display labels of every tag.
+"""Tag thresholds for the member and product features.
 
 All thresholds live in :class:`FeatureConfig` so that marketing can tune them per retailer in a
 TOML file (``recsys features build --config tags.toml``) without touching the SQL; the values
-used are written into every snapshot's manifest.
+used are written into every snapshot's manifest. The tags themselves -- names, labels, values and
+their SQL -- are declared in :mod:`recsys.tags`.
 """
 
 from __future__ import annotations
@@ -14,45 +15,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from recsys.errors import InputError
-
-# Display labels for every tag value the feature build writes, keyed by column then value.
-# The snapshot stores only the English keys (stable, ASCII, easy to filter on); the UI and
-# exported audience files translate through this one mapping.
-TAG_LABELS: dict[str, dict[str, str]] = {
-    # The standard Chinese RFM eight-segment model; key order in the comments is R, F, M.
-    "value_segment": {
-        "important_value": "重要价值",  # H H H
-        "important_develop": "重要发展",  # H L H
-        "important_retain": "重要保持",  # L H H
-        "important_recover": "重要挽留",  # L L H
-        "general_value": "一般价值",  # H H L
-        "general_develop": "一般发展",  # H L L
-        "general_retain": "一般保持",  # L H L
-        "general_recover": "一般挽留",  # L L L
-        "none": "无消费",
-    },
-    "lifecycle": {
-        "new": "新客",
-        "active": "活跃",
-        "sleeping": "沉睡",
-        "lost": "流失",
-        "prospect": "潜客",
-    },
-    "price_sensitivity": {
-        "high_end": "高端",
-        "mainstream": "大众",
-        "price_sensitive": "价格敏感",
-        "unknown": "未知",
-    },
-    "price_band": {
-        "low": "低价",
-        "mid": "中价",
-        "high": "高价",
-        "unknown": "未知",
-    },
-    "is_new": {"true": "新品", "false": "老品"},
-    "never_sold": {"true": "未售", "false": "已售"},
-}
 
 
 class FeatureConfig(BaseModel):

@@ -2,10 +2,14 @@
 
 Layout::
 
-    bundle.json        format version, model name, run id, trained-on date, metrics, config
+    bundle.json        format version, model name, run id, trained-on date, metrics, config, and
+                       ``tags``: the tag registry (:mod:`recsys.tags`) of the features snapshot
+                       the model was trained with -- every tag's labels, values and SQL
     model/             the fitted recommender (``Recommender.save``)
-    members.parquet    member_id in matrix-row order + the tags audiences filter on
-    products.parquet   product_id in matrix-column order + category, price, band, brand, name
+    members.parquet    member_id in matrix-row order + every member tag of ``tags`` (+ a few
+                       aggregates: recency, frequency, ...)
+    products.parquet   product_id in matrix-column order + category, price, brand, name + every
+                       product tag of ``tags``
     pre_ranked.npz     optional: every member's top-N products per mode, ranked offline
                        (:mod:`recsys.precompute`); ``bundle.json`` describes it under ``pre_ranked``
 
@@ -17,6 +21,11 @@ The pre-ranked lists are an optional part of format 1, not a new format: a bundl
 know the file ignores it and scores live too -- the lists change how fast picks are answered,
 never what they are. When ``bundle.json`` names the file, it must be there and fit the model, or
 the bundle is refused as incomplete.
+
+The tags are optional in the same way: a bundle written before tags were recorded gets a registry
+read from its tables (every text column a tag, labelled where a built-in tag has its name, values
+as found; see :func:`recsys.tags.registry_of_table`). A bundle that has ``tags`` must carry a
+column for each.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from recsys.idmap import IdMap
 from recsys.models.base import ModelStateVersionError, Recommender, Tag
 from recsys.precompute import FILE_NAME as PRE_RANKED_FILE
 from recsys.precompute import PreRanked
+from recsys.tags import MultiTag, TagRegistry, registry_of_table, tag_column
 
 FORMAT_VERSION = 1
 
@@ -56,17 +66,23 @@ class Bundle:
     product_table: pa.Table
     meta: dict[str, Any] = field(default_factory=dict)
     pre_ranked: PreRanked | None = None  # offline pick lists (recsys.precompute), when computed
+    tags: TagRegistry | None = None  # the snapshot's tags; None: read from the tables (older bundles)
 
-    def member_tags(self, names: tuple[str, ...] | None = None) -> dict[str, Tag]:
-        cols = [c for c in self.member_table.column_names if c != Col.MEMBER]
-        out = {}
-        for c in cols:
-            if names is not None and c not in names:
-                continue
-            col = self.member_table.column(c)
-            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-                out[c] = Tag.from_values(col.to_numpy(zero_copy_only=False))
-        return out
+    @property
+    def tag_registry(self) -> TagRegistry:
+        """The bundle's tags: :attr:`tags`, or for an older bundle the text columns of its tables."""
+        if self.tags is not None:
+            return self.tags
+        return TagRegistry((*registry_of_table(self.member_table, "member", Col.MEMBER).tags,
+                            *registry_of_table(self.product_table, "product", Col.PRODUCT).tags))
+
+    def member_tags(self, names: tuple[str, ...] | None = None) -> dict[str, Tag | MultiTag]:
+        """Every member tag (or those in ``names``) as a column aligned with the member rows."""
+        return {
+            t.name: tag_column(t, self.member_table.column(t.name))
+            for t in self.tag_registry.of("member")
+            if (names is None or t.name in names) and t.name in self.member_table.column_names
+        }
 
     def save(self, path: Path | str) -> Path:
         return save_bundle(path, self)
@@ -81,13 +97,15 @@ def save_bundle(path: Path | str, bundle: Bundle) -> Path:
         raise ValueError("product_table must list product ids in the model's column order")
     if bundle.pre_ranked is not None:
         bundle.pre_ranked.check(len(bundle.members), len(bundle.products))
+    if bundle.tags is not None:
+        _check_tag_columns(bundle.tags, bundle.member_table, bundle.product_table)
     if path.exists():  # only once the new bundle is known to be consistent
         shutil.rmtree(path)
     path.mkdir(parents=True)
     bundle.model.save(path / "model")
     pq.write_table(bundle.member_table, path / "members.parquet")
     pq.write_table(bundle.product_table, path / "products.parquet")
-    meta = {k: v for k, v in bundle.meta.items() if k != "pre_ranked"}  # describes this bundle's lists only
+    meta = {k: v for k, v in bundle.meta.items() if k not in ("pre_ranked", "tags")}  # this bundle's own
     if bundle.pre_ranked is not None:
         bundle.pre_ranked.save(path / PRE_RANKED_FILE)
         meta["pre_ranked"] = {**bundle.pre_ranked.meta, "file": PRE_RANKED_FILE, "n": bundle.pre_ranked.n,
@@ -100,6 +118,8 @@ def save_bundle(path: Path | str, bundle: Bundle) -> Path:
         "n_products": len(bundle.products),
         "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if bundle.tags is not None:
+        meta["tags"] = bundle.tags.to_json()
     (path / "bundle.json").write_text(json.dumps(meta, indent=1, default=str))
     return path
 
@@ -127,9 +147,12 @@ def load_bundle(path: Path | str) -> Bundle:
         member_table = pq.read_table(path / "members.parquet")
         product_table = pq.read_table(path / "products.parquet")
         pre_ranked = _load_pre_ranked(path, meta)
+        tags = TagRegistry.from_json(meta["tags"], "bundle.json: tags") if "tags" in meta else None
+        if tags is not None:
+            _check_tag_columns(tags, member_table, product_table)
     except ModelStateVersionError as exc:
         raise BundleError(str(exc)) from None
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, RecsysError) as exc:
         raise BundleError(f"{path}: bundle is incomplete or corrupt ({exc}); re-export it") from None
     members = IdMap(np.asarray(member_table.column(Col.MEMBER).to_pylist(), dtype=object))
     products = IdMap(np.asarray(product_table.column(Col.PRODUCT).to_pylist(), dtype=object))
@@ -143,7 +166,15 @@ def load_bundle(path: Path | str) -> Bundle:
             pre_ranked.check(model.n_members, model.n_products)
         except ValueError as exc:
             raise BundleError(f"{path}: {exc}; re-export the bundle") from None
-    return Bundle(model, members, products, member_table, product_table, meta, pre_ranked)
+    return Bundle(model, members, products, member_table, product_table, meta, pre_ranked, tags)
+
+
+def _check_tag_columns(tags: TagRegistry, member_table: pa.Table, product_table: pa.Table) -> None:
+    """ValueError when a tag has no column in its table."""
+    for entity, table in (("member", member_table), ("product", product_table)):
+        missing = [t.name for t in tags.of(entity) if t.name not in table.column_names]  # type: ignore[arg-type]
+        if missing:
+            raise ValueError(f"{entity} tag(s) {', '.join(missing)} have no column in the {entity}s table")
 
 
 def _load_pre_ranked(path: Path, meta: dict[str, Any]) -> PreRanked | None:

@@ -9,9 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers_data import BUNDLE_MODEL_PARAMS, MEMBERS, PRODUCTS, tiny_bundle
+from helpers_data import BUNDLE_MODEL_PARAMS, MEMBERS, PRODUCTS, SEGMENTS, tiny_bundle
 
 from recsys.bundle import FORMAT_VERSION, Bundle, BundleError, load_bundle, save_bundle
+from recsys.tags import MultiTag, TagDef, TagRegistry
+from recsys.tags import values as tag_values
 
 MODELS = BUNDLE_MODEL_PARAMS
 
@@ -110,3 +112,68 @@ def test_a_model_saved_with_another_state_version_is_refused_by_name(tmp_path: P
 
     with pytest.raises(BundleError, match="popular model state version 99, this release reads 1"):
         load_bundle(path)
+
+
+# ---------------------------------------------------------------------------------- tags
+CHANNEL = TagDef(name="channel", entity="member", zh="购买渠道", en="Channel", open=True, multi=True,
+                 query="SELECT member_id, channel AS value FROM lines",
+                 values=tag_values(("app", "App", "app"), ("store", "门店", "store")))
+SEGMENT = TagDef(name="value_segment", entity="member", zh="价值分层", en="Value segment", expr="'x'",
+                 values=tag_values(("high", "高", "high"), ("mid", "中", "mid"), ("low", "低", "low")))
+NEW = TagDef(name="is_new", entity="product", zh="新品", en="New product", expr="TRUE",
+             values=tag_values(("true", "新品", "new"), ("false", "老品", "established")))
+
+
+def tagged_bundle() -> Bundle:
+    bundle = tiny_bundle("popular")
+    n = len(MEMBERS)
+    lists = [["app", "store"] if i % 3 == 0 else ["store"] if i % 3 == 1 else [] for i in range(n)]
+    bundle.member_table = bundle.member_table.append_column("channel", pa.array(lists, pa.list_(pa.string())))
+    bundle.product_table = bundle.product_table.append_column(
+        "is_new", pa.array([i == 0 for i in range(len(PRODUCTS))]))
+    bundle.tags = TagRegistry((SEGMENT, CHANNEL, NEW))
+    return bundle
+
+
+def test_tags_travel_in_bundle_json_and_give_columns(tmp_path: Path) -> None:
+    path = save_bundle(tmp_path / "b", tagged_bundle())
+    doc = json.loads((path / "bundle.json").read_text())
+    assert [t["name"] for t in doc["tags"]] == ["value_segment", "channel", "is_new"]
+    assert doc["tags"][1]["query"] == "SELECT member_id, channel AS value FROM lines"  # how it is computed
+    loaded = load_bundle(path)
+    assert loaded.tags == tagged_bundle().tags
+    tags = loaded.member_tags()
+    assert set(tags) == {"value_segment", "channel"}
+    channel = tags["channel"]
+    assert isinstance(channel, MultiTag) and channel.labels == ("app", "store")
+    assert [channel.of(i) for i in range(3)] == [["app", "store"], ["store"], []]
+    # a filter on either channel keeps a member who bought through both
+    np.testing.assert_array_equal(channel.mask(["app"]), [i % 3 == 0 for i in range(len(MEMBERS))])
+    np.testing.assert_array_equal(channel.mask(["store"]), [i % 3 != 2 for i in range(len(MEMBERS))])
+    per, none = channel.counts(np.arange(len(MEMBERS)))
+    assert (per.tolist(), none) == ([sum(i % 3 == 0 for i in range(len(MEMBERS))),
+                                     sum(i % 3 != 2 for i in range(len(MEMBERS)))],
+                                    sum(i % 3 == 2 for i in range(len(MEMBERS))))
+    # labels in registry order (declared values first), not sorted
+    assert tags["value_segment"].labels[:3] == ("high", "mid", "low")
+
+
+def test_a_tag_without_its_column_is_refused(tmp_path: Path) -> None:
+    bundle = tagged_bundle()
+    bundle.member_table = bundle.member_table.drop_columns(["channel"])
+    with pytest.raises(ValueError, match="member tag.s. channel have no column"):
+        save_bundle(tmp_path / "b", bundle)
+    path = save_bundle(tmp_path / "ok", tagged_bundle())
+    pq.write_table(pq.read_table(path / "members.parquet").drop_columns(["channel"]), path / "members.parquet")
+    with pytest.raises(BundleError, match="channel have no column"):
+        load_bundle(path)
+
+
+def test_a_bundle_without_tags_reads_them_from_its_text_columns(tmp_path: Path) -> None:
+    loaded = load_bundle(save_bundle(tmp_path / "b", tiny_bundle("popular")))
+    assert loaded.tags is None
+    registry = loaded.tag_registry
+    assert registry.names("member") == ("value_segment",)
+    assert registry.get("value_segment").zh == "价值分层"  # the built-in tag's labels
+    assert set(registry.get("value_segment").value_names) == {s for s in SEGMENTS if s}
+    assert registry.names("product") == ("category",)

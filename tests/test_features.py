@@ -17,9 +17,11 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from features.build import FeatureSnapshot, build_features
-from features.config import TAG_LABELS, FeatureConfig
+from features.config import FeatureConfig
 from recsys.cli import app
 from recsys.errors import InputError
+from recsys.tags import TagDef, TagRegistry
+from recsys.tags import values as tag_values
 
 AS_OF = date(2001, 2, 1)
 MIDNIGHT = datetime.combine(AS_OF, time())
@@ -338,15 +340,102 @@ def test_product_never_sold_and_is_new(prod: dict[str, dict]) -> None:
     assert len(prod) == len(shop_products())
 
 
-def test_tag_labels_cover_every_value(snap: FeatureSnapshot) -> None:
-    assert len(TAG_LABELS["value_segment"]) == 9  # eight segments + none
+def test_manifest_registry_lists_every_tag_with_values_and_counts(snap: FeatureSnapshot) -> None:
+    registry = snap.tags
+    assert registry.names("member") == ("value_segment", "lifecycle", "price_sensitivity", "age_group",
+                                        "region", "channel", "store")
+    assert registry.names("product") == ("price_band", "is_new", "never_sold")
     members = pq.read_table(snap.members_path).to_pydict()
     products = pq.read_table(snap.products_path).to_pydict()
-    for column, values in (("value_segment", members["value_segment"]),
-                           ("lifecycle", members["lifecycle"]),
-                           ("price_sensitivity", members["price_sensitivity"]),
-                           ("price_band", products["price_band"])):
-        assert set(values) <= set(TAG_LABELS[column]), column
+    for tag in registry:
+        column = (members if tag.entity == "member" else products)[tag.name]
+        counts, missing = snap.tag_counts(tag.name)
+        if tag.multi:
+            held = [v for row in column for v in row]
+            assert missing == sum(1 for row in column if not row)
+        else:
+            held = [str(v).lower() if isinstance(v, bool) else v for v in column if v is not None]
+            assert missing == sum(1 for v in column if v is None)
+        assert counts == {v: held.count(v) for v in tag.value_names}, tag.name
+        # the SQL as run: thresholds filled in
+        assert "${" not in (tag.expr or tag.query or "")
+    # closed tags keep every declared value (nobody is "important_develop" here); open ones what was seen
+    assert len(registry.get("value_segment").values) == 9  # eight segments + none
+    assert snap.tag_counts("lifecycle")[0]["prospect"] == 1
+    assert registry.get("region").value_names == ("north",)
+    assert registry.get("channel").value_names == ("app", "store")  # declared labels first, in their order
+    assert registry.get("channel").label("app") == ("App", "app")
+    assert "recency_days < 60" in registry.get("lifecycle").expr
+    # flags are booleans in the snapshot
+    assert pq.read_schema(snap.products_path).field("is_new").type == pa.bool_()
+
+
+def test_channel_is_a_multi_valued_tag(mem: dict[str, dict]) -> None:
+    assert mem["top"]["channel"] == ["app", "store"]  # bought through both
+    assert mem["few"]["channel"] == [] and mem["prospect"]["channel"] == []
+
+
+def test_home_store_by_occasions(shop: Path, tmp_path: Path) -> None:
+    lines = [
+        # s2: one basket of three lines; s1: two days -> s1 by occasions
+        {**line("a", "p1", ago(3), 1, basket="B1"), "store_id": "s2"},
+        {**line("a", "p2", ago(3), 1, basket="B1"), "store_id": "s2"},
+        {**line("a", "p3", ago(3), 1, basket="B1"), "store_id": "s2"},
+        {**line("a", "p1", ago(5), 1), "store_id": "s1"}, {**line("a", "p1", ago(6), 1), "store_id": "s1"},
+        # one occasion each (s9's has more lines): the smaller store id
+        {**line("b", "p1", ago(2), 1), "store_id": "s9"}, {**line("b", "p2", ago(2), 1), "store_id": "s9"},
+        {**line("b", "p1", ago(4), 1), "store_id": "s3"},
+        line("c", "p1", ago(2), 1, channel="app"),  # no store
+    ]
+    folder = write_canonical(tmp_path / "c", lines, shop_products(), [member(m) for m in "abc"])
+    snap = build_features(folder, tmp_path / "f", AS_OF, FeatureConfig())
+    got = rows_by_id(snap.members_path, "member_id")
+    assert {m: got[m]["store"] for m in "abc"} == {"a": "s1", "b": "s3", "c": None}
+    assert snap.tags.get("store").value_names == ("s1", "s3")
+
+
+VIP = TagDef(
+    name="big_spender", entity="member", zh="高消费", en="Big spender", expr="monetary >= 100",
+    values=tag_values(("true", "是", "yes"), ("false", "否", "no")), kind="rule", source="fixture",
+)
+STORE_VISITS = TagDef(
+    name="visits", entity="member", zh="到店", en="Visits", open=True, default="0",
+    query="SELECT member_id, CAST(COUNT(DISTINCT occasion_id) AS STRING) AS value FROM lines GROUP BY member_id",
+)
+
+
+def test_a_tag_added_to_the_registry_is_computed_and_recorded(shop: Path, tmp_path: Path) -> None:
+    registry = TagRegistry.builtin().extend([VIP, STORE_VISITS])
+    snap = build_features(shop, tmp_path, AS_OF, FeatureConfig(), tags=registry)
+    got = rows_by_id(snap.members_path, "member_id")
+    # sleep60 spent 20, buyer1 8 + 2 + 20 = 30, tie 20 + 40 + 60 + 80 = 200
+    assert (got["tie"]["big_spender"], got["sleep60"]["big_spender"]) == (True, False)
+    assert got["prospect"]["big_spender"] is False  # monetary is 0 without purchases
+    assert got["freq"]["visits"] == "3" and got["prospect"]["visits"] == "0"  # default for no row
+    entry = snap.tags.get("big_spender")
+    assert (entry.kind, entry.source, entry.zh) == ("rule", "fixture", "高消费")
+    assert snap.tag_counts("big_spender")[0]["true"] == sum(1 for r in got.values() if r["big_spender"])
+
+
+@pytest.mark.parametrize(("tag", "message"), [
+    (TagDef(name="bad", entity="member", zh="坏", en="Bad", open=True, expr="no_such_column + 1"),
+     "tag 'bad' (recsys.tags): its SQL (an expression over the base row) does not run"),
+    (TagDef(name="bad", entity="member", zh="坏", en="Bad", open=True, expr="${no_such_param}"),
+     "uses ${no_such_param}, which is not a feature parameter"),
+    (TagDef(name="bad", entity="member", zh="坏", en="Bad", values=tag_values(("x", "x", "x")),
+            expr="CASE WHEN n_lines > 2 THEN 'x' ELSE 'y' END"),
+     "produced value(s) y that are not among its declared values"),
+    (TagDef(name="bad", entity="member", zh="坏", en="Bad", open=True,
+            query="SELECT member_id, channel AS value FROM lines"),
+     "several values for one member (e.g. 'top'); declare it multi = true"),
+    (TagDef(name="frequency", entity="member", zh="频次", en="Frequency", open=True, expr="1"),
+     "its name is a column of the member_base features"),
+])
+def test_a_broken_tag_is_refused_by_name(shop: Path, tmp_path: Path, tag: TagDef, message: str) -> None:
+    with pytest.raises(InputError) as err:
+        build_features(shop, tmp_path, AS_OF, FeatureConfig(), tags=TagRegistry.builtin().extend([tag]))
+    assert message in str(err.value)
+    assert not (tmp_path / "manifest.json").exists()
 
 
 # --------------------------------------------------------------------------------------------

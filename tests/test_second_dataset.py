@@ -250,6 +250,16 @@ def test_tags_are_present_in_the_features(run: SimpleNamespace) -> None:
     assert regions == set(RETAILER_REGIONS)  # the member file's own values
     channels = {r[0] for r in con.execute(f"SELECT DISTINCT preferred_channel FROM {members}").fetchall()}
     assert channels - {None} == set(CHANNELS)
+    # channel: every channel a member bought through (one list per member); store: the home store
+    multi, all_channels = con.execute(
+        f"SELECT count(*) FILTER (len(channel) > 1), list_sort(list_distinct(flatten(list(channel)))) "
+        f"FROM {members}").fetchone()
+    assert multi > 0 and set(all_channels) == set(CHANNELS)
+    stores = con.execute(f"SELECT count(DISTINCT store) FROM {members}").fetchone()[0]
+    assert stores >= 2
+    manifest = json.loads((run.features / "manifest.json").read_text(encoding="utf-8"))
+    channel = next(t for t in manifest["tags"] if t["name"] == "channel")
+    assert channel["multi"] and sum(channel["counts"].values()) > SPEC.members - channel["missing"]
     bands, brands, new, never_sold = con.execute(
         f"SELECT count(DISTINCT price_band), count(DISTINCT brand), count(*) FILTER (is_new), "
         f"count(*) FILTER (never_sold) FROM {products}").fetchone()

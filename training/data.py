@@ -10,16 +10,18 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow.parquet as pq
 
 from recsys.columns import Col
 from recsys.errors import InputError
 from recsys.idmap import IdMap
 from recsys.interactions import load_interactions
 from recsys.models.base import Tag, TrainData
+from recsys.tags import FALSE, TRUE, TagRegistry, registry_of_table
 from training.evaluate import Split
 
-MEMBER_TAGS = ("value_segment", "lifecycle", "price_sensitivity", "age_group", "region")
-PRODUCT_TAGS = ("category", "price_band", "brand")
+# product attributes models read beside the product tags: from the catalogue, not computed
+PRODUCT_ATTRIBUTES = (Col.CATEGORY, Col.BRAND)
 
 
 @dataclass(frozen=True)
@@ -45,14 +47,17 @@ def _tags(table: Path, key: str, ids: IdMap, names: tuple[str, ...]) -> tuple[di
     cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet('{table}')").fetchall()}
     wanted = [n for n in names if n in cols]
     extra = [n for n in ("price", "median_unit_price") if n in cols]
-    sel = ", ".join([key, *wanted, *extra])
+    sel = ", ".join([key, *(f'"{n}"' for n in wanted), *extra])
     data = con.execute(f"SELECT {sel} FROM read_parquet('{table}')").fetchnumpy()
     idx = ids.to_index(data[key].astype(str), missing="ignore")
     keep = idx >= 0
     tags: dict[str, Tag] = {}
     for n in wanted:
         values = np.full(len(ids), None, dtype=object)
-        values[idx[keep]] = np.asarray(data[n], dtype=object)[keep]
+        column = np.asarray(data[n], dtype=object)
+        if data[n].dtype == bool:  # a flag tag: its values are "true" / "false"
+            column = np.where(data[n], TRUE, FALSE).astype(object)
+        values[idx[keep]] = column[keep]
         tags[n] = Tag.from_values(values)
     numeric: dict[str, np.ndarray] = {}
     for n in extra:
@@ -60,6 +65,26 @@ def _tags(table: Path, key: str, ids: IdMap, names: tuple[str, ...]) -> tuple[di
         arr[idx[keep]] = np.asarray(data[n], dtype=np.float32)[keep]
         numeric[n] = arr
     return tags, numeric
+
+
+def snapshot_tags(features: Path) -> TagRegistry:
+    """The tags of the features snapshot in ``features``: its manifest's registry, or for a
+    snapshot written before tags were recorded, its text columns (:func:`registry_of_table`)."""
+    manifest = features / "manifest.json"
+    meta = json.loads(manifest.read_text(encoding="utf-8"))
+    if "tags" in meta:
+        return TagRegistry.from_json(meta["tags"], f"{manifest}: tags")
+    return TagRegistry((
+        *registry_of_table(pq.read_table(features / "members.parquet"), "member", Col.MEMBER).tags,
+        *registry_of_table(pq.read_table(features / "products.parquet"), "product", Col.PRODUCT).tags,
+    ))
+
+
+def model_tag_names(registry: TagRegistry) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The member and product tags a model is given: every single-valued tag of the snapshot
+    (a multi-valued one, such as channel, has no one value per member)."""
+    return (tuple(t.name for t in registry.of("member") if not t.multi),
+            (*PRODUCT_ATTRIBUTES, *(t.name for t in registry.of("product") if not t.multi)))
 
 
 def catalogue(paths: DataPaths) -> IdMap:
@@ -84,8 +109,9 @@ def load_split(paths: DataPaths, cutoff: date, end: date | None = None) -> tuple
     train = load_interactions(paths.transactions, cutoff, products=products)
     test_end = end or date(9999, 1, 1)
     test = load_interactions(paths.transactions, test_end, start=cutoff, members=train.members, products=products)
-    member_tags, _ = _tags(paths.features / "members.parquet", Col.MEMBER, train.members, MEMBER_TAGS)
-    product_tags, numeric = _tags(paths.features / "products.parquet", Col.PRODUCT, products, PRODUCT_TAGS)
+    member_names, product_names = model_tag_names(snapshot_tags(paths.features))
+    member_tags, _ = _tags(paths.features / "members.parquet", Col.MEMBER, train.members, member_names)
+    product_tags, numeric = _tags(paths.features / "products.parquet", Col.PRODUCT, products, product_names)
     price = numeric.get("price")
     data = TrainData(train, member_tags, product_tags, price)
     return data, Split(train, test, cutoff, test_end)

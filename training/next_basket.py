@@ -89,9 +89,9 @@ def load_next_basket(
     truth.data[:] = 1.0
     product_tags = {}
     if products_table is not None and products_table.exists():
-        from training.data import PRODUCT_TAGS, _tags
+        from training.data import PRODUCT_ATTRIBUTES, _tags
 
-        product_tags, _ = _tags(products_table, Col.PRODUCT, products, PRODUCT_TAGS)
+        product_tags, _ = _tags(products_table, Col.PRODUCT, products, PRODUCT_ATTRIBUTES)
     return NextBasketData(TrainData(interactions, {}, product_tags), truth, len(members))
 
 

@@ -24,14 +24,12 @@ from recsys.models import get_model
 from recsys.models.base import ModelParams, Recommender
 from recsys.precompute import DEFAULT_N, PreRanked, pre_rank
 from training.config import TrainConfig
-from training.data import DataPaths, load_split
+from training.data import DataPaths, load_split, snapshot_tags
 from training.evaluate import evaluate_audiences, evaluate_picks
 
-BUNDLE_MEMBER_COLUMNS = (
-    "value_segment", "lifecycle", "price_sensitivity", "age_group", "region",
-    "recency_days", "frequency", "monetary", "last_purchase", "top_categories",
-)
-BUNDLE_PRODUCT_COLUMNS = ("category", "price", "price_band", "brand", "name", "never_sold", "is_new")
+# beside every tag of the snapshot (recsys.tags), the bundle's member and product tables carry these
+BUNDLE_MEMBER_COLUMNS = ("recency_days", "frequency", "monetary", "last_purchase", "top_categories")
+BUNDLE_PRODUCT_COLUMNS = ("category", "price", "brand", "name")
 SUMMARY_KEYS = (
     "recall@10", "ndcg@10", "recall@20", "repeat_recall@10", "new_recall@10", "coverage@10",
     "audience_known_recall@1000", "audience_known_lift_most_active@1000",
@@ -198,10 +196,14 @@ def next_basket_run(cfg_json: dict[str, Any]) -> tuple[dict[str, float], float]:
 
 
 def build_bundle(cfg: TrainConfig, result: TrainResult, out: Path, run_id: str | None) -> Path:
-    """The serving bundle: the model + member tags and product metadata in index order."""
+    """The serving bundle: the model + the snapshot's tags (registry and columns) and product
+    metadata in index order."""
     con = duckdb.connect()
-    mem = _aligned(con, cfg.data.features / "members.parquet", Col.MEMBER, result.members, BUNDLE_MEMBER_COLUMNS)
-    prod = _aligned(con, cfg.data.features / "products.parquet", Col.PRODUCT, result.products, BUNDLE_PRODUCT_COLUMNS)
+    tags = snapshot_tags(cfg.data.features)
+    mem = _aligned(con, cfg.data.features / "members.parquet", Col.MEMBER, result.members,
+                   (*tags.names("member"), *BUNDLE_MEMBER_COLUMNS))
+    prod = _aligned(con, cfg.data.features / "products.parquet", Col.PRODUCT, result.products,
+                    (*BUNDLE_PRODUCT_COLUMNS, *tags.names("product")))
     prod = prod.append_column("active", pa.array(np.ones(prod.num_rows, dtype=bool)))
     meta = {
         "run_id": run_id, "as_of": cfg.data.cutoff.isoformat(), "trained_on": cfg.data.cutoff.isoformat(),
@@ -212,7 +214,7 @@ def build_bundle(cfg: TrainConfig, result: TrainResult, out: Path, run_id: str |
     # every member's top-100 picks per mode (served from the bundle)
     lists = result.pre_ranked if result.pre_ranked is not None else pre_rank(result.model)
     return save_bundle(out, Bundle(result.model, result.members, result.products, mem, prod, meta,
-                                   pre_ranked=lists))
+                                   pre_ranked=lists, tags=tags.only([*mem.column_names, *prod.column_names])))
 
 
 def _aligned(con: duckdb.DuckDBPyConnection, table: Path, key: str, ids: Any, wanted: tuple[str, ...]) -> pa.Table:
@@ -220,7 +222,7 @@ def _aligned(con: duckdb.DuckDBPyConnection, table: Path, key: str, ids: Any, wa
     sel = [c for c in wanted if c in cols]
     con.register("ids", pa.table({key: pa.array(ids.external_ids.tolist(), pa.string()),
                                   "_pos": pa.array(np.arange(len(ids)))}))
-    q = "".join(f", t.{c}" for c in sel)
+    q = "".join(f", t.\"{c}\"" for c in sel)
     return con.execute(
         f"SELECT ids.{key}{q} FROM ids LEFT JOIN read_parquet('{table}') t USING ({key}) ORDER BY ids._pos"
     ).to_arrow_table()

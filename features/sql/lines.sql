@@ -11,6 +11,7 @@ SELECT
     -- The contract says unit_price = amount / quantity; derive it when an export left it empty.
     COALESCE(t.unit_price, t.amount / NULLIF(t.quantity, 0)) AS unit_price,
     t.channel,
+    t.store_id,
     -- A basket id identifies an occasion exactly; without one, the member's calendar day is the
     -- usual proxy (a member rarely makes two separate trips on one day). The prefixes keep a
     -- basket id that happens to look like a date from merging with a day.

@@ -1,5 +1,8 @@
--- One row per member: every member of the members table plus any buyer missing from it.
--- Members without a purchase before the as-of date are prospects: counts 0, dates and scores NULL.
+-- The member base: one row per member (every member of the members table plus any buyer missing
+-- from it) with the aggregates the member tags are computed from. Members without a purchase before
+-- the as-of date have counts 0, dates and scores NULL. The tags themselves (value segment,
+-- lifecycle, ...) are declared with their SQL in recsys/tags.py and evaluated over this view
+-- (`member_base`); columns starting with _ are helpers for them and are not written out.
 WITH
 purchases AS (
     SELECT
@@ -86,8 +89,6 @@ features AS (
     SELECT
         COALESCE(m.member_id, s.member_id) AS member_id,
         m.joined_at,
-        m.age_group,
-        m.region,
         s.member_id IS NOT NULL AS has_purchase,
         COALESCE(s.n_lines, 0) AS n_lines,
         COALESCE(s.frequency, 0) AS frequency,
@@ -117,8 +118,6 @@ features AS (
 SELECT
     member_id,
     joined_at,
-    age_group,
-    region,
     n_lines,
     frequency,
     monetary,
@@ -130,40 +129,13 @@ SELECT
     r_score,
     f_score,
     m_score,
-    -- The standard eight-segment model, flags in R, F, M order.
-    CASE
-        WHEN NOT has_purchase THEN 'none'
-        WHEN r_high AND f_high AND m_high THEN 'important_value'
-        WHEN r_high AND NOT f_high AND m_high THEN 'important_develop'
-        WHEN NOT r_high AND f_high AND m_high THEN 'important_retain'
-        WHEN NOT r_high AND NOT f_high AND m_high THEN 'important_recover'
-        WHEN r_high AND f_high AND NOT m_high THEN 'general_value'
-        WHEN r_high AND NOT f_high AND NOT m_high THEN 'general_develop'
-        WHEN NOT r_high AND f_high AND NOT m_high THEN 'general_retain'
-        ELSE 'general_recover'
-    END AS value_segment,
-    CASE
-        WHEN NOT has_purchase THEN 'prospect'
-        WHEN tenure_days < ${new_days} THEN 'new'
-        WHEN recency_days < ${sleeping_days} THEN 'active'
-        WHEN recency_days < ${lost_days} THEN 'sleeping'
-        ELSE 'lost'
-    END AS lifecycle,
     n_priced_lines,
     share_high,
     share_low,
-    CASE
-        WHEN n_priced_lines < ${min_lines_for_price} THEN 'unknown'
-        WHEN share_high >= ${high_end_share} AND share_low >= ${price_sensitive_share} THEN
-            CASE
-                WHEN share_high > share_low THEN 'high_end'
-                WHEN share_low > share_high THEN 'price_sensitive'
-                ELSE 'mainstream'
-            END
-        WHEN share_high >= ${high_end_share} THEN 'high_end'
-        WHEN share_low >= ${price_sensitive_share} THEN 'price_sensitive'
-        ELSE 'mainstream'
-    END AS price_sensitivity,
     top_categories,
-    preferred_channel
+    preferred_channel,
+    has_purchase AS _has_purchase,
+    r_high AS _r_high,
+    f_high AS _f_high,
+    m_high AS _m_high
 FROM features

@@ -1,4 +1,7 @@
--- One row per product: every product of the products table plus any sold product missing from it.
+-- The product base: one row per product (every product of the products table plus any sold
+-- product missing from it). The product tags (price band, new, never sold) are declared with their
+-- SQL in recsys/tags.py and evaluated over this view (`product_base`); columns starting with _ are
+-- helpers for them and are not written out.
 WITH
 sales AS (
     SELECT
@@ -30,7 +33,6 @@ catalogue AS (
         -- What the product actually sells for places it in its category; a never-sold product
         -- (or one whose lines carry no price) falls back to its list price.
         COALESCE(s.median_unit_price, p.price) AS band_price,
-        s.product_id IS NULL AS never_sold,
         COALESCE(s.n_lines, 0) AS n_lines,
         COALESCE(s.quantity, 0) AS quantity,
         COALESCE(s.revenue, 0) AS revenue,
@@ -46,12 +48,6 @@ SELECT
     c.name,
     c.price,
     c.median_unit_price,
-    CASE
-        WHEN cb.category IS NULL OR c.band_price IS NULL THEN 'unknown'
-        WHEN c.band_price < cb.q_low THEN 'low'
-        WHEN c.band_price > cb.q_high THEN 'high'
-        ELSE 'mid'
-    END AS price_band,
     COALESCE(bu.n_buyers, 0) AS n_buyers,
     c.n_lines,
     c.quantity,
@@ -59,9 +55,9 @@ SELECT
     c.first_sale,
     c.last_sale,
     c.launched_at,
-    c.never_sold,
-    COALESCE(c.first_sale >= ${new_product_cutoff}, FALSE)
-        OR COALESCE(c.launched_at >= ${new_product_cutoff}, FALSE) AS is_new
+    c.band_price AS _band_price,
+    cb.q_low AS _q_low,
+    cb.q_high AS _q_high
 FROM catalogue AS c
 LEFT JOIN category_price_bands AS cb ON cb.category = c.category
 LEFT JOIN buyers AS bu ON bu.product_id = c.product_id
