@@ -8,7 +8,7 @@ AS_OF  ?= 2001-02-01
 export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test install spark java browser lint bench clean
+.PHONY: demo test install spark java browser redis lint bench clean
 
 $(BIN)/recsys: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +48,12 @@ browser:
 	command -v chromium >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 	fc-list :lang=zh | grep -q . || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y fonts-wqy-microhei)
 
-test: install spark browser
+# The live-events stream shared by several replicas is Redis (Debian's redis-server); the tests start
+# their own on a free port in a temporary folder, never the system service.
+redis:
+	command -v redis-server >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server)
+
+test: install spark browser redis
 	$(BIN)/python -m pytest -q
 
 lint: install

@@ -177,9 +177,10 @@ def serve(
     alias: Annotated[str, typer.Option(help="Registry alias or version to serve.")] = "champion",
     host: str = "127.0.0.1",
     port: int = 8000,
-    workers: int = 1,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: 2 with a Redis events stream, else 1).")] = None,
     api_keys_file: Annotated[Path | None, typer.Option(help="TOML/JSON file of hashed API keys.")] = None,
-    events_dir: Annotated[Path | None, typer.Option(help="Where live purchase events are appended.")] = None,
+    events: Annotated[str | None, typer.Option(help="Live events: a folder (default: events) or a Redis URL (redis://host:6379/0) shared by every replica.")] = None,
+    events_dir: Annotated[Path | None, typer.Option(help="Where live purchase events are appended (a folder).")] = None,
     audit_log: Annotated[Path | None, typer.Option(help="Audience-export audit log (JSON lines).")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
 ) -> None:
@@ -190,7 +191,7 @@ def serve(
         registered_model = "recsys-tafeng"
     try:
         run_server(bundle, registered_model if bundle is None else None, alias, host, port, workers,
-                   api_keys_file=api_keys_file, events_dir=events_dir, audit_log=audit_log,
+                   api_keys_file=api_keys_file, events=events, events_dir=events_dir, audit_log=audit_log,
                    tracking_uri=tracking_uri)
     except RecsysError as exc:
         _fail(exc)

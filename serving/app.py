@@ -86,15 +86,18 @@ async def _load(app: FastAPI) -> None:
 
 
 async def _tail_events(app: FastAPI, every: float) -> None:
-    """Apply events other worker processes appended to the shared file."""
+    """Apply events other processes store (the shared file, or the stream other replicas write):
+    each call waits up to ``every`` seconds for new ones (serving.state.ServingState.follow_events)."""
     while True:
-        await asyncio.sleep(every)
         state = app.state.holder.state
-        if state is not None:
-            try:
-                await anyio.to_thread.run_sync(state.sync_events)
-            except Exception:  # noqa: BLE001 - a bad tail must not stop the loop
-                log.exception("applying live events failed")
+        if state is None:
+            await asyncio.sleep(every)
+            continue
+        try:
+            await anyio.to_thread.run_sync(state.follow_events, every, abandon_on_cancel=True)
+        except Exception:  # noqa: BLE001 - a bad tail must not stop the loop
+            log.exception("applying live events failed")
+            await asyncio.sleep(every)
 
 
 @asynccontextmanager

@@ -11,10 +11,14 @@ import contextlib
 import os
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from recsys.errors import InputError
+
+if TYPE_CHECKING:
+    from serving.settings import ServingSettings
 
 
 class _TcpConfig(uvicorn.Config):
@@ -35,9 +39,10 @@ def serve(
     alias: str = "champion",
     host: str = "127.0.0.1",
     port: int = 8000,
-    workers: int = 1,
+    workers: int | None = None,
     *,
     api_keys_file: Path | None = None,
+    events: str | None = None,
     events_dir: Path | None = None,
     audit_log: Path | None = None,
     tracking_uri: str | None = None,
@@ -52,13 +57,18 @@ def serve(
     bundle, registered_model, alias
         The model: a local bundle folder, or a registered model name and alias / version.
     host, port, workers
-        Where to listen; one worker per core is the usual choice (each loads the model; live
-        events reach every worker through the shared events file).
+        Where to listen, and how many worker processes (each loads the model). Default: 2 when
+        ``events`` is a Redis stream, else 1. Live events reach every worker through the shared
+        events file or stream.
     api_keys_file
         TOML / JSON file of hashed keys (see :mod:`serving.keys`); required unless
         ``auth_disabled`` (development only) or ``RECSYS_API_KEYS`` is set.
+    events
+        Where live purchase events go: a folder (the local events file, the default ``events``),
+        or a Redis URL (``redis://host:6379/0``, ``rediss://``, ``unix://``): the stream every
+        replica shares. Redis must answer before the server listens.
     events_dir, audit_log
-        Where live purchase events and the audience-export audit trail are written.
+        The events folder (same as a folder ``events``) and the audience-export audit trail.
     access_log
         uvicorn's line per request. Off by default: ``/metrics`` counts every request by route and
         status, and writing the line cost about a fifth of the server's throughput (measured with
@@ -76,12 +86,28 @@ def serve(
     """
     if (bundle is None) == (not registered_model):
         raise InputError("serve needs exactly one of a bundle folder or a registered model name")
+    from serving.events import STREAM_SCHEMES, is_stream_url, redact
+
+    if events is not None and "://" in events and not is_stream_url(events):
+        raise InputError(f"--events {redact(events)!r}: give a folder, or a Redis URL "
+                         f"({' / '.join(s + '://' for s in STREAM_SCHEMES)}, e.g. redis://127.0.0.1:6379/0)")
+    # an explicit --events decides; without one, RECSYS_EVENTS_STREAM (if set) still does
+    stream = os.environ.get("RECSYS_EVENTS_STREAM") if events is None else events if is_stream_url(events) else None
+    if events is not None and stream is None:
+        if events_dir is not None and Path(events) != Path(events_dir):
+            raise InputError(f"--events {events!r} and --events-dir {str(events_dir)!r} name two places; give one")
+        events_dir = Path(events)
+    if workers is None:
+        workers = 2 if stream else 1
+    if workers < 1:
+        raise InputError(f"--workers must be at least 1; got {workers}")
     env = {
         "RECSYS_BUNDLE": str(Path(bundle).resolve()) if bundle is not None else None,
         "RECSYS_REGISTERED_MODEL": registered_model,
         "RECSYS_ALIAS": alias,
         "RECSYS_API_KEYS_FILE": str(Path(api_keys_file).resolve()) if api_keys_file is not None else None,
         "RECSYS_EVENTS_DIR": str(Path(events_dir).resolve()) if events_dir is not None else None,
+        "RECSYS_EVENTS_STREAM": stream,
         "RECSYS_AUDIT_LOG": str(Path(audit_log).resolve()) if audit_log is not None else None,
         "RECSYS_MLFLOW_TRACKING_URI": tracking_uri,
         "RECSYS_AUTH_DISABLED": "true" if auth_disabled else None,
@@ -100,7 +126,8 @@ def serve(
     from serving.settings import ServingSettings
 
     try:
-        ServingSettings()  # fail here, with the message, rather than in every worker
+        settings = ServingSettings()  # fail here, with the message, rather than in every worker
+        check_events(settings)
         if workers <= 1:
             app = create_app_from_env()  # also checks the keys before listening
         else:
@@ -113,6 +140,21 @@ def serve(
     else:
         run_workers("serving.app:create_app_from_env", host=host, port=port, workers=workers, log_level=log_level,
                     access_log=access_log)
+
+
+def check_events(settings: ServingSettings) -> None:
+    """Stop before listening when the events store cannot be used (Redis down, a folder that is not
+    writable), with a message naming it."""
+    from serving.events import EventsUnavailableError, open_store
+
+    store = open_store(stream=settings.events_stream, stream_key=settings.events_stream_key,
+                       path=settings.events_file, timeout=settings.events_stream_timeout_seconds)
+    try:
+        store.check()
+    except EventsUnavailableError as exc:
+        hint = ("start Redis there (with appendonly yes) or pass another --events URL" if settings.events_stream
+                else "pass another --events folder")
+        raise InputError(f"cannot serve: {exc}; {hint}") from None
 
 
 def run_workers(app: str, *, host: str, port: int, workers: int, log_level: str = "info",

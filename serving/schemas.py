@@ -7,10 +7,10 @@ whose errors also answer 422 and list what is allowed.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Mode = Literal["discover", "replenish"]
 ReasonCode = Literal["often_buys", "also_bought", "popular_in_segment", "popular"]
@@ -241,19 +241,55 @@ class MemberProfile(BaseModel):
 
 
 # --------------------------------------------------------------------------- events
+def printable(value: str | None) -> str | None:
+    """Text a person can read back: no control, format (e.g. U+202E) or line-break characters and
+    no leading or trailing white space (what :meth:`str.isprintable` and :meth:`str.strip` say)."""
+    if value is not None and (not value.isprintable() or value != value.strip()):
+        raise ValueError("must be printable text without control, format or line-break characters and without "
+                         "leading or trailing spaces")
+    return value
+
+
 class PurchaseEvent(Strict):
-    member_id: str = ID
-    product_id: str = ID
+    """One purchase line. ``member_id``, ``product_id`` and ``channel`` must be printable text;
+    ``ts`` must fall in the server's window (by default from 366 days before the model's data ends
+    to one day after now)."""
+
+    event_id: str | None = Field(
+        None, min_length=1, max_length=128, pattern=r"^[!-~]+$",
+        description="Your id for this purchase line (visible ASCII, no spaces). A retry with the same id is "
+        "acknowledged and applied once, whichever replica receives it. Default: <Idempotency-Key>/<position> "
+        "when the request has that header, else a new random id",
+    )
+    member_id: str = Field(min_length=1, max_length=200, description="Printable text")
+    product_id: str = Field(min_length=1, max_length=200, description="Printable text")
     ts: datetime | None = Field(None, description="When it was bought (ISO 8601; default: now; naive = UTC)")
     quantity: float = Field(1.0, gt=0, lt=1e6)
     amount: float | None = Field(None, ge=0, lt=1e9)
-    channel: str | None = Field(None, max_length=50)
+    channel: str | None = Field(None, min_length=1, max_length=50, description="Printable text")
+
+    _printable = field_validator("member_id", "product_id", "channel")(printable)
+
+    @field_validator("ts")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("is outside the years a purchase can have") from None
 
 
 class EventsResponse(BaseModel):
-    accepted: int
-    applied: int
+    accepted: int = Field(description="Events acknowledged: recorded now, or recorded by an earlier try")
+    recorded: int = Field(description="Events written to the events store by this request")
+    duplicates: int = Field(description="Events whose event_id was already recorded: acknowledged, not applied again")
+    applied: int = Field(description="Events this server applied while answering (its own and other replicas')")
     new_members: list[str]
+    event_ids: list[str] = Field(description="Each event's id, in request order (given, derived or new)")
     model_version: str
 
 
@@ -273,6 +309,10 @@ class ModelResponse(BaseModel):
     n_products: int
     live_members_added: int
     events_applied: int
+    events: dict[str, object] = Field(
+        default_factory=dict, description="The live-events store (file or Redis stream), its last error, and "
+        "counts: applied, duplicates skipped, unparsable entries skipped, events for products of other bundles"
+    )
     scorer: dict[str, object]
     pre_ranked: dict[str, object] | None = Field(
         None, description="The bundle's pre-ranked pick lists (length, modes, members scored live since a "

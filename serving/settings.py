@@ -84,6 +84,15 @@ class ServingSettings(BaseSettings):
     audit_log: Path = Path("audit/audience_exports.jsonl")
     events_poll_seconds: float = Field(1.0, ge=0.0)  # 0: never tail other workers' events
 
+    # ---- live events shared by several replicas: a Redis Stream instead of the events file
+    events_stream: str | None = None  # redis://host:6379/0 (also rediss://, unix://); None: events_dir
+    events_stream_key: str = Field("recsys:events", min_length=1, max_length=200)
+    events_stream_timeout_seconds: float = Field(2.0, gt=0.0, le=60.0)
+    # a purchase time is plausible from this many days before the model's data ends ...
+    events_max_days_before_as_of: int = Field(366, ge=0, le=36_500)
+    # ... to this long after now (clock skew between tills and the server)
+    events_max_seconds_ahead: float = Field(86_400.0, ge=0.0, le=31_536_000.0)
+
     # ---- limits
     max_k: int = Field(100, ge=1, le=10_000)
     max_audience: int = Field(100_000, ge=1)
@@ -107,6 +116,18 @@ class ServingSettings(BaseSettings):
             raise ValueError(
                 "no model to serve: set RECSYS_BUNDLE to a bundle folder or RECSYS_REGISTERED_MODEL "
                 "to a registered model name (RECSYS_ALIAS picks the version, 'champion' by default)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _stream_url(self) -> ServingSettings:
+        from serving.events import STREAM_SCHEMES, is_stream_url, redact
+
+        if self.events_stream is not None and not is_stream_url(self.events_stream):
+            raise ValueError(
+                f"RECSYS_EVENTS_STREAM {redact(self.events_stream)!r} is not a Redis URL: use "
+                f"{' / '.join(s + '://' for s in STREAM_SCHEMES)} (e.g. redis://127.0.0.1:6379/0), or leave it "
+                "unset for the local events folder"
             )
         return self
 

@@ -9,6 +9,10 @@ Live purchases never modify the bundle's arrays: they go to :class:`LiveHistory`
 member bought, and when), new members to :class:`MemberRegistry`, and — for vector models — the
 member's folded-in vector to the scorer's member index. A member with live purchases is no longer
 answered from the bundle's pre-ranked pick lists (:mod:`serving.picklists`): they are scored live.
+
+Events come from an :class:`~serving.events.EventStore` (the events file, or the Redis stream every
+replica shares); the state keeps its cursor into it and the ids it has applied, so an event is
+applied once whatever the store holds.
 """
 
 from __future__ import annotations
@@ -30,7 +34,16 @@ from recsys.bundle import Bundle, BundleError, load_bundle
 from recsys.columns import Col
 from recsys.idmap import IdMap
 from recsys.models.base import Tag
-from serving.events import EventLog, EventRecord
+from serving.events import (
+    Cursor,
+    EventRecord,
+    EventStore,
+    EventsUnavailableError,
+    Incoming,
+    Seen,
+    open_store,
+    utc_iso,
+)
 from serving.picklists import PickLists, build_pick_lists
 from serving.scorer import Scorer, build_scorer
 from serving.settings import ServingSettings
@@ -217,14 +230,17 @@ class ServingState:
     popular_scores: np.ndarray
     segment_order: dict[str, np.ndarray]
     segment_scores: dict[str, np.ndarray]
-    event_log: EventLog
+    events: EventStore
     text: ProductText | None = None
     pick_lists: PickLists | None = None  # the bundle's pre-ranked lists, when it has them
     all_active: bool = False  # every product is active: unfiltered picks need no product mask
     live: LiveHistory = field(default_factory=LiveHistory)
-    events_offset: int = 0
+    events_cursor: Cursor = 0  # where this state has read the events store up to
+    event_ids: dict[str, Seen] = field(default_factory=dict)  # every event id read from the store
     events_applied: int = 0
-    events_skipped: int = 0
+    events_skipped: int = 0  # events for products of another bundle (kept in the store for training)
+    events_unparsable: int = 0  # lines / stream entries that cannot be parsed (counted, logged, skipped)
+    events_repeated: int = 0  # records whose event_id the store held already (applied once)
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -274,22 +290,70 @@ class ServingState:
 
     # ---------------------------------------------------------------- live events
     def sync_events(self) -> int:
-        """Apply events appended to the file since this state last read it; returns how many."""
+        """Apply events stored since this state last read the store; returns how many."""
         with self.lock:
-            records, offset, bad = self.event_log.read_from(self.events_offset)
-            self.events_offset = offset
-            self.events_skipped += bad
-            return self._apply(records) if records else 0
+            return self._sync_locked()
+
+    def _sync_locked(self) -> int:
+        applied = 0
+        while True:
+            batch = self.events.read(self.events_cursor)
+            moved = batch.cursor != self.events_cursor
+            self.events_cursor = batch.cursor
+            self.events_unparsable += batch.bad
+            if batch.records:
+                applied += self._apply(batch.records)
+            if not moved:
+                return applied
+
+    def follow_events(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for events other processes store, and apply them (the
+        lifespan's tail loop). A store that cannot be reached is retried on the next call; the
+        state keeps serving what it has applied so far."""
+        cursor = self.events_cursor
+        try:
+            batch = self.events.wait(cursor, timeout)  # outside the lock: requests go on meanwhile
+            with self.lock:
+                if self.events_cursor != cursor:  # a write on this process read them first
+                    return self._sync_locked()
+                self.events_cursor = batch.cursor
+                self.events_unparsable += batch.bad
+                applied = self._apply(batch.records) if batch.records else 0
+                return applied + (self._sync_locked() if batch.cursor != cursor else 0)
+        except EventsUnavailableError:
+            time.sleep(timeout)
+            return 0
+
+    def record(self, items: list[Incoming]) -> tuple[list[bool], int]:
+        """Store the events whose ids are new (durably, before returning), then apply everything
+        new in the store, these included. Returns, per item, whether it was written now (False: a
+        repeat of a recorded event), and how many events were applied."""
+        applied = 0
+
+        def catch_up() -> dict[str, Seen]:
+            nonlocal applied
+            applied += self._sync_locked()
+            return self.event_ids
+
+        with self.lock:
+            fresh = self.events.append(items, catch_up)
+            applied += self._sync_locked()
+        return fresh, applied
 
     def _apply(self, records: list[EventRecord]) -> int:
         start = datetime.combine(self.as_of, datetime.min.time(), tzinfo=UTC)
         touched: set[int] = set()
         applied = 0
         for rec in records:
+            if rec.event_id is not None:
+                if rec.event_id in self.event_ids:  # stored twice (by a writer without ids): once
+                    self.events_repeated += 1
+                    continue
+                self.event_ids[rec.event_id] = Seen(rec.content, utc_iso(rec.ts))
             if rec.ts < start:  # already in the bundle's training data
                 continue
             product = self.products.get(rec.product_id)
-            if product < 0:  # a product of another bundle: kept in the file for training
+            if product < 0:  # a product of another bundle: kept in the store for training
                 self.events_skipped += 1
                 continue
             member = self.members.add(rec.member_id)  # the existing row, or a new one
@@ -308,6 +372,14 @@ class ServingState:
             self.scorer.fold_in(member, products, weights)
         self.events_applied += applied
         return applied
+
+    def events_info(self) -> dict[str, Any]:
+        """The events store and what this state read from it (``GET /v1/model``)."""
+        return {
+            **self.events.describe(), "cursor": str(self.events_cursor), "applied": self.events_applied,
+            "event_ids": len(self.event_ids), "repeated_skipped": self.events_repeated,
+            "unparsable_skipped": self.events_unparsable, "other_products_skipped": self.events_skipped,
+        }
 
     def personalised(self, member: int) -> bool:
         """Whether ``member`` has a row the scorer can rank for (bundle or folded-in member)."""
@@ -422,6 +494,8 @@ def build_state(
     active.setflags(write=False)  # handed to searches as the default product mask, never changed
 
     scorer = build_scorer(model, settings.index)
+    events = open_store(stream=settings.events_stream, stream_key=settings.events_stream_key,
+                        path=settings.events_file, timeout=settings.events_stream_timeout_seconds)
     state = ServingState(
         settings=settings,
         bundle=bundle,
@@ -444,7 +518,8 @@ def build_state(
         popular_scores=pop_s,
         segment_order=seg_o,
         segment_scores=seg_s,
-        event_log=EventLog(settings.events_file),
+        events=events,
+        events_cursor=events.start,
         text=ProductText.build(bundle.products.external_ids, category, names),
         all_active=bool(active.all()),
     )

@@ -33,7 +33,7 @@ async def model_info(state: State, _: Annotated[Principal, Depends(require("mode
         registry_version=i.registry_version, loaded_at=state.loaded_at,
         n_members=state.members.n_base, n_products=state.n_products,
         live_members_added=len(state.members) - state.members.n_base,
-        events_applied=state.events_applied, scorer=state.scorer.describe(),
+        events_applied=state.events_applied, events=state.events_info(), scorer=state.scorer.describe(),
         pre_ranked=state.pick_lists.describe() if state.pick_lists is not None else None,
     )
 
