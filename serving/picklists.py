@@ -9,9 +9,15 @@ A request then costs a filter over at most N entries (:meth:`PickLists.answer`):
 * the stored list, filtered by the request's allowed products (active, category, exclusions),
   first ``k`` -- identical to live scoring when ``k`` entries survive or the list is complete (it
   holds every product the model can score for the member);
-* otherwise ``None``: the caller scores live. Also ``None`` for members with live purchases since
-  the bundle was built (:meth:`PickLists.invalidate`, called by the events path, which also folds
-  the purchases into a vector model's member vector) and for modes the bundle has no lists for.
+* otherwise ``None``: the caller scores live. Also ``None`` for modes the bundle has no lists for.
+
+A member's live purchase makes their stored lists stale: the events path invalidates them
+(:meth:`PickLists.invalidate`), folds the purchases into a vector model's member vector, then ranks
+the member's lists again, once, with the scorer that live scoring uses (:meth:`PickLists.rerank`:
+the top-``n`` of every product in both modes, with their reasons from what the member has bought
+by now). Requests are then answered from those lists exactly as from the bundle's, at the same
+speed; between the invalidation and the new lists (the time one batch of events takes to apply)
+the member is scored live.
 
 Discover lists leave out what the model's history says each member bought; they are used only
 when that is what the server calls "bought" too (the same products per member), else dropped at
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -72,14 +78,32 @@ def _reason_parts(
     return times, anchors
 
 
+# members ranked again per scorer call after live purchases
+RERANK_BATCH = 256
+
+
 @dataclass
 class Answer:
-    """Picks taken from a stored list: products, scores and their reasons' parts."""
+    """Picks taken from a stored list: products, scores and their reasons' parts; ``re_ranked``
+    when the list was ranked again after the member's live purchases."""
 
     rows: np.ndarray
     scores: np.ndarray
     times: np.ndarray
     anchors: np.ndarray
+    re_ranked: bool = False
+
+
+@dataclass(frozen=True)
+class MemberLists:
+    """One member's lists ranked again after live purchases: per mode, the entries (no padding)
+    and whether the list holds every product the model can score for them."""
+
+    rows: dict[str, np.ndarray]
+    scores: dict[str, np.ndarray]
+    times: dict[str, np.ndarray]
+    anchors: dict[str, np.ndarray]
+    complete: dict[str, bool]
 
 
 @dataclass
@@ -94,24 +118,39 @@ class PickLists:
     complete: dict[str, np.ndarray]
     times: dict[str, np.ndarray]
     anchors: dict[str, np.ndarray]
-    valid: np.ndarray  # False once a member has bought something live: scored live from then on
+    valid: np.ndarray  # False once a member has bought something live: the bundle's list is stale
     seconds: float = 0.0
+    # members whose lists were ranked again after live purchases (new members included)
+    re_ranked: dict[int, MemberLists] = field(default_factory=dict)
+    rerank_seconds: float = 0.0
+    reranks: int = 0
 
     @property
     def modes(self) -> tuple[str, ...]:
         return tuple(self.rows)
 
     def invalidate(self, member: int) -> None:
+        """``member`` bought something: no list answers for them until :meth:`rerank`."""
         if 0 <= member < len(self.valid):
             self.valid[member] = False
+        self.re_ranked.pop(member, None)
 
     def answer(self, member: int, mode: str, k: int, allowed: np.ndarray | None) -> Answer | None:
         """The first ``k`` entries of ``member``'s ``mode`` list that ``allowed`` keeps (None:
         keep all), or None when live scoring must answer (see the module docstring)."""
-        if mode not in self.rows or not (0 <= member < len(self.valid)) or not self.valid[member]:
+        if mode not in self.rows:
             return None
-        length = int(self.length[mode][member])
-        rows = self.rows[mode][member, :length]
+        own = self.re_ranked.get(member)  # one read: a concurrent rerank replaces the whole entry
+        if own is not None:
+            rows, scores, times, anchors = own.rows[mode], own.scores[mode], own.times[mode], own.anchors[mode]
+            length, complete = len(rows), own.complete[mode]
+        elif 0 <= member < len(self.valid) and self.valid[member]:
+            length = int(self.length[mode][member])
+            rows, scores = self.rows[mode][member, :length], self.scores[mode][member]
+            times, anchors = self.times[mode][member], self.anchors[mode][member]
+            complete = bool(self.complete[mode][member])
+        else:
+            return None
         take: slice | np.ndarray
         if allowed is None:
             take = slice(0, min(k, length))
@@ -119,15 +158,53 @@ class PickLists:
         else:
             take = np.flatnonzero(allowed[rows])[:k]
             found = len(take)
-        if found < k and not self.complete[mode][member]:
+        if found < k and not complete:
             return None  # the head of a truncated list cannot say what comes after it
-        return Answer(rows[take], self.scores[mode][member, take], self.times[mode][member, take],
-                      self.anchors[mode][member, take])
+        return Answer(rows[take], scores[take], times[take], anchors[take], own is not None)
+
+    def rerank(self, state: ServingState, members: list[int]) -> None:
+        """Rank ``members``' lists again from what the scorer and ``state`` know now (after their
+        live purchases were applied): the same call live scoring makes, without a product filter,
+        for the list length ``n``; called under the state's lock."""
+        if not members:
+            return
+        t0 = time.perf_counter()
+        scorer = state.scorer
+        for start in range(0, len(members), RERANK_BATCH):
+            chunk = members[start : start + RERANK_BATCH]
+            bought = [state.bought(m) for m in chunk]
+            keys = [np.fromiter(b.keys(), dtype=np.int64, count=len(b)) for b in bought]
+            ranked = {
+                mode: scorer.picks(np.asarray(chunk, dtype=np.int64), self.n, None,
+                                   keys if mode == "discover" else [np.empty(0, np.int64)] * len(chunk))
+                for mode in self.modes
+            }
+            for j, member in enumerate(chunk):
+                rows: dict[str, np.ndarray] = {}
+                scores: dict[str, np.ndarray] = {}
+                for mode, (idx, sc) in ranked.items():
+                    ok = idx[j] >= 0
+                    rows[mode] = idx[j][ok].astype(np.int32)
+                    scores[mode] = sc[j][ok].astype(np.float32)
+                counts = np.fromiter(bought[j].values(), dtype=np.float64, count=len(bought[j]))
+                t, a = _reason_parts(scorer, keys[j], counts, np.concatenate([rows[m] for m in self.modes]))
+                times: dict[str, np.ndarray] = {}
+                anchors: dict[str, np.ndarray] = {}
+                at = 0
+                for mode in self.modes:
+                    times[mode], anchors[mode] = t[at : at + len(rows[mode])], a[at : at + len(rows[mode])]
+                    at += len(rows[mode])
+                self.re_ranked[member] = MemberLists(rows, scores, times, anchors,
+                                                     {m: len(rows[m]) < self.n for m in self.modes})
+        self.reranks += len(members)
+        self.rerank_seconds += time.perf_counter() - t0
 
     def describe(self) -> dict[str, object]:
         return {
             "n": self.n, "modes": list(self.modes), "members": int(len(self.valid)),
             "invalidated": int((~self.valid).sum()),
+            "re_ranked": len(self.re_ranked), "reranks": self.reranks,
+            "rerank_seconds": round(self.rerank_seconds, 3),
             "complete_share": {m: round(float(self.complete[m].mean()), 4) if len(self.valid) else 1.0
                                for m in self.modes},
             "build_seconds": round(self.seconds, 2),

@@ -8,7 +8,8 @@ request path and swaps the reference in one assignment, so a request sees one st
 Live purchases never modify the bundle's arrays: they go to :class:`LiveHistory` (what each
 member bought, and when), new members to :class:`MemberRegistry`, and — for vector models — the
 member's folded-in vector to the scorer's member index. A member with live purchases is no longer
-answered from the bundle's pre-ranked pick lists (:mod:`serving.picklists`): they are scored live.
+answered from the bundle's list any more: their lists are ranked again when the purchase is applied
+(:meth:`~serving.picklists.PickLists.rerank`) and served the same way.
 
 Events come from an :class:`~serving.events.EventStore` (the events file, or the Redis stream every
 replica shares); the state keeps its cursor into it and the ids it has applied, so an event is
@@ -358,7 +359,7 @@ class ServingState:
                 continue
             member = self.members.add(rec.member_id)  # the existing row, or a new one
             self.live.add(member, product, rec.ts.timestamp())
-            if self.pick_lists is not None:  # what they bought changed: score them live from now on
+            if self.pick_lists is not None:  # the list no longer answers until it is ranked again
                 self.pick_lists.invalidate(member)
             touched.add(member)
             applied += 1
@@ -370,6 +371,8 @@ class ServingState:
             products = np.fromiter(bought.keys(), dtype=np.int64, count=len(bought))
             weights = np.fromiter(bought.values(), dtype=np.float32, count=len(bought))
             self.scorer.fold_in(member, products, weights)
+        if self.pick_lists is not None and touched:
+            self.pick_lists.rerank(self, [m for m in sorted(touched) if self.personalised(m)])
         self.events_applied += applied
         return applied
 
@@ -526,7 +529,7 @@ def build_state(
     _smoke_test(state)
     if bundle.pre_ranked is not None and settings.use_pre_ranked:
         state.pick_lists = build_pick_lists(state, bundle.pre_ranked)
-    applied = state.sync_events()  # after the lists: members with live purchases are scored live
+    applied = state.sync_events()  # after the lists: members with live purchases are ranked again
     log.info(
         "loaded %s (%s, %d members, %d products, scorer %s, pre-ranked picks %s) in %.2fs; replayed %d live "
         "event(s)", info.version, info.model, len(bundle.members), len(bundle.products), scorer.kind,

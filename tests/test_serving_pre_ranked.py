@@ -1,7 +1,8 @@
 """Pre-ranked pick lists (recsys.precompute + serving.picklists): offline lists equal the model's
 own ranking, the bundle carries them, and picks answered from them are identical to live scoring
 -- both modes, category filters, exclusions, delisted products -- with live scoring taking over
-when a truncated list cannot answer and after a member's live purchase."""
+when a truncated list cannot answer, and a member's lists ranked again once after a live purchase
+(answering as live scoring does)."""
 
 from __future__ import annotations
 
@@ -232,7 +233,7 @@ def test_a_filter_that_empties_a_truncated_list_is_scored_live(pair: Callable[..
         assert sources(lists, "m0", 3, "replenish") == ["live"]
 
 
-def test_a_live_purchase_sends_the_member_to_live_scoring(
+def test_a_live_purchase_ranks_the_members_lists_again(
     pair: Callable[..., Any], bundles: dict[str, Path], serving_settings: Callable[..., Any], tmp_path: Path,
 ) -> None:
     event = [{"member_id": "m0", "product_id": "p2"}]
@@ -242,19 +243,49 @@ def test_a_live_purchase_sends_the_member_to_live_scoring(
         assert [p["product_id"] for p in before["picks"]] == ["p2", "p3", "p4"]
         for c in (lists, live):
             assert c.post("/v1/events", json=event, headers=auth("admin")).status_code == 200
-        assert sources(lists, "m0", 3, "discover") == ["live"]
+        # ranked again once, when the purchase was applied: answered from the new list from now on
+        assert sources(lists, "m0", 3, "discover") == ["re_ranked"]
         assert sources(lists, "m1", 3, "discover") == ["pre_ranked"]  # only that member
         after = bodies_equal(lists, live, "/v1/members/m0/picks", {"k": 3, "mode": "discover"})
         assert [p["product_id"] for p in after["picks"]] == ["p3", "p4", "p6"]
         rep = bodies_equal(lists, live, "/v1/members/m0/picks", {"k": 3})
         assert rep["picks"][2] == {**rep["picks"][2], "product_id": "p2", "reason_code": "often_buys"}
-        assert lists.get("/v1/model", headers=auth("admin")).json()["pre_ranked"]["invalidated"] == 1
-    # a restart replays the event: the member is still scored live
+        described = lists.get("/v1/model", headers=auth("admin")).json()["pre_ranked"]
+        assert described["invalidated"] == 1 and described["re_ranked"] == 1 and described["reranks"] == 1
+    # a restart replays the event: the member's lists are ranked again at load
     settings = serving_settings(bundles["top_frequency-100"], events_dir=tmp_path / "ev-lists")
     with TestClient(create_app(settings)) as again:
-        assert sources(again, "m0", 3, "discover") == ["live"]
+        assert sources(again, "m0", 3, "discover") == ["re_ranked"]
         assert [p["product_id"] for p in again.get("/v1/members/m0/picks", params={"k": 3, "mode": "discover"},
                                                    headers=auth("app")).json()["picks"]] == ["p3", "p4", "p6"]
+
+
+@pytest.mark.parametrize("bundle", ["als-2", "hybrid-100", "hybrid-4"])
+def test_lists_ranked_again_after_live_purchases_equal_live_scoring(
+    pair: Callable[..., Any], bundles: dict[str, Path], bundle: str,
+) -> None:
+    if bundle.startswith("hybrid"):
+        members, products, new = [f"m{i:04d}" for i in (0, 5, 77)], ["p001", "p017", "p030", "p001"], []
+        filters: list[dict[str, str]] = [{}, {"category": "c1"}, {"exclude": "p000,p011,p020"}]
+    else:
+        members, products, new = ["m0", "m3"], ["p4", "p6", "p2", "p4"], ["walk-in"]
+        filters = list(FILTERS)
+    events = [{"member_id": m, "product_id": p} for m in members + new for p in products]
+    with pair(bundles[bundle]) as (lists, live):
+        for c in (lists, live):
+            assert c.post("/v1/events", json=events, headers=auth("admin")).status_code == 200
+        used = []
+        for member in members + new:
+            for mode in ("replenish", "discover"):
+                for f in filters:
+                    for k in (2, 5):
+                        bodies_equal(lists, live, f"/v1/members/{member}/picks", {"k": k, "mode": mode, **f})
+                        used += sources(lists, member, k, mode, **{n: v.split(",") for n, v in f.items()})
+        assert "re_ranked" in used and "pre_ranked" not in used
+        if bundle == "als-2":  # a new member with a folded-in vector gets lists too
+            state = state_of(lists)
+            assert state.members.get("walk-in") in state.pick_lists.re_ranked
+            assert sources(lists, "walk-in", 1, "replenish") == ["re_ranked"]
 
 
 def test_a_bundle_without_lists_is_scored_live(client: TestClient) -> None:

@@ -48,7 +48,9 @@ class PickList:
     times: np.ndarray  # occasions the member bought each pick (0: never)
     anchors: np.ndarray  # for the others: the bought product it is most similar to (-1: none)
     segment: str | None  # the member's value segment (or the fallback's), for "popular in ..."
-    source: str  # "pre_ranked" (the bundle's lists), "live" (scored now) or "popular" (fallback)
+    # "pre_ranked" (the bundle's lists), "re_ranked" (the member's lists ranked again after live
+    # purchases), "live" (scored now) or "popular" (fallback)
+    source: str
 
 
 def pick_dicts(state: ServingState, pl: PickList) -> list[dict[str, Any]]:
@@ -164,7 +166,7 @@ def picks(
             live.append(i)
             continue
         out[i] = PickList(member_ids[i], False, None, ans.rows, ans.scores, ans.times, ans.anchors,
-                          _member_segment(state, row), "pre_ranked")
+                          _member_segment(state, row), "re_ranked" if ans.re_ranked else "pre_ranked")
     if live or any(pl is None and row >= 0 for pl, row in zip(out, rows, strict=True)):
         with state.lock:  # a consistent view of live purchases and folded-in vectors
             _picks_locked(state, member_ids, rows, out, live, k, mode, allowed, list_mask, segment)
