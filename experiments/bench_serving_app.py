@@ -24,8 +24,9 @@ only here, adds:
     against exact search, queried with product vectors as audiences are -- the index as served
     (HNSW, or exact search where the index routes a large ``k`` or a restrictive filter) and the
     HNSW graph alone -- measured on the server's own index, so a 1M-member graph is built once;
-  - ``GET /bench/agreement?members=&seed=``: picks answered from the pre-ranked lists against the
-    same requests scored live, for random known members, both modes, with and without a category
+  - ``GET /bench/agreement?members=&seed=&re_ranked=``: picks answered from the pre-ranked lists
+    against the same requests scored live, for random known members (``re_ranked=true``: members
+    whose lists were ranked again after live purchases), both modes, with and without a category
     filter and an exclusion; counts differences (product ids, order, scores, reasons).
 
 Nothing in ``serving/`` imports this module.
@@ -159,22 +160,31 @@ def create_app() -> FastAPI:
         @app.get("/bench/agreement", include_in_schema=False)
         def agreement(
             state: State, _: Annotated[Principal, Depends(require("picks"))], members: int = 300, seed: int = 0,
+            re_ranked: bool = False,
         ) -> dict[str, Any]:
             import numpy as np
 
             if state.pick_lists is None:
                 return {"error": "the bundle has no pre-ranked lists"}
             rng = np.random.default_rng(seed)
-            rows = rng.choice(state.members.n_base, size=min(members, state.members.n_base), replace=False)
-            ids = state.members.external(rows)
             lists = state.pick_lists
+            if re_ranked:  # members whose lists were ranked again after live purchases
+                pool = np.asarray(sorted(lists.re_ranked), dtype=np.int64)
+                rows = pool[rng.permutation(len(pool))[:members]] if len(pool) else pool
+            else:
+                rows = rng.choice(state.members.n_base, size=min(members, state.members.n_base), replace=False)
+            ids = state.members.external(rows)
             compared = differ = from_lists = 0
             examples: list[str] = []
             start = time.perf_counter()
             for member, row in zip(ids, rows.tolist(), strict=True):
                 bought = state.bought(row)
                 some_bought = [state.text.ids[p] for p in list(bought)[:2]] if bought else []  # type: ignore[union-attr]
-                head = lists.rows["replenish"][row, : lists.length["replenish"][row]] if "replenish" in lists.rows else []
+                own = lists.re_ranked.get(row)
+                if own is not None and "replenish" in own.rows:
+                    head = own.rows["replenish"]
+                else:
+                    head = lists.rows["replenish"][row, : lists.length["replenish"][row]] if "replenish" in lists.rows else []
                 # a category the member's list reaches into (a random one would mostly match nothing)
                 code = state.category.codes[head[int(rng.integers(len(head)))]] if len(head) else -1
                 category = [state.category.labels[code]] if code >= 0 else None
@@ -187,7 +197,7 @@ def create_app() -> FastAPI:
                         live = pick_service.picks(*args, use_lists=False)
                         assert live is not None
                         compared += 1
-                        from_lists += fast[0].source == "pre_ranked"
+                        from_lists += fast[0].source in ("pre_ranked", "re_ranked")
                         if pick_service.picks_dict(state, fast[0]) != pick_service.picks_dict(state, live[0]):
                             differ += 1
                             if len(examples) < 5:
