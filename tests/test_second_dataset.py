@@ -30,17 +30,15 @@ from recsys.cli import app
 from recsys.columns import Col
 from recsys.data.ingest import REJECT_REASONS
 from recsys.data.mapping import resolve_source
-from recsys.data.synth import (
-    CHANNELS,
+from recsys.data.synth import SynthSpec, synthesize, synthesize_retailer
+from recsys.data.synth.generator import CHANNELS
+from recsys.data.synth.retailer import (
     RETAILER_FILES,
     RETAILER_LINE_COLUMNS,
     RETAILER_NAME,
     RETAILER_NOISE,
     RETAILER_REGIONS,
-    SynthSpec,
     retailer_mapping_toml,
-    synthesize,
-    synthesize_retailer,
 )
 from training.config import TrainConfig
 from training.pipeline import fit_and_evaluate
