@@ -14,6 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from recsys.cli import app
+from recsys.data.ingest import ingest
+from recsys.data.mapping import resolve_source
 from recsys.data.synth import SynthSpec, synthesize
 from recsys.errors import InputError
 
@@ -292,11 +294,9 @@ def test_cli_bad_size_exits_with_message(tmp_path: Path):
 
 def test_ingest_accepts_every_line_strictly(tmp_path: Path, synth_dir: Path):
     """The files and mapping go through the real ingest path with nothing rejected."""
-    mapping = pytest.importorskip("recsys.data.mapping")
-    ingest = pytest.importorskip("recsys.data.ingest")
-    source = mapping.resolve_source(str(synth_dir / "mapping.toml"), tmp_path)
+    source = resolve_source(str(synth_dir / "mapping.toml"), tmp_path)
     assert source.name == "synth"
-    report = ingest.ingest(source, tmp_path / "canonical", strict=True)
+    report = ingest(source, tmp_path / "canonical", strict=True)
     assert (report.rows_in, report.rows_kept, report.rows_rejected) == (SPEC.lines, SPEC.lines, 0)
     assert report.outputs["products.parquet"] == SPEC.products
     assert report.outputs["members.parquet"] == SPEC.members
