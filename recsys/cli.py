@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,6 +23,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(features_app, name="features")
 experiment_app = typer.Typer(no_args_is_help=True, help="Hyperparameter sweeps and the comparison report.")
 app.add_typer(experiment_app, name="experiment")
+batch_app = typer.Typer(no_args_is_help=True, help="Batch scoring on Spark over member partitions (needs the spark extra).")
+app.add_typer(batch_app, name="batch")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -249,6 +251,140 @@ def experiment_report(
         _fail(exc)
     console.print(result.markdown, highlight=False, markup=False)
     console.print(f"report: {result.path} (MLflow run {result.run_id})", highlight=False)
+
+
+# --------------------------------------------------------------------------- batch (Spark)
+BundleOpt = Annotated[Path | None, typer.Option("--bundle", help="A bundle folder (read by the driver and every "
+                                                "executor at this path).")]
+RegisteredOpt = Annotated[str | None, typer.Option("--registered-model", help="Or a registered model; its bundle "
+                                                   "is shipped to the executors.")]
+AliasOpt = Annotated[str, typer.Option(help="Registry alias or version of --registered-model.")]
+TrackingOpt = Annotated[str | None, typer.Option(help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db).")]
+MasterOpt = Annotated[str | None, typer.Option("--spark-master", help="local[N], spark://..., yarn, k8s://... or "
+                                               "sc://HOST:15002 (default: $RECSYS_SPARK_MASTER, else local[*]).")]
+ConfOpt = Annotated[list[str] | None, typer.Option("--spark-conf", help="A spark.* setting, KEY=VALUE (repeatable).")]
+PartsOpt = Annotated[int | None, typer.Option(help="Member partitions (default: one per 50,000 members, at least "
+                                              "one per core).")]
+WhereOpt = Annotated[list[str] | None, typer.Option("--where", help="Only members with this tag value, TAG=V1,V2 "
+                                                    "(repeatable; e.g. lifecycle=active,sleeping).")]
+
+
+def _batch(job: str, bundle: Path | None, registered_model: str | None, alias: str, tracking_uri: str | None,
+           master: str | None, conf: list[str] | None, run: Any) -> None:
+    from recsys.spark.batch import ModelSource
+    from recsys.spark.session import SparkSettings, spark_session
+
+    try:
+        source = ModelSource(bundle=str(bundle) if bundle else None, registered_model=registered_model,
+                             alias=alias, tracking_uri=tracking_uri)
+        settings = SparkSettings.from_options(master, conf, app_name=f"recsys batch {job}")
+        with spark_session(settings) as spark:
+            summary = run(spark, source)
+    except RecsysError as exc:
+        _fail(exc)
+    console.print_json(data=summary)
+
+
+def _where(items: list[str] | None) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for item in items or []:
+        tag, sep, values = item.partition("=")
+        if not sep or not tag.strip() or not values.strip():
+            raise RecsysError(f"--where {item!r} is not TAG=VALUE[,VALUE...], e.g. --where lifecycle=active,sleeping")
+        out.setdefault(tag.strip(), []).extend(v.strip() for v in values.split(",") if v.strip())
+    return out
+
+
+@batch_app.command("pre-rank")
+def batch_pre_rank(
+    bundle: BundleOpt = None, registered_model: RegisteredOpt = None, alias: AliasOpt = "champion",
+    tracking_uri: TrackingOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Parquet folder for the lists (default with --bundle: into "
+                                             "the bundle, replacing its lists).")] = None,
+    n: Annotated[int, typer.Option(help="Products per member and mode.")] = 100,
+    modes: Annotated[str, typer.Option(help="Comma-separated modes.")] = "replenish,discover",
+    partitions: PartsOpt = None, spark_master: MasterOpt = None, spark_conf: ConfOpt = None,
+) -> None:
+    """Every member's pre-ranked pick lists on Spark: the lists `recsys train` puts into the bundle."""
+    import shutil
+
+    from recsys.spark.batch import attach_pre_ranked, pre_rank_lists
+
+    if out is None and bundle is None:
+        _fail(RecsysError("--out is needed with --registered-model (a registered bundle is never changed)"))
+    wanted = tuple(m.strip() for m in modes.split(",") if m.strip())
+
+    def run(spark: Any, source: Any) -> Any:
+        target = out if out is not None else Path(bundle) / ".pre_ranked.spark"  # type: ignore[arg-type]
+        summary = pre_rank_lists(spark, source, str(target), n=n, modes=wanted, partitions=partitions)
+        if out is None:
+            attach_pre_ranked(bundle, target, summary)  # type: ignore[arg-type]
+            shutil.rmtree(target, ignore_errors=True)
+            summary["bundle"] = str(bundle)
+        return summary
+
+    _batch("pre-rank", bundle, registered_model, alias, tracking_uri, spark_master, spark_conf, run)
+
+
+@batch_app.command("member-vectors")
+def batch_member_vectors(
+    out: Annotated[Path, typer.Option(help="Parquet folder: member_row, member_id, vector.")],
+    bundle: BundleOpt = None, registered_model: RegisteredOpt = None, alias: AliasOpt = "champion",
+    tracking_uri: TrackingOpt = None, partitions: PartsOpt = None, spark_master: MasterOpt = None,
+    spark_conf: ConfOpt = None,
+) -> None:
+    """The member vectors the audience index is built from (vector models: als, bpr, spark_als)."""
+    from recsys.spark.batch import member_vectors
+
+    _batch("member-vectors", bundle, registered_model, alias, tracking_uri, spark_master, spark_conf,
+           lambda spark, source: member_vectors(spark, source, str(out), partitions=partitions))
+
+
+@batch_app.command("audiences")
+def batch_audiences(
+    out: Annotated[Path, typer.Option(help="Parquet folder: product_id, rank, member_id, score.")],
+    bundle: BundleOpt = None, registered_model: RegisteredOpt = None, alias: AliasOpt = "champion",
+    tracking_uri: TrackingOpt = None,
+    n: Annotated[int, typer.Option(help="Members per product.")] = 1000,
+    product: Annotated[list[str] | None, typer.Option("--product", help="A product id (repeatable).")] = None,
+    category: Annotated[list[str] | None, typer.Option("--category", help="Every product of a category (repeatable).")] = None,
+    where: WhereOpt = None, partitions: PartsOpt = None, spark_master: MasterOpt = None, spark_conf: ConfOpt = None,
+) -> None:
+    """The top-N members of each product (all products unless --product / --category), among
+    members with the --where tags: a full audience export."""
+    from recsys.spark.batch import audience_export
+
+    try:
+        filters = _where(where)
+    except RecsysError as exc:
+        _fail(exc)
+    _batch("audiences", bundle, registered_model, alias, tracking_uri, spark_master, spark_conf,
+           lambda spark, source: audience_export(spark, source, str(out), n=n, products=product, categories=category,
+                                                 where=filters, partitions=partitions))
+
+
+@batch_app.command("push-lists")
+def batch_push_lists(
+    out: Annotated[Path, typer.Option(help="Parquet folder: member_id, rank, product_id, score, bought_before.")],
+    bundle: BundleOpt = None, registered_model: RegisteredOpt = None, alias: AliasOpt = "champion",
+    tracking_uri: TrackingOpt = None,
+    k: Annotated[int, typer.Option(help="Products per member.")] = 10,
+    mode: Annotated[str, typer.Option(help="discover (never what they bought) or replenish.")] = "discover",
+    where: WhereOpt = None,
+    category: Annotated[list[str] | None, typer.Option("--category", help="Only products of this category (repeatable).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Never this product id (repeatable).")] = None,
+    partitions: PartsOpt = None, spark_master: MasterOpt = None, spark_conf: ConfOpt = None,
+) -> None:
+    """A campaign's push lists: the top-k picks of every member with the --where tags."""
+    from recsys.spark.batch import push_lists
+
+    try:
+        filters = _where(where)
+    except RecsysError as exc:
+        _fail(exc)
+    _batch("push-lists", bundle, registered_model, alias, tracking_uri, spark_master, spark_conf,
+           lambda spark, source: push_lists(spark, source, str(out), k=k, mode=mode, where=filters,
+                                            categories=category, exclude=exclude, partitions=partitions))
 
 
 def main() -> None:  # pragma: no cover - console entry

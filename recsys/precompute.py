@@ -106,6 +106,10 @@ class PreRanked:
 
     @classmethod
     def load(cls, path: Path | str, meta: dict[str, Any] | None = None) -> PreRanked:
+        """Lists saved by :meth:`save` (``.npz``), or the Parquet folder / file the Spark batch
+        job writes (:func:`recsys.spark.batch.pre_rank_lists`, read by :meth:`from_parquet`)."""
+        if Path(path).is_dir() or str(path).endswith(".parquet"):
+            return cls.from_parquet(path, meta)
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         modes = sorted({k.split(".", 1)[0] for k in arrays}, key=lambda m: MODES.index(m) if m in MODES else 99)
@@ -114,6 +118,37 @@ class PreRanked:
             scores={m: arrays[f"{m}.scores"].astype(np.float32, copy=False) for m in modes},
             meta=dict(meta or {}),
         )
+
+
+    @classmethod
+    def from_parquet(cls, path: Path | str, meta: dict[str, Any] | None = None) -> PreRanked:
+        """Lists as Parquet rows ``member_row, <mode>_products, <mode>_scores`` (lists of ``n``
+        entries, padded with -1 / -inf), one row per member in any order.
+
+        Raises ValueError when the rows are not one per member ``0..rows-1`` or the lists are not
+        all of one length."""
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(str(path))
+        modes = tuple(m for m in MODES if f"{m}_products" in table.column_names)
+        if not modes or "member_row" not in table.column_names:
+            raise ValueError(f"{path}: no member_row / <mode>_products columns (modes: {', '.join(MODES)})")
+        rows = table.column("member_row").to_numpy().astype(np.int64)
+        n_members = len(rows)
+        if n_members and (rows.min() < 0 or rows.max() >= n_members or len(np.unique(rows)) != n_members):
+            raise ValueError(f"{path}: member_row is not one row per member 0..{n_members - 1}")
+        arrays: dict[str, dict[str, np.ndarray]] = {"products": {}, "scores": {}}
+        for mode in modes:
+            for kind, dtype in (("products", np.int32), ("scores", np.float32)):
+                column = table.column(f"{mode}_{kind}").combine_chunks()
+                flat = column.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+                width = len(flat) // max(n_members, 1)
+                if len(flat) != width * n_members or (n_members and len(column.value_lengths().unique()) != 1):
+                    raise ValueError(f"{path}: {mode}_{kind} lists are not all of one length")
+                block = np.empty((n_members, width), dtype=dtype)
+                block[rows] = flat.reshape(n_members, width)
+                arrays[kind][mode] = block
+        return cls(indices=arrays["products"], scores=arrays["scores"], meta=dict(meta or {}))
 
 
 def _uses_base_recommend(model: Recommender) -> bool:
@@ -159,31 +194,12 @@ def pre_rank(
         batch_size = int(max(1, min(1024, MAX_BATCH_ENTRIES // max(n_products, 1))))
     indices = {m: np.full((n_members, n), -1, dtype=np.int32) for m in modes}
     scores = {m: np.full((n_members, n), NEG_INF, dtype=np.float32) for m in modes}
-    fast = _uses_base_recommend(model)
 
     def rank(start: int) -> int:
         batch = np.arange(start, min(n_members, start + batch_size), dtype=np.int64)
         sl = slice(start, start + len(batch))
-        cand = model._score_candidates(batch) if fast else None
-        if cand is not None:
-            # what Recommender.recommend does for a model that ranks candidates, scored once for
-            # both modes: the candidates' scores, (discover) what they bought dropped, top-n
-            for mode in modes:
-                idx, sc = topk_sparse(model._filter_candidates(cand, batch, None, mode), n)  # type: ignore[arg-type]
-                indices[mode][sl], scores[mode][sl] = idx.astype(np.int32), sc
-        elif fast:
-            # ... and for a model that scores every product: dense scores, (discover) mask, top-n
-            block = np.array(model._score_items(batch), dtype=np.float32, copy=True)
-            for mode in sorted(modes, key=lambda m: m != "replenish"):  # replenish before masking
-                if mode == "discover":
-                    seen = model.history[batch].tocoo()
-                    block[seen.row, seen.col] = NEG_INF
-                idx, sc = topk_rows(block, n)
-                indices[mode][sl], scores[mode][sl] = idx.astype(np.int32), sc
-        else:  # the model ranks its own way: ask it
-            for mode in modes:
-                idx, sc = model.recommend(batch, n, mode=mode)  # type: ignore[arg-type]
-                indices[mode][sl], scores[mode][sl] = idx.astype(np.int32), sc
+        for mode, (idx, sc) in rank_members(model, batch, n, modes).items():
+            indices[mode][sl], scores[mode][sl] = idx, sc
         return len(batch)
 
     starts = range(0, n_members, batch_size)
@@ -205,6 +221,38 @@ def pre_rank(
         "complete_share": {m: float(np.mean(indices[m][:, -1] < 0)) if n else 1.0 for m in modes},
     }
     return PreRanked(indices, scores, meta)
+
+
+def rank_members(
+    model: Recommender, batch: np.ndarray, n: int, modes: tuple[str, ...] = MODES
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """One block of members' top-``n`` lists in each of ``modes``, as :func:`pre_rank` ranks every
+    block: ``mode -> (int32 product indices, float32 scores)``, each ``(len(batch), n)``. The
+    model's scoring hook is called once for both modes (the batch jobs on Spark call this too)."""
+    batch = np.asarray(batch, dtype=np.int64)
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    fast = _uses_base_recommend(model)
+    cand = model._score_candidates(batch) if fast else None
+    if cand is not None:
+        # what Recommender.recommend does for a model that ranks candidates, scored once for
+        # both modes: the candidates' scores, (discover) what they bought dropped, top-n
+        for mode in modes:
+            idx, sc = topk_sparse(model._filter_candidates(cand, batch, None, mode), n)  # type: ignore[arg-type]
+            out[mode] = idx.astype(np.int32), sc
+    elif fast:
+        # ... and for a model that scores every product: dense scores, (discover) mask, top-n
+        block = np.array(model._score_items(batch), dtype=np.float32, copy=True)
+        for mode in sorted(modes, key=lambda m: m != "replenish"):  # replenish before masking
+            if mode == "discover":
+                seen = model.history[batch].tocoo()
+                block[seen.row, seen.col] = NEG_INF
+            idx, sc = topk_rows(block, n)
+            out[mode] = idx.astype(np.int32), sc
+    else:  # the model ranks its own way: ask it
+        for mode in modes:
+            idx, sc = model.recommend(batch, n, mode=mode)  # type: ignore[arg-type]
+            out[mode] = idx.astype(np.int32), sc
+    return {mode: out[mode] for mode in modes}
 
 
 def _verify(model: Recommender, indices: dict[str, np.ndarray], scores: dict[str, np.ndarray], n: int,

@@ -71,7 +71,6 @@ def test_settings_the_outputs_depend_on_cannot_be_overridden():
     conf = builder_conf(SparkSettings(conf={"spark.sql.shuffle.partitions": "200"}), "local[2]")
     assert conf["spark.sql.shuffle.partitions"] == "200"  # the user's value beats a local default
     assert all(conf[k] == v for k, v in FIXED_CONF.items())
-    assert conf["spark.pyspark.python"] == sys.executable or os.environ.get("PYSPARK_PYTHON")
     cluster = builder_conf(SparkSettings(), "yarn")
     assert "spark.ui.enabled" not in cluster and "spark.checkpoint.dir" not in cluster
 
@@ -81,3 +80,15 @@ def test_spark_conf_options_are_key_value_pairs():
     assert s.master == "spark://h:7077" and dict(s.conf) == {"spark.executor.memory": "8g", "spark.x": "y"}
     with pytest.raises(RecsysError, match="not KEY=VALUE"):
         SparkSettings.from_options(None, ["spark.executor.memory"])
+
+
+def test_a_spark_command_without_java_fails_with_that_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("JAVA_HOME", "PYSPARK_GATEWAY_PORT", "SPARK_REMOTE")}
+    env["PATH"] = str(tmp_path)
+    env["RECSYS_SPARK_MASTER"] = "local[1]"
+    recsys = Path(sys.executable).with_name("recsys")
+    out = subprocess.run([str(recsys), "batch", "member-vectors", "--bundle", str(tmp_path), "--out", str(tmp_path / "v")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().startswith("error: Spark needs Java 17+") and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "v").exists()

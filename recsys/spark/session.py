@@ -58,8 +58,8 @@ FIXED_CONF: dict[str, str] = {
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
 }
-# Local mode only, unless set: one machine's worth of partitions, no UI port to bind, and the
-# workers run the interpreter that runs the job (the one recsys is installed in).
+# Local mode only, unless set: one machine's worth of partitions, no UI port to bind. (The workers
+# also run the interpreter that runs the job, the one recsys is installed in: PYSPARK_PYTHON.)
 LOCAL_DEFAULTS: dict[str, str] = {
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
@@ -167,8 +167,6 @@ def builder_conf(settings: SparkSettings, master: str) -> dict[str, str]:
             conf.setdefault(key, value)
         if CHECKPOINT_DIR not in conf:
             conf[CHECKPOINT_DIR] = _scratch_dir()
-        if "spark.pyspark.python" not in conf and not os.environ.get("PYSPARK_PYTHON"):
-            conf["spark.pyspark.python"] = sys.executable
     conf.update(FIXED_CONF)
     return conf
 
@@ -219,6 +217,10 @@ def get_spark(settings: SparkSettings | None = None) -> SparkSession:
         if problem:
             raise SparkUnavailableError(problem)
         builder = builder.master(master)
+        if master.startswith("local") and "spark.pyspark.python" not in conf:
+            # pyspark starts Python workers with $PYSPARK_PYTHON (else "python3" on PATH): in local
+            # mode, the interpreter this project is installed in
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     for key, value in conf.items():
         builder = builder.config(key, value)
     try:
