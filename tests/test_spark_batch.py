@@ -159,3 +159,24 @@ def test_unknown_filters_are_refused_before_any_spark_work(spark, bundles, tmp_p
     with pytest.raises(InputError, match="unknown product"):
         audience_export(spark, src, str(tmp_path / "d"), products=["p999"])
     assert not any((tmp_path / x).exists() for x in "abcd")
+
+
+def test_a_registered_model_is_shipped_to_the_executors(spark, bundles, store, tmp_path):
+    import tempfile
+
+    from recsys.spark.batch import ModelSource, pre_rank_lists
+    from training.tracking import Tracker, gate_champion, log_bundle_model
+
+    with Tracker("batch", "als", tracking_uri=store) as run:
+        version = str(log_bundle_model(run, bundles["als"], "recsys-batch-test").version)
+    assert gate_champion("recsys-batch-test", version, "recall@10", 0.2, tracking_uri=store) == "champion"
+    before = set(Path(tempfile.gettempdir()).glob("recsys-batch-*"))
+    out = tmp_path / "lists"
+    source = ModelSource(registered_model="recsys-batch-test", alias="champion", tracking_uri=store)
+    summary = pre_rank_lists(spark, source, str(out), n=10, partitions=PARTS)
+    assert summary["version"] == version and summary["source"] == "recsys-batch-test@champion"
+    want = pre_rank(load_bundle(bundles["als"]).model, n=10)
+    got = PreRanked.from_parquet(out)
+    for mode in want.modes:
+        np.testing.assert_array_equal(got.indices[mode], want.indices[mode])
+    assert set(Path(tempfile.gettempdir()).glob("recsys-batch-*")) == before  # the download is gone

@@ -85,6 +85,7 @@ class _Shipped:
 
     path: str | None = None
     spark_file: str | None = None
+    stamp: str = ""  # bundle.json's digest: a worker kept from an earlier job reloads a changed bundle
 
     def local_path(self) -> str:
         if self.path is not None:
@@ -120,7 +121,8 @@ class _Opened:
 
 def _open(spark: SparkSession, source: ModelSource) -> _Opened:
     if source.bundle is not None:
-        return _Opened(load_bundle(source.bundle), _Shipped(path=str(Path(source.bundle).resolve())))
+        folder = Path(source.bundle).resolve()
+        return _Opened(load_bundle(folder), _Shipped(path=str(folder), stamp=_stamp(folder)))
     from recsys.pyfunc import download_bundle, mlflow_client, resolve_tracking_uri, resolve_version
 
     uri = resolve_tracking_uri(source.tracking_uri)
@@ -128,15 +130,23 @@ def _open(spark: SparkSession, source: ModelSource) -> _Opened:
     tmp = tempfile.mkdtemp(prefix="recsys-batch-")
     local = download_bundle(str(source.registered_model), version, uri, dst=tmp)
     opened = _Opened(load_bundle(local), _Shipped(), [tmp], version)
+    stamp = _stamp(local)
+    staged = local
     try:
         name = f"recsys-{source.registered_model}-v{version}"
         staged = Path(tmp) / name
         local.rename(staged)
         spark.sparkContext.addFile(str(staged), recursive=True)
-        opened.shipped = _Shipped(spark_file=name)
+        opened.shipped = _Shipped(spark_file=name, stamp=stamp)
     except Exception:  # Spark Connect has no addFile: the driver's folder must be visible as is
-        opened.shipped = _Shipped(path=str(staged if staged.exists() else local))
+        opened.shipped = _Shipped(path=str(staged if staged.exists() else local), stamp=stamp)
     return opened
+
+
+def _stamp(folder: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256((folder / "bundle.json").read_bytes()).hexdigest()[:16]
 
 
 def _member_frame(spark: SparkSession, n_members: int, partitions: int | None) -> DataFrame:
