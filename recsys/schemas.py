@@ -46,10 +46,12 @@ TRANSACTIONS = TableSchema(
     },
 )
 
+# price is optional: a product master without one gets each product's median paid unit price.
 PRODUCTS = TableSchema(
     "products",
-    required={Col.PRODUCT: "VARCHAR", Col.CATEGORY: "VARCHAR", Col.PRICE: "DOUBLE"},
-    optional={Col.BRAND: "VARCHAR", Col.NAME: "VARCHAR", Col.LAUNCHED_AT: "TIMESTAMP"},
+    required={Col.PRODUCT: "VARCHAR", Col.CATEGORY: "VARCHAR"},
+    optional={Col.PRICE: "DOUBLE", Col.BRAND: "VARCHAR", Col.NAME: "VARCHAR",
+              Col.LAUNCHED_AT: "TIMESTAMP"},
 )
 
 MEMBERS = TableSchema(

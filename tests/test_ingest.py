@@ -68,12 +68,15 @@ def test_each_reason_counted_exactly(tmp_path: Path) -> None:
     report = ingest(_mapping(tmp_path), out)
 
     assert report.rejected_by_reason == {
+        "malformed_row": 0,
         "missing_member_id": 2,
         "missing_product_id": 1,
         "unparseable_ts": 1,
+        "ts_out_of_range": 0,
         "unparseable_quantity": 1,
         "unparseable_amount": 1,
         "non_positive_quantity": 1,
+        "implausible_quantity": 0,
         "non_positive_amount": 1,
         "unknown_product": 0,
         "duplicate": 2,
@@ -164,7 +167,7 @@ P3,,2,yesterday
     assert report.rejected_by_reason["unknown_product"] == 1  # the P9 line
     assert report.rows_kept == 2 and report.rows_in == report.rows_kept + report.rows_rejected
     assert report.tables["products"]["rejected_by_reason"] == {
-        "missing_product_id": 1, "duplicate_product_id": 1}
+        "malformed_row": 0, "missing_product_id": 1, "duplicate_product_id": 1}
     assert report.tables["products"]["repaired_by_reason"] == {
         "trimmed_id": 0, "bad_price": 1, "missing_category": 1, "bad_launched_at": 1}
     # P2's bad list price falls back to the median unit price paid (30 / 2); unsold P3 stays.
@@ -188,7 +191,8 @@ M7,bad,25-29
     out = tmp_path / "out"
     report = ingest(_mapping(tmp_path, members=mem_map), out)
     section = report.tables["members"]
-    assert section["rejected_by_reason"] == {"missing_member_id": 0, "duplicate_member_id": 1}
+    assert section["rejected_by_reason"] == {"malformed_row": 0, "missing_member_id": 0,
+                                             "duplicate_member_id": 1}
     assert section["repaired_by_reason"] == {"trimmed_id": 0, "bad_joined_at": 1}
     assert section["added_from_lines"] == 1  # M3 buys but is not in the members file
     assert _rows(out / "members.parquet",
@@ -439,3 +443,221 @@ def test_tafeng_full_ingest(tmp_path: Path) -> None:
     assert (lo, hi) == ("2000-11-01", "2001-02-28")
     assert con.execute(f"SELECT count(*) FROM {memb}").fetchone()[0] == 32_266
     assert con.execute(f"SELECT count(*) FROM {prod}").fetchone()[0] == 23_812
+
+
+# ---------------------------------------------------------------------------------------------
+# implausible values, malformed rows, corrupt archives (hardening issue, defects 6, 8 and 9)
+
+IMPLAUSIBLE = """card,sku,date,qty,paid
+M1,P1,11/1/2000,1,10
+M1,P2,11/1/00,1,10
+M1,P2,11/1/1900,1,10
+M1,P2,11/1/2099,1,10
+M1,P2,1/1/1,1,10
+M1,P2,1/1/99,1,10
+M2,P1,11/2/2000,99999999999,10
+M2,P2,11/3/2000,10000,20000
+"""
+
+
+def _us_dates(tmp_path: Path, lines: str = IMPLAUSIBLE, **extra: object) -> MappingConfig:
+    src = _write(tmp_path / "src" / "lines.csv", lines)
+    cols = {k: v for k, v in TXN_COLUMNS.items() if k != "cost"}
+    return MappingConfig.from_dict({"name": "us", "transactions": {
+        "path": str(src), "ts_format": "%m/%d/%Y", "columns": cols}, **extra}).resolved(tmp_path)
+
+
+def test_implausible_dates_and_quantities_are_rejected(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    report = ingest(_us_dates(tmp_path), out)
+    # year 0 (a two-digit year under %Y), 1900, 2099, year 1 and year 99 are outside the default
+    # window 1990-01-01 .. now + 1 day; 99,999,999,999 units is over the default maximum 10,000
+    assert report.rejected_by_reason["ts_out_of_range"] == 5
+    assert report.rejected_by_reason["implausible_quantity"] == 1
+    assert (report.rows_in, report.rows_kept) == (8, 2)
+    assert report.rows_in == report.rows_kept + report.rows_rejected
+    # every kept timestamp is one pyarrow (and so pandas and the training code) can read
+    table = pq.read_table(out / "transactions.parquet").to_pylist()
+    assert [(r["member_id"], r["ts"].year, r["quantity"]) for r in table] == [
+        ("M1", 2000, 1.0), ("M2", 2000, 10_000.0)]
+    assert report.tables["transactions"]["limits"]["max_quantity"] == 10_000
+
+
+def test_limits_are_configurable_in_the_mapping(tmp_path: Path) -> None:
+    limits = {"ts_min": "1900-01-01", "ts_max": "2100-01-01", "max_quantity": 1e12}
+    report = ingest(_us_dates(tmp_path, limits=limits), tmp_path / "out")
+    # now only year 0, 1 and 99 fall outside; nothing is too many
+    assert report.rejected_by_reason["ts_out_of_range"] == 3
+    assert report.rejected_by_reason["implausible_quantity"] == 0
+    assert report.rows_kept == 5
+    with pytest.raises(InputError, match="ts_min .* must be before ts_max"):
+        _us_dates(tmp_path, limits={"ts_min": "2024-01-01", "ts_max": "2023-01-01"})
+
+
+@pytest.mark.parametrize(("lines", "line", "value", "reason"), [
+    ("card,sku,date,qty,paid\nM1,P1,11/1/2000,1,10\nM1,P2,11/1/00,1,10\n", 3, "11/1/00",
+     "ts_out_of_range"),
+    ("card,sku,date,qty,paid\nM1,P1,11/1/2000,1,10\nM1,P2,11/1/2000,1e11,10\n", 3, "1e11",
+     "implausible_quantity"),
+])
+def test_strict_refuses_implausible_values(tmp_path: Path, lines: str, line: int, value: str,
+                                           reason: str) -> None:
+    with pytest.raises(StrictValidationError) as info:
+        ingest(_us_dates(tmp_path, lines), tmp_path / "out", strict=True)
+    assert (info.value.row, info.value.value, info.value.reason) == (line, value, reason)
+
+
+def test_dates_of_members_and_products_outside_the_window_are_dropped(tmp_path: Path) -> None:
+    members = _write(tmp_path / "src" / "members.csv", "no,joined\nM1,11/1/00\nM2,3/4/2020\n")
+    products = _write(tmp_path / "src" / "products.csv",
+                      "id,cat,price,launch\nP1,a,1,1/1/1\nP2,b,2,2/2/2000\n")
+    cfg = _us_dates(
+        tmp_path,
+        members={"path": str(members), "ts_format": "%m/%d/%Y",
+                 "columns": {"member_id": "no", "joined_at": "joined"}},
+        products={"path": str(products), "ts_format": "%m/%d/%Y",
+                  "columns": {"product_id": "id", "category": "cat", "price": "price",
+                              "launched_at": "launch"}})
+    out = tmp_path / "out"
+    report = ingest(cfg, out)
+    # the line's date is kept only when plausible; so are the dates that describe a member or a
+    # product (an impossible one is cleared, like an unparseable one, and counted)
+    assert report.tables["members"]["repaired_by_reason"]["bad_joined_at"] == 1
+    assert report.tables["products"]["repaired_by_reason"]["bad_launched_at"] == 1
+    assert _rows(out / "members.parquet", "SELECT member_id, joined_at::DATE::VARCHAR FROM t") == [
+        ("M1", None), ("M2", "2020-03-04")]
+    assert _rows(out / "products.parquet", "SELECT product_id, launched_at::DATE::VARCHAR FROM t"
+                 ) == [("P1", None), ("P2", "2000-02-02")]
+
+
+RAGGED = """card,sku,date,qty,paid,cost
+M1,P1,2024-01-01,1,10,5
+M2,P1,2024-01-01,1,10
+M3,P1,2024-01-01,1,10,5,extra
+M4,P1,2024-01-02,1,10,5
+M5\udcff,P1,2024-01-03,1,10,5
+M6,P1,2024-01-03,1,10,5
+M7,P1,not a date,1,10,5
+"""
+
+
+def _ragged(tmp_path: Path, text: str = RAGGED) -> MappingConfig:
+    """RAGGED's line 6 holds a byte that is not UTF-8 (written through surrogateescape)."""
+    src = tmp_path / "src" / "lines.csv"
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_bytes(text.encode("utf-8", errors="surrogateescape"))
+    return MappingConfig.from_dict({"name": "shop", "transactions": {
+        "path": str(src), "columns": TXN_COLUMNS}}).resolved(tmp_path)
+
+
+def test_ragged_rows_are_counted_not_fatal(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    report = ingest(_ragged(tmp_path), out)
+    # lines 3 (a field short), 4 (a field over) and 6 (not UTF-8) are malformed; the file is
+    # read, and each other line gets its usual fate
+    assert report.rejected_by_reason["malformed_row"] == 3
+    assert report.rejected_by_reason["unparseable_ts"] == 1
+    assert (report.rows_in, report.rows_kept) == (7, 3)
+    assert report.rows_in == report.rows_kept + report.rows_rejected
+    section = report.tables["transactions"]
+    assert [m["line"] for m in section["malformed_rows"]] == [3, 4, 6]
+    assert "M2,P1,2024-01-01,1,10" in section["malformed_rows"][0]["text"]
+    assert _rows(out / "transactions.parquet", "SELECT member_id FROM t ORDER BY 1") == [
+        ("M1",), ("M4",), ("M6",)]
+
+
+def test_strict_points_at_the_malformed_line_and_keeps_line_numbers(tmp_path: Path) -> None:
+    with pytest.raises(StrictValidationError) as info:
+        ingest(_ragged(tmp_path), tmp_path / "out", strict=True)
+    assert (info.value.row, info.value.reason) == (3, "malformed_row")
+    assert "M2,P1,2024-01-01,1,10" in str(info.value) and "\n" not in str(info.value)
+    # rows after skipped lines keep their own line numbers (the bad date is on line 8)
+    fixed = RAGGED.replace("M2,P1,2024-01-01,1,10\n", "").replace(
+        "M3,P1,2024-01-01,1,10,5,extra\n", "").replace("M5\udcff", "M5")
+    with pytest.raises(StrictValidationError) as info:
+        ingest(_ragged(tmp_path, fixed), tmp_path / "out", strict=True)
+    assert (info.value.row, info.value.reason) == (6, "unparseable_ts")
+
+
+def test_line_numbers_count_the_malformed_lines(tmp_path: Path) -> None:
+    # the reader numbers only the rows it read: the bad date on line 5 is its 4th row, and the
+    # malformed line 4 comes first in the file, so that is what --strict reports
+    lines = ("card,sku,date,qty,paid\nM1,P1,2024-01-01,1,10\nM2,P1,2024-01-01,1,10\n"
+             "bad,line\nM3,P1,soon,1,10\nM1,P1,2024-01-01,1,10\n")
+    cfg = _mapping(tmp_path, lines, {k: v for k, v in TXN_COLUMNS.items() if k != "cost"})
+    with pytest.raises(StrictValidationError) as info:
+        ingest(cfg, tmp_path / "out", strict=True)
+    assert (info.value.row, info.value.reason) == (4, "malformed_row")
+    report = ingest(cfg, tmp_path / "out")
+    assert [m["line"] for m in report.tables["transactions"]["malformed_rows"]] == [4]
+    assert (report.rejected_by_reason["unparseable_ts"], report.rejected_by_reason["duplicate"],
+            report.rows_kept) == (1, 1, 2)
+
+
+def test_an_early_ragged_row_in_a_small_file_is_not_a_missing_column(tmp_path: Path) -> None:
+    lines = ("CUSTOMER_ID,PRODUCT_ID,TRANSACTION_DT,AMOUNT,SALES_PRICE\n"
+             "1,a,2024-01-01,1\n2,b,2024-01-01,1,3\n3,c,2024-01-02,2,4\n")
+    cols = {"member_id": "CUSTOMER_ID", "product_id": "PRODUCT_ID", "ts": "TRANSACTION_DT",
+            "quantity": "AMOUNT", "amount": "SALES_PRICE"}
+    report = ingest(_mapping(tmp_path, lines, cols), tmp_path / "out")
+    assert report.rejected_by_reason["malformed_row"] == 1 and report.rows_kept == 2
+
+
+def _zip_bytes(payload: bytes) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("lines.csv", payload)
+    return buf.getvalue()
+
+
+def test_corrupt_zip_is_an_input_error_not_a_traceback(tmp_path: Path) -> None:
+    data = bytearray(_zip_bytes(LINES.encode() * 50))
+    # flip bytes inside the deflate stream (after the 30-byte local header and the name)
+    for i in range(60, 90):
+        data[i] ^= 0x5A
+    src = tmp_path / "src" / "lines.zip"
+    src.parent.mkdir(parents=True)
+    src.write_bytes(bytes(data))
+    cfg = MappingConfig.from_dict({"name": "z", "transactions": {"path": str(src),
+                                                                "columns": TXN_COLUMNS}})
+    with pytest.raises(InputError, match=r"lines\.zip.*(corrupt|damaged)"):
+        ingest(cfg, tmp_path / "out")
+    code, output = _cli(tmp_path, TOML.replace("src/lines.csv", "src/lines.zip").format(qty="qty"))
+    assert code == 2 and "Traceback" not in output and output.strip().count("\n") == 0, output
+
+
+def test_product_master_without_price_gets_the_median_paid(tmp_path: Path) -> None:
+    products = _write(tmp_path / "src" / "products.csv",
+                      "id,cat,brand\nP1,dairy,A\nP2,bakery,B\nP9,bakery,B\nP5,fruit,C\n")
+    prod_map = {"path": str(products), "columns": {"product_id": "id", "category": "cat",
+                                                   "brand": "brand"}}
+    lines = ("card,sku,date,qty,paid\nM1,P1,2024-01-01,1,10\nM2,P1,2024-01-02,2,30\n"
+             "M3,P1,2024-01-03,1,11\nM1,P2,2024-01-03,4,2\nM1,P9,2024-01-04,1,7\n")
+    out = tmp_path / "out"
+    report = ingest(_mapping(tmp_path, lines, {k: v for k, v in TXN_COLUMNS.items()
+                                               if k != "cost"}, products=prod_map), out)
+    section = report.tables["products"]
+    # no price column is no repair: each product's price is the median amount / quantity of its
+    # kept lines (P1: 10, 15, 11 -> 11), and a product never sold has none
+    assert section["repaired_by_reason"]["bad_price"] == 0
+    assert section["price"] == {"source": "median amount / quantity of its kept sales lines",
+                                "derived": True,
+                                "priced": 3, "without_price": 1}
+    assert _rows(out / "products.parquet", "SELECT product_id, category, price FROM t") == [
+        ("P1", "dairy", 11.0), ("P2", "bakery", 0.5), ("P5", "fruit", None), ("P9", "bakery", 7.0)]
+    # --strict has nothing to refuse in a master that has no price at all
+    assert ingest(_mapping(tmp_path, lines, {k: v for k, v in TXN_COLUMNS.items() if k != "cost"},
+                           products=prod_map), tmp_path / "out2", strict=True).rows_kept == 5
+    # and the report says so on the console
+    from io import StringIO
+
+    from rich.console import Console
+
+    buf = StringIO()
+    report.print(Console(file=buf, width=200))
+    assert "no price column" in buf.getvalue()

@@ -108,10 +108,30 @@ def test_products_table_requires_its_own_columns() -> None:
         "name": "x",
         "transactions": {"path": "t.csv", "columns": {
             "member_id": "m", "product_id": "p", "ts": "t", "quantity": "q", "amount": "a"}},
-        "products": {"path": "p.csv", "columns": {"product_id": "p", "category": "c"}},
+        "products": {"path": "p.csv", "columns": {"product_id": "p", "price": "c"}},
     }
-    with pytest.raises(InputError, match=r"products\.columns: required column 'price'"):
+    with pytest.raises(InputError, match=r"products\.columns: required column 'category'"):
         MappingConfig.from_dict(raw)
+    # price is optional: without it, ingest derives each product's price from its sales lines
+    raw["products"]["columns"] = {"product_id": "p", "category": "c"}
+    assert "price" not in MappingConfig.from_dict(raw).products.columns
+
+
+def test_limits_section(tmp_path: Path) -> None:
+    toml = _write(tmp_path / "m.toml", RETAILER_TOML + """
+[limits]
+ts_min = 2000-01-01
+ts_max = 2030-06-30T12:00:00
+max_quantity = 500
+""")
+    cfg = resolve_source(str(toml), tmp_path)
+    assert (cfg.limits.ts_min.isoformat(), cfg.limits.ts_max.isoformat(), cfg.limits.max_quantity) == (
+        "2000-01-01T00:00:00", "2030-06-30T12:00:00", 500)
+    for bad, needle in (("max_quantity = 0", "max_quantity"), ("ts_min = 'soon'", "ts_min"),
+                        ("colour = 1", "limits.colour")):
+        toml = _write(tmp_path / "m.toml", RETAILER_TOML + f"\n[limits]\n{bad}\n")
+        with pytest.raises(InputError, match=needle):
+            resolve_source(str(toml), tmp_path)
 
 
 def test_unknown_key_is_rejected(tmp_path: Path) -> None:

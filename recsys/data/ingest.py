@@ -1,17 +1,21 @@
 """Ingest a retailer's export: validate every line, fold channel identities, write canonical tables.
 
 Everything runs inside DuckDB so that a 50-million-line export fits in a bounded amount of RAM:
-the database is in memory but capped by ``memory_limit`` and spills to ``OUT_DIR/.tmp``; the
-deduplication is a ``GROUP BY`` and the final ordering an ``ORDER BY``, both of which DuckDB
+the database is capped by ``memory_limit`` (:func:`default_memory_limit`) and spills to
+``OUT_DIR/.tmp``; the file is scanned once, straight into the validated lines, the
+deduplication is a ``GROUP BY`` and the final ordering an ``ORDER BY``, all of which DuckDB
 spills to disk. No Python loop touches rows.
 
 Pipeline for the transactions table:
 
 1. read the mapped source columns as text (``all_varchar``), numbering rows by their line in
-   the file (header = line 1, first data row = line 2);
+   the file (header = line 1, first data row = line 2); a CSV line the reader cannot split into
+   the header's fields (too few or too many, an unclosed quote, bytes that are not text in the
+   file's encoding) is set aside by DuckDB's reader (``store_rejects``) and counted as
+   ``malformed_row``;
 2. trim ids (counted as the ``trimmed_id`` repair) and fold channel accounts into members
    through the identities table (``identity_folded``);
-3. give each line exactly one status, checked in :data:`REJECT_REASONS` order;
+3. give each line exactly one status: the first rule of :data:`REJECT_RULES` that holds;
 4. keep the first of exact duplicates (same values in every mapped column after cleaning);
 5. write ``transactions.parquet`` (sorted by ts, member_id), ``products.parquet``,
    ``members.parquet`` and ``validation_report.json``.
@@ -22,14 +26,18 @@ With ``strict=True`` nothing is written: the first bad row (lowest line number) 
 
 from __future__ import annotations
 
+import errno
 import json
+import lzma
 import os
 import shutil
 import time
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from string import Template
 from typing import Any
 
 import duckdb
@@ -42,19 +50,30 @@ from recsys.data.mapping import MappingConfig, TableMapping
 from recsys.errors import InputError, RecsysError, StrictValidationError
 from recsys.schemas import TRANSACTIONS
 
-# Rejection reasons for transaction lines, in the order they are checked: a line gets the first
-# that applies, so the counts add up to rows_rejected.
-REJECT_REASONS: tuple[str, ...] = (
-    "missing_member_id",
-    "missing_product_id",
-    "unparseable_ts",
-    "unparseable_quantity",
-    "unparseable_amount",
-    "non_positive_quantity",
-    "non_positive_amount",
-    "unknown_product",
-    "duplicate",
-)
+# Rejection rules for transaction lines: reason -> SQL condition over one cleaned line, checked
+# in this order; a line gets the first that holds, so the counts add up to rows_rejected. The
+# columns are the line's cleaned values: ids trimmed (NULL when empty), ts / quantity / amount
+# typed (NULL when unparseable), known_product NULL when a products table is given and lacks the
+# id. ${ts_min}, ${ts_max} and ${max_quantity} are the mapping's [limits] (Limits).
+REJECT_RULES: dict[str, str] = {
+    "missing_member_id": "member_id IS NULL",
+    "missing_product_id": "product_id IS NULL",
+    "unparseable_ts": "ts IS NULL",
+    "ts_out_of_range": "ts < ${ts_min} OR ts >= ${ts_max}",
+    "unparseable_quantity": "quantity IS NULL OR NOT isfinite(quantity)",
+    "unparseable_amount": "amount IS NULL OR NOT isfinite(amount)",
+    "non_positive_quantity": "quantity <= 0",
+    "implausible_quantity": "quantity > ${max_quantity}",
+    "non_positive_amount": "amount <= 0",
+    "unknown_product": "known_product IS NULL",  # only with a products table
+}
+# Every rejection reason, in report order. Two are not per-line conditions: malformed_row (the
+# CSV reader could not split the line into the header's fields; any table) comes before every
+# rule, and duplicate (the same cleaned values in every mapped column as an earlier kept line)
+# after them all.
+REJECT_REASONS: tuple[str, ...] = ("malformed_row", *REJECT_RULES, "duplicate")
+# How many malformed lines the report shows (line number, text, what the reader said).
+MALFORMED_SHOWN = 5
 # Repairs: the line is kept but a value was changed. unparseable_cost: cost set to NULL.
 REPAIR_REASONS: tuple[str, ...] = ("trimmed_id", "identity_folded", "unparseable_cost")
 
@@ -63,9 +82,11 @@ _REASON_COLUMN: dict[str, str] = {
     "missing_member_id": Col.MEMBER,
     "missing_product_id": Col.PRODUCT,
     "unparseable_ts": Col.TS,
+    "ts_out_of_range": Col.TS,
     "unparseable_quantity": Col.QUANTITY,
     "unparseable_amount": Col.AMOUNT,
     "non_positive_quantity": Col.QUANTITY,
+    "implausible_quantity": Col.QUANTITY,
     "non_positive_amount": Col.AMOUNT,
     "unknown_product": Col.PRODUCT,
     "unparseable_cost": Col.COST,
@@ -168,6 +189,9 @@ class ValidationReport:
             if n:
                 table.add_row(f"repaired: {reason}", f"{n:,}", share(n), style="dim")
         console.print(table)
+        for shown in self.tables.get("transactions", {}).get("malformed_rows", []):
+            console.print(f"  malformed line {shown['line']:,}: {shown['error']}: "
+                          f"{shown['text'][:80]!r}", highlight=False, style="dim")
         for name in ("products", "members", "identities"):
             section = self.tables.get(name, {})
             if "rows_in" not in section:
@@ -176,6 +200,16 @@ class ValidationReport:
             found = ", ".join(f"{reason} {n:,}" for reason, n in issues.items() if n) or "no issues"
             console.print(f"{name} table: {section['rows_kept']:,} of {section['rows_in']:,} rows "
                           f"kept ({found})", highlight=False)
+            for shown in section.get("malformed_rows", []):
+                console.print(f"  malformed line {shown['line']:,}: {shown['error']}",
+                              highlight=False, style="dim")
+        price = self.tables.get("products", {}).get("price", {})
+        if price.get("derived"):
+            never = (f"; {price['without_price']:,} never sold have none"
+                     if price["without_price"] else "")
+            console.print(f"products: no price column, so each product's price is the "
+                          f"{price['source']} ({price['priced']:,} products{never})",
+                          highlight=False)
         outputs = ", ".join(f"{name} {rows:,}" for name, rows in self.outputs.items())
         console.print(f"rows written: {outputs}", highlight=False)
 
@@ -186,21 +220,63 @@ class _Source:
 
     table: str
     mapping: TableMapping
-    scan: str  # a DuckDB table expression
-    row_expr: str  # the row's line number in the file (header = 1), over ``scan``
+    read_path: Path  # the file DuckDB reads (a zip's member is extracted first)
     columns: dict[str, str]  # canonical -> the file's own column name
     temporal: set[str]  # canonical columns whose source type is already a date / timestamp
     info: dict[str, Any]  # for the report: path, sha256, bytes
+    window: tuple[str, str]  # SQL timestamp literals: the plausible [ts_min, ts_max)
+    malformed: tuple[int, list[dict[str, Any]]] | None = None  # see _malformed
 
     @property
     def path(self) -> str:
         return str(self.mapping.path)
+
+    @property
+    def is_csv(self) -> bool:
+        return self.mapping.file_format == "csv"
+
+    @property
+    def rejects(self) -> str:
+        """The table DuckDB's CSV reader fills with the lines it could not read."""
+        return f"rejects_{self.table}"
+
+    def scan(self, rejects: str | None = None) -> str:
+        """A DuckDB table expression over the file; a CSV's unreadable lines go to ``rejects``."""
+        if not self.is_csv:
+            return f"read_parquet({_lit(str(self.read_path))}, file_row_number = true)"
+        tm = self.mapping
+        opts = ["all_varchar = true", "header = true"]
+        if tm.delimiter:
+            opts.append(f"delim = {_lit(tm.delimiter)}")
+        if tm.encoding:
+            opts.append(f"encoding = {_lit(tm.encoding)}")
+        # Malformed lines are set aside (and counted) instead of failing the whole file; with
+        # errors tolerated the dialect sniffer also no longer mistakes a file with one ragged
+        # line for a single-column file. The same options every time: the same rows are read.
+        rejects = rejects or self.rejects
+        opts += ["store_rejects = true", f"rejects_table = {_lit(rejects)}",
+                 f"rejects_scan = {_lit(rejects + '_scan')}"]
+        return f"read_csv({_lit(str(self.read_path))}, {', '.join(opts)})"
+
+    @property
+    def row_expr(self) -> str:
+        """Over :meth:`scan`: the row's number counting the header as 1 (a CSV's line number
+        when no line was malformed; :func:`_line_of` turns it into the line number)."""
+        # Parquet has no header line; number rows as if it had one, like a CSV.
+        return "row_number() OVER () + 1" if self.is_csv else "file_row_number + 2"
 
     def raw(self, canonical: str) -> str:
         """The source column for ``canonical`` as text, or a text NULL when it is not mapped."""
         if canonical in self.columns:
             return f"CAST({_ident(self.columns[canonical])} AS VARCHAR)"
         return "CAST(NULL AS VARCHAR)"
+
+    def numbered(self, canonical: tuple[str, ...]) -> str:
+        """The mapped columns as text (``r_<canonical>``) plus ``_row``, read straight off the
+        file. The numbering sits directly on the scan: DuckDB keeps a scan's order under
+        ``preserve_insertion_order``, so ``_row`` follows the file."""
+        cols = ", ".join(f"{self.raw(c)} AS {_ident('r_' + c)}" for c in canonical)
+        return f"SELECT {self.row_expr} AS _row, {cols} FROM {self.scan()}"
 
 
 def ingest(
@@ -235,8 +311,8 @@ def ingest(
     Raises
     ------
     InputError
-        Missing / empty / unreadable file, a mapped column absent from the file, a bad
-        ``ts_format``, or an external id that maps to two members.
+        Missing / empty / unreadable / corrupt file, a mapped column absent from the file, a
+        bad ``ts_format``, or an external id that maps to two members.
     StrictValidationError
         ``strict=True`` and a row is bad (file, 1-based line number, column, value, reason).
 
@@ -276,7 +352,10 @@ def ingest(
 
 def _run(con: duckdb.DuckDBPyConnection, mapping: MappingConfig, out_dir: Path, tmp_dir: Path,
          strict: bool) -> ValidationReport:
-    sources = {table: _open_source(con, table, tm, tmp_dir) for table, tm in mapping.tables().items()}
+    ts_min, ts_max = mapping.limits.window()
+    window = (_ts_lit(ts_min), _ts_lit(ts_max))
+    sources = {table: _open_source(con, table, tm, tmp_dir, window)
+               for table, tm in mapping.tables().items()}
     txn = sources["transactions"]
     tables: dict[str, dict[str, Any]] = {}
 
@@ -290,7 +369,10 @@ def _run(con: duckdb.DuckDBPyConnection, mapping: MappingConfig, out_dir: Path, 
     if memb is not None:
         tables["members"] = _stage_members(con, memb, strict)
 
-    counts = _stage_transactions(con, txn, ident is not None, prod is not None, strict)
+    rules = {reason: Template(sql).substitute(ts_min=window[0], ts_max=window[1],
+                                              max_quantity=repr(float(mapping.limits.max_quantity)))
+             for reason, sql in REJECT_RULES.items()}
+    counts = _stage_transactions(con, txn, ident is not None, prod is not None, strict, rules)
     rows_in, rows_kept = counts["rows_in"], counts["rows_kept"]
     rejected = {r: counts["rejected"].get(r, 0) for r in REJECT_REASONS}
     rows_rejected = sum(rejected.values())
@@ -298,11 +380,15 @@ def _run(con: duckdb.DuckDBPyConnection, mapping: MappingConfig, out_dir: Path, 
         raise AssertionError(f"ingest accounting is off: {rows_in} in != "
                              f"{rows_kept} kept + {rows_rejected} rejected")
     repaired = counts["repaired"]
-    tables["transactions"] = {"rows_in": rows_in, "rows_kept": rows_kept,
-                              "rows_rejected": rows_rejected, "rejected_by_reason": rejected,
-                              "repaired_by_reason": repaired}
+    tables["transactions"] = {
+        "rows_in": rows_in, "rows_kept": rows_kept, "rows_rejected": rows_rejected,
+        "rejected_by_reason": rejected, "repaired_by_reason": repaired,
+        "malformed_rows": counts["malformed_rows"],
+        "limits": {"ts_min": ts_min.isoformat(), "ts_max": ts_max.isoformat(),
+                   "max_quantity": mapping.limits.max_quantity},
+    }
 
-    outputs = _write_outputs(con, out_dir, tmp_dir, prod is not None, memb is not None, tables)
+    outputs = _write_outputs(con, out_dir, tmp_dir, prod, memb is not None, tables)
     for s in sources.values():
         s.info["sha256"] = sha256sum(s.mapping.path)
     return ValidationReport(
@@ -358,7 +444,7 @@ def _connect(tmp_dir: Path, memory_limit: str | None, threads: int | None) -> du
 
 
 def _open_source(con: duckdb.DuckDBPyConnection, table: str, tm: TableMapping,
-                 tmp_dir: Path) -> _Source:
+                 tmp_dir: Path, window: tuple[str, str]) -> _Source:
     path = tm.path
     if not path.exists():
         raise InputError(f"{table} file not found: {path} (check [{table}] path in the mapping; "
@@ -374,42 +460,34 @@ def _open_source(con: duckdb.DuckDBPyConnection, table: str, tm: TableMapping,
     if tm.file_format == "csv" and path.suffix.lower() == ".zip":
         read_path = _extract_single_member(path, table, tmp_dir)
         info["member"] = read_path.name.split("__", 1)[1]
-
-    if tm.file_format == "parquet":
-        scan = f"read_parquet({_lit(str(read_path))}, file_row_number = true)"
-        # Parquet has no header line; number rows as if it had one, like a CSV.
-        row_expr = "file_row_number + 2"
-    else:
-        opts = ["all_varchar = true", "header = true"]
-        if tm.delimiter:
-            opts.append(f"delim = {_lit(tm.delimiter)}")
-        if tm.encoding:
-            opts.append(f"encoding = {_lit(tm.encoding)}")
-        scan = f"read_csv({_lit(str(read_path))}, {', '.join(opts)})"
-        row_expr = "row_number() OVER () + 1"
+    src = _Source(table, tm, read_path, {}, set(), info, window)
 
     try:
-        described = con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()
+        described = con.execute(f"DESCRIBE SELECT * FROM {src.scan(src.rejects + '_sniff')}"
+                                ).fetchall()
     except duckdb.Error as exc:
         raise InputError(f"{path}: cannot read it as {tm.file_format.upper()}: {_one_line(exc)}") from None
     types = {row[0]: str(row[1]) for row in described}
 
-    columns: dict[str, str] = {}
     by_lower: dict[str, list[str]] = {}
     for name in types:
         by_lower.setdefault(name.strip().lower(), []).append(name)
     for canonical, wanted in tm.columns.items():
         if wanted in types:
-            columns[canonical] = wanted
+            src.columns[canonical] = wanted
             continue
         candidates = by_lower.get(wanted.strip().lower(), [])
         if len(candidates) != 1:
             listed = ", ".join(repr(n) for n in types)
+            if len(listed) > 300:
+                listed = listed[:297] + "..."
             raise InputError(f"{path}: column {wanted!r} (mapped to {table}.{canonical}) is not in "
-                             f"the file; its columns are: {listed}")
-        columns[canonical] = candidates[0]
-    temporal = {c for c, src in columns.items()
-                if types[src].startswith(("DATE", "TIMESTAMP"))}
+                             f"the file; its columns are: {listed}"
+                             + ("" if tm.delimiter or tm.file_format != "csv" or len(types) > 1
+                                else " (one column: set delimiter in the mapping?)"))
+        src.columns[canonical] = candidates[0]
+    src.temporal.update(c for c, name in src.columns.items()
+                        if types[name].startswith(("DATE", "TIMESTAMP")))
 
     if tm.ts_format:
         try:
@@ -417,7 +495,7 @@ def _open_source(con: duckdb.DuckDBPyConnection, table: str, tm: TableMapping,
         except duckdb.Error as exc:
             raise InputError(f"[{table}] ts_format {tm.ts_format!r} is not a valid strptime "
                              f"format: {_one_line(exc)}") from None
-    return _Source(table, tm, scan, row_expr, columns, temporal, info)
+    return src
 
 
 def _extract_single_member(path: Path, table: str, tmp_dir: Path) -> Path:
@@ -430,49 +508,128 @@ def _extract_single_member(path: Path, table: str, tmp_dir: Path) -> Path:
                 names = ", ".join(i.filename for i in members[:5]) or "nothing"
                 raise InputError(f"{path}: a zip must hold exactly one CSV, this one holds "
                                  f"{len(members)} files ({names})")
-            out = tmp_dir / f"{table}__{Path(members[0].filename).name}"
+            # Only the base name is used: a member called ../../x cannot leave tmp_dir.
+            name = Path(members[0].filename.replace("\\", "/")).name or "member"
+            out = tmp_dir / f"{table}__{name}"
             with zf.open(members[0]) as src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-    except zipfile.BadZipFile:
-        raise InputError(f"{path}: not a valid zip file") from None
+    except InputError:
+        raise
+    except zipfile.BadZipFile as exc:
+        raise InputError(f"{path}: not a valid zip file or its data is damaged ({exc}); "
+                         "export or download it again") from None
+    except (zlib.error, EOFError, lzma.LZMAError) as exc:
+        raise InputError(f"{path}: the zip's compressed data is corrupt or truncated "
+                         f"({_one_line(exc)}); export or download it again") from None
+    except (NotImplementedError, RuntimeError) as exc:
+        # an unsupported compression method, or an encrypted member
+        raise InputError(f"{path}: cannot unpack it ({_one_line(exc)}); re-zip it without a "
+                         "password using deflate, or give the CSV itself") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise RecsysError(f"no space left to unpack {path} under {tmp_dir}") from None
+        raise InputError(f"{path}: the zip's data is damaged ({_one_line(exc)}); export or "
+                         "download it again") from None
     return out
 
 
-def _load(con: duckdb.DuckDBPyConnection, src: _Source, name: str, canonical: tuple[str, ...]) -> int:
-    """Materialise the mapped columns as text plus ``_row``; return the number of data rows.
-
-    The numbering is done on its own, straight over the scan: DuckDB keeps a scan's order under
-    ``preserve_insertion_order``, so ``_row`` is the line in the file and strict mode can point
-    at it.
-    """
-    cols = ", ".join(f"{src.raw(c)} AS {_ident('r_' + c)}" for c in canonical)
+def _read(con: duckdb.DuckDBPyConnection, src: _Source, sql: str) -> None:
+    """Run a statement that scans ``src``; a file DuckDB cannot read is the input's fault."""
     try:
-        con.execute(f"CREATE TABLE {name} AS SELECT {src.row_expr} AS _row, {cols} FROM {src.scan}")
+        con.execute(sql)
+    except (duckdb.OutOfMemoryException, duckdb.InterruptException):
+        raise
     except duckdb.Error as exc:
-        raise InputError(f"{src.path}: cannot read it: {_one_line(exc)}") from None
-    n = con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+        msg = _one_line(exc)
+        if "No space left on device" in msg:
+            raise RecsysError(f"no space left for ingest's spill files under "
+                              f"{Path(src.path).parent} ({msg})") from None
+        raise InputError(f"{src.path}: cannot read it: {msg}") from None
+
+
+def _malformed(con: duckdb.DuckDBPyConnection, src: _Source) -> tuple[int, list[dict[str, Any]]]:
+    """How many lines of ``src`` the CSV reader set aside, and the first few of them (read
+    once, after the scan that loads the table)."""
+    if src.malformed is None:
+        if not src.is_csv or not _table_exists(con, src.rejects):
+            src.malformed = (0, [])
+        else:
+            n = con.execute(f"SELECT count(DISTINCT line) FROM {src.rejects}").fetchone()[0]
+            first = con.execute(f"""
+                SELECT line, arg_min(error_type, column_idx), arg_min(error_message, column_idx),
+                       any_value(csv_line)
+                FROM {src.rejects} GROUP BY line ORDER BY line LIMIT {MALFORMED_SHOWN}""").fetchall()
+            src.malformed = (int(n), [
+                {"line": int(line), "error": f"{kind.lower()}: {_one_line_text(msg)}",
+                 "text": text or ""} for line, kind, msg, text in first])
+    return src.malformed
+
+
+def _line_of(con: duckdb.DuckDBPyConnection, src: _Source, row: int) -> int:
+    """The file line of the ``row``-th row read (numbered from 2, as ``_row``): the reader's
+    numbering skips malformed lines, the file's does not."""
+    if not _malformed(con, src)[0]:
+        return row
+    # Before the i-th malformed line (0-based) come line - 2 - i good rows; the row follows
+    # every malformed line that has fewer good rows than it before it.
+    (skipped,) = con.execute(f"""
+        SELECT count(*) FROM (SELECT line - 2 - (row_number() OVER (ORDER BY line) - 1) AS before
+                              FROM (SELECT DISTINCT line FROM {src.rejects}))
+        WHERE before < ?""", [row - 1]).fetchone()
+    return row + int(skipped)
+
+
+def _strict_malformed(con: duckdb.DuckDBPyConnection, src: _Source,
+                      first_issue_line: int | None) -> None:
+    """Under --strict: raise for the first malformed line if it comes before ``first_issue_line``."""
+    _, shown = _malformed(con, src)
+    if shown and (first_issue_line is None or shown[0]["line"] < first_issue_line):
+        raise StrictValidationError(src.path, shown[0]["line"], f"(whole line: {shown[0]['error']})",
+                                    shown[0]["text"][:200], "malformed_row")
+
+
+def _count_rows(con: duckdb.DuckDBPyConnection, src: _Source, table: str) -> tuple[int, int]:
+    """(rows read into ``table``, malformed lines); an input without a data row is an error."""
+    n = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    malformed, _ = _malformed(con, src)
     if n == 0:
+        if malformed:
+            raise InputError(f"{src.path}: none of its {malformed:,} data lines could be read "
+                             f"({_malformed(con, src)[1][0]['error']}); check the delimiter and "
+                             "encoding in the mapping")
         raise InputError(f"{src.path}: no data rows (only a header?); nothing to ingest")
-    return n
+    return int(n), malformed
 
 
 # --------------------------------------------------------------------------------------------
 # per-table staging
 
 
+def _section(rows_read: int, rejected: dict[str, int], malformed: int,
+             shown: list[dict[str, Any]]) -> dict[str, Any]:
+    """A table's report section: ``rows_read`` rows were read, ``malformed`` lines were not."""
+    rows_rejected = malformed + sum(rejected.values())
+    out = {"rows_in": rows_read + malformed, "rows_kept": rows_read + malformed - rows_rejected,
+           "rows_rejected": rows_rejected,
+           "rejected_by_reason": {"malformed_row": malformed, **rejected}}
+    if shown:
+        out["malformed_rows"] = shown
+    return out
+
+
 def _stage_identities(con: duckdb.DuckDBPyConnection, src: _Source, by_channel: bool,
                       strict: bool) -> dict[str, Any]:
     canon = (Col.CHANNEL, Col.EXTERNAL_ID, Col.MEMBER)
-    rows_in = _load(con, src, "id_src", canon)
-    con.execute(f"""
+    _read(con, src, f"""
         CREATE TABLE id_lines AS
+        WITH k AS (SELECT *, {_cleaned(src, canon)} FROM ({src.numbered(canon)}))
         SELECT _row, k_channel AS channel, k_external_id AS external_id, k_member_id AS member_id,
                CASE WHEN k_channel IS NULL THEN 'missing_channel'
                     WHEN k_external_id IS NULL THEN 'missing_external_id'
                     WHEN k_member_id IS NULL THEN 'missing_member_id' END AS _status,
                r_channel, r_external_id, r_member_id
-        FROM (SELECT *, {_cleaned(src, canon)} FROM id_src)""")
-    con.execute("DROP TABLE id_src")
+        FROM k""")
+    rows_in, malformed = _count_rows(con, src, "id_lines")
     if strict:
         _raise_first(con, src, "id_lines", "_status")
     key = "channel, external_id" if by_channel else "external_id"
@@ -490,35 +647,35 @@ def _stage_identities(con: duckdb.DuckDBPyConnection, src: _Source, by_channel: 
     rejected = _status_counts(con, "id_lines", ("missing_channel", "missing_external_id",
                                                 "missing_member_id"))
     accounts, members = con.execute("SELECT count(*), count(DISTINCT member_id) FROM ident").fetchone()
-    return {"rows_in": rows_in, "rows_kept": rows_in - sum(rejected.values()),
-            "rows_rejected": sum(rejected.values()), "rejected_by_reason": rejected,
+    return {**_section(rows_in, rejected, malformed, _malformed(con, src)[1]),
             "accounts": accounts, "members": members, "join_on": key.replace(" ", "")}
 
 
 def _stage_products(con: duckdb.DuckDBPyConnection, src: _Source, strict: bool) -> dict[str, Any]:
     canon = (Col.PRODUCT, Col.CATEGORY, Col.PRICE, Col.BRAND, Col.NAME, Col.LAUNCHED_AT)
-    rows_in = _load(con, src, "p_src", canon)
-    con.execute(f"""
+    # Without a price column every price comes from the lines: that is no repair.
+    bad_price = "price IS NULL" if Col.PRICE in src.columns else "false"
+    _read(con, src, f"""
         CREATE TABLE p_lines AS
-        WITH k AS (SELECT *, {_cleaned(src, canon)} FROM p_src),
+        WITH k AS (SELECT *, {_cleaned(src, canon)} FROM ({src.numbered(canon)})),
         c AS (
             SELECT _row, r_product_id, r_category, r_price, r_launched_at, k_launched_at,
                    k_product_id AS product_id, k_category AS category,
                    TRY_CAST(k_price AS DOUBLE) AS price0,
                    CASE WHEN isfinite(price0) AND price0 > 0 THEN price0 END AS price,
                    k_brand AS brand, k_name AS name,
-                   {_ts_expr(src, Col.LAUNCHED_AT, 'k_launched_at')} AS launched_at,
+                   {_date_expr(src, Col.LAUNCHED_AT, 'k_launched_at')},
                    coalesce(k_product_id <> r_product_id, false) AS _trimmed
             FROM k)
         SELECT *,
                CASE WHEN product_id IS NULL THEN 'missing_product_id'
                     WHEN row_number() OVER (PARTITION BY product_id ORDER BY _row) > 1
                         THEN 'duplicate_product_id' END AS _status,
-               price IS NULL AS _bad_price,
+               {bad_price} AS _bad_price,
                category IS NULL AS _missing_category,
                launched_at IS NULL AND k_launched_at IS NOT NULL AS _bad_launched_at
         FROM c""")
-    con.execute("DROP TABLE p_src")
+    rows_in, malformed = _count_rows(con, src, "p_lines")
     if strict:
         _raise_first(con, src, "p_lines", "_status", {
             "bad_price": ("_bad_price", "r_price"),
@@ -531,20 +688,19 @@ def _stage_products(con: duckdb.DuckDBPyConnection, src: _Source, strict: bool) 
         SELECT count(*) FILTER (_trimmed), count(*) FILTER (_bad_price),
                count(*) FILTER (_missing_category), count(*) FILTER (_bad_launched_at)
         FROM p_kept""").fetchone(), strict=True))
-    return {"rows_in": rows_in, "rows_kept": rows_in - sum(rejected.values()),
-            "rows_rejected": sum(rejected.values()), "rejected_by_reason": rejected,
+    con.execute("DROP TABLE p_lines")
+    return {**_section(rows_in, rejected, malformed, _malformed(con, src)[1]),
             "repaired_by_reason": repaired}
 
 
 def _stage_members(con: duckdb.DuckDBPyConnection, src: _Source, strict: bool) -> dict[str, Any]:
     canon = (Col.MEMBER, Col.JOINED_AT, Col.AGE_GROUP, Col.REGION)
-    rows_in = _load(con, src, "m_src", canon)
-    con.execute(f"""
+    _read(con, src, f"""
         CREATE TABLE m_lines AS
-        WITH k AS (SELECT *, {_cleaned(src, canon)} FROM m_src),
+        WITH k AS (SELECT *, {_cleaned(src, canon)} FROM ({src.numbered(canon)})),
         c AS (
             SELECT _row, r_member_id, r_joined_at, k_joined_at, k_member_id AS member_id,
-                   {_ts_expr(src, Col.JOINED_AT, 'k_joined_at')} AS joined_at,
+                   {_date_expr(src, Col.JOINED_AT, 'k_joined_at')},
                    k_age_group AS age_group, k_region AS region,
                    coalesce(k_member_id <> r_member_id, false) AS _trimmed
             FROM k)
@@ -554,7 +710,7 @@ def _stage_members(con: duckdb.DuckDBPyConnection, src: _Source, strict: bool) -
                         THEN 'duplicate_member_id' END AS _status,
                joined_at IS NULL AND k_joined_at IS NOT NULL AS _bad_joined_at
         FROM c""")
-    con.execute("DROP TABLE m_src")
+    rows_in, malformed = _count_rows(con, src, "m_lines")
     if strict:
         _raise_first(con, src, "m_lines", "_status",
                      {"bad_joined_at": ("_bad_joined_at", "r_joined_at")})
@@ -563,16 +719,14 @@ def _stage_members(con: duckdb.DuckDBPyConnection, src: _Source, strict: bool) -
     repaired = dict(zip(("trimmed_id", "bad_joined_at"), con.execute(
         "SELECT count(*) FILTER (_trimmed), count(*) FILTER (_bad_joined_at) FROM m_kept"
     ).fetchone(), strict=True))
-    return {"rows_in": rows_in, "rows_kept": rows_in - sum(rejected.values()),
-            "rows_rejected": sum(rejected.values()), "rejected_by_reason": rejected,
+    con.execute("DROP TABLE m_lines")
+    return {**_section(rows_in, rejected, malformed, _malformed(con, src)[1]),
             "repaired_by_reason": repaired}
 
 
 def _stage_transactions(con: duckdb.DuckDBPyConnection, src: _Source, has_ident: bool,
-                        has_products: bool, strict: bool) -> dict[str, Any]:
+                        has_products: bool, strict: bool, rules: dict[str, str]) -> dict[str, Any]:
     canon = tuple(TRANSACTIONS.columns)
-    rows_in = _load(con, src, "t_src", canon)
-
     ids = ", ".join(f"k_{c} AS {c}" for c in _TXN_IDS if c != Col.MEMBER)
     attrs = ", ".join(f"k_{c} AS {c}" for c in _TXN_ATTRS)
     trimmed = " OR ".join(f"coalesce(k_{c} <> r_{c}, false)" for c in _TXN_IDS if c in src.columns)
@@ -586,13 +740,16 @@ def _stage_transactions(con: duckdb.DuckDBPyConnection, src: _Source, has_ident:
         fold_join, member, folded = "", "c.member0", "false"
     known_join = ("LEFT JOIN (SELECT product_id AS known_product FROM p_kept) p "
                   "ON p.known_product = c.product_id") if has_products else ""
-    unknown = "WHEN known_product IS NULL THEN 'unknown_product'" if has_products else ""
-    bad_value = "\n".join(
-        f"WHEN '{reason}' THEN r_{_REASON_COLUMN[reason]}"
-        for reason in (*REJECT_REASONS[:-1], "unparseable_cost"))
-    con.execute(f"""
+    if not has_products:
+        rules = {r: sql for r, sql in rules.items() if r != "unknown_product"}
+    status = "\n".join(f"WHEN {sql} THEN '{reason}'" for reason, sql in rules.items())
+    # The raw text of the value a rejected (or cost-repaired) line was refused for, for --strict.
+    bad_value = "\n".join(f"WHEN '{reason}' THEN r_{_REASON_COLUMN[reason]}"
+                          for reason in (*rules, "unparseable_cost"))
+    # One pass over the file, straight into the validated lines: no copy of the raw text is kept.
+    _read(con, src, f"""
         CREATE TABLE t_lines AS
-        WITH k AS (SELECT *, {_cleaned(src, canon)} FROM t_src),
+        WITH k AS (SELECT *, {_cleaned(src, canon)} FROM ({src.numbered(canon)})),
         c AS (
             SELECT _row, r_member_id, r_product_id, r_ts, r_quantity, r_amount, r_cost,
                    k_member_id AS member0, {ids},
@@ -610,15 +767,7 @@ def _stage_transactions(con: duckdb.DuckDBPyConnection, src: _Source, has_ident:
             FROM c {fold_join} {known_join}),
         s AS (
             SELECT *,
-                   CASE WHEN member_id IS NULL THEN 'missing_member_id'
-                        WHEN product_id IS NULL THEN 'missing_product_id'
-                        WHEN ts IS NULL THEN 'unparseable_ts'
-                        WHEN quantity IS NULL OR NOT isfinite(quantity) THEN 'unparseable_quantity'
-                        WHEN amount IS NULL OR NOT isfinite(amount) THEN 'unparseable_amount'
-                        WHEN quantity <= 0 THEN 'non_positive_quantity'
-                        WHEN amount <= 0 THEN 'non_positive_amount'
-                        {unknown}
-                   END AS _status,
+                   CASE {status} END AS _status,
                    _has_cost AND (cost0 IS NULL OR NOT isfinite(cost0)) AS _bad_cost
             FROM f)
         SELECT _row, _status, _bad_cost, _trimmed, _folded,
@@ -629,7 +778,7 @@ def _stage_transactions(con: duckdb.DuckDBPyConnection, src: _Source, has_ident:
                CASE WHEN _bad_cost THEN NULL ELSE cost0 END AS cost,
                channel, store_id, basket_id, {", ".join(_TXN_ATTRS)}
         FROM s""")
-    con.execute("DROP TABLE t_src")
+    rows_read, malformed = _count_rows(con, src, "t_lines")
 
     # Exact duplicates collapse in a spillable GROUP BY; the group's smallest line number is the
     # first occurrence, and its flags are the ones that describe the kept line. Unmapped columns
@@ -652,11 +801,13 @@ def _stage_transactions(con: duckdb.DuckDBPyConnection, src: _Source, has_ident:
     candidates = counts.pop(None, 0)
     rows_kept = con.execute("SELECT count(*) FROM t_kept").fetchone()[0]
     counts["duplicate"] = candidates - rows_kept
+    counts["malformed_row"] = malformed
     repaired = dict(zip(REPAIR_REASONS, con.execute("""
         SELECT count(*) FILTER (_trimmed), count(*) FILTER (_folded), count(*) FILTER (_bad_cost)
         FROM t_kept""").fetchone(), strict=True))
     con.execute("DROP TABLE t_lines")
-    return {"rows_in": rows_in, "rows_kept": rows_kept, "rejected": counts, "repaired": repaired}
+    return {"rows_in": rows_read + malformed, "rows_kept": rows_kept, "rejected": counts,
+            "repaired": repaired, "malformed_rows": _malformed(con, src)[1]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -665,7 +816,8 @@ def _stage_transactions(con: duckdb.DuckDBPyConnection, src: _Source, has_ident:
 
 def _raise_first(con: duckdb.DuckDBPyConnection, src: _Source, table: str, status: str,
                  soft: dict[str, tuple[str, str]] | None = None) -> None:
-    """Raise for the lowest-numbered row whose ``status`` is set or that has a ``soft`` issue.
+    """Raise for the lowest-numbered row whose ``status`` is set or that has a ``soft`` issue
+    (or for a malformed line before it).
 
     ``soft`` maps an issue name to (flag column, raw column): values that a lenient run repairs
     but that strict mode refuses.
@@ -676,14 +828,16 @@ def _raise_first(con: duckdb.DuckDBPyConnection, src: _Source, table: str, statu
     ) + "NULL" + " END" * len(soft) + ")"
     row = con.execute(f"SELECT _row, {issue} FROM {table} WHERE {issue} IS NOT NULL "
                       "ORDER BY _row LIMIT 1").fetchone()
+    _strict_malformed(con, src, None if row is None else _line_of(con, src, row[0]))
     if row is None:
         return
     line, reason = row
     raw_col = soft[reason][1] if reason in soft else f"r_{_REASON_COLUMN[reason]}"
     value = con.execute(f"SELECT {raw_col} FROM {table} WHERE _row = ?", [line]).fetchone()[0]
     column = _REASON_COLUMN[reason]
-    raise StrictValidationError(src.path, int(line), src.columns.get(column, column),
-                                "" if value is None else value, reason)
+    raise StrictValidationError(src.path, _line_of(con, src, int(line)),
+                                src.columns.get(column, column), "" if value is None else value,
+                                reason)
 
 
 def _raise_first_transaction(con: duckdb.DuckDBPyConnection, src: _Source,
@@ -694,17 +848,21 @@ def _raise_first_transaction(con: duckdb.DuckDBPyConnection, src: _Source,
     dup = con.execute("""
         SELECT min(l._row) FROM t_lines l ANTI JOIN t_kept k ON l._row = k._row
         WHERE l._status IS NULL""").fetchone()[0]
+    first = min((r for r in (dup, bad and bad[0]) if r is not None), default=None)
+    _strict_malformed(con, src, None if first is None else _line_of(con, src, first))
     if dup is not None and (bad is None or dup < bad[0]):
         same = " AND ".join(f"k.{c} IS NOT DISTINCT FROM l.{c}" for c in key_cols)
-        first = con.execute(f"SELECT k._row FROM t_kept k JOIN t_lines l ON {same} "
-                            "WHERE l._row = ?", [dup]).fetchone()[0]
-        raise StrictValidationError(src.path, int(dup), "(all mapped columns)",
-                                    f"same as row {first}", "duplicate")
+        orig = con.execute(f"SELECT k._row FROM t_kept k JOIN t_lines l ON {same} "
+                           "WHERE l._row = ?", [dup]).fetchone()[0]
+        raise StrictValidationError(src.path, _line_of(con, src, int(dup)),
+                                    "(all mapped columns)",
+                                    f"same as row {_line_of(con, src, int(orig))}", "duplicate")
     if bad is not None:
         line, reason, value = bad
         column = _REASON_COLUMN[reason]
         # An empty CSV field reads as NULL; report it as the empty text the user sees.
-        raise StrictValidationError(src.path, int(line), src.columns.get(column, column),
+        raise StrictValidationError(src.path, _line_of(con, src, int(line)),
+                                    src.columns.get(column, column),
                                     "" if value is None else value, reason)
 
 
@@ -712,8 +870,11 @@ def _raise_first_transaction(con: duckdb.DuckDBPyConnection, src: _Source,
 # outputs
 
 
+PRICE_FROM_LINES = "median amount / quantity of its kept sales lines"
+
+
 def _write_outputs(con: duckdb.DuckDBPyConnection, out_dir: Path, tmp_dir: Path,
-                   has_products: bool, has_members: bool,
+                   prod: _Source | None, has_members: bool,
                    tables: dict[str, dict[str, Any]]) -> dict[str, int]:
     staged = tmp_dir / "out"
     staged.mkdir()
@@ -725,7 +886,7 @@ def _write_outputs(con: duckdb.DuckDBPyConnection, out_dir: Path, tmp_dir: Path,
           staged / "transactions.parquet")
 
     line_price = "SELECT product_id, median(amount / quantity) AS line_price FROM t_kept GROUP BY 1"
-    if has_products:
+    if prod is not None:
         # Products never sold stay; a bad or missing list price falls back to the median paid.
         products = f"""
             SELECT p.product_id, coalesce(p.category, '{UNKNOWN_CATEGORY}') AS category,
@@ -768,12 +929,22 @@ def _write_outputs(con: duckdb.DuckDBPyConnection, out_dir: Path, tmp_dir: Path,
         file = staged / f"{name}.parquet"
         outputs[f"{name}.parquet"] = con.execute(
             f"SELECT count(*) FROM read_parquet({_lit(str(file))})").fetchone()[0]
+    priced, unpriced = con.execute(
+        f"SELECT count(price), count(*) - count(price) "
+        f"FROM read_parquet({_lit(str(staged / 'products.parquet'))})").fetchone()
+    for name in ("transactions", "products", "members"):
+        file = staged / f"{name}.parquet"
         # Moved only once all three are written: a failed run never mixes old and new tables.
         os.replace(file, out_dir / file.name)
-    for name, given in (("products", has_products), ("members", has_members)):
+    for name, given in (("products", prod is not None), ("members", has_members)):
         section = tables.setdefault(name, {})
         section["derived_from"] = "table" if given else "transaction lines"
         section["rows_out"] = outputs[f"{name}.parquet"]
+    listed = prod is not None and Col.PRICE in prod.columns
+    tables["products"]["price"] = {
+        "source": (f"list price column {prod.columns[Col.PRICE]!r}, else the {PRICE_FROM_LINES}"
+                   if listed else PRICE_FROM_LINES),
+        "derived": not listed, "priced": int(priced), "without_price": int(unpriced)}
     return outputs
 
 
@@ -802,10 +973,24 @@ def _ts_expr(src: _Source, canonical: str, cleaned: str) -> str:
     return f"TRY_CAST({cleaned} AS TIMESTAMP)"
 
 
+def _date_expr(src: _Source, canonical: str, cleaned: str) -> str:
+    """A member's or product's date, ``<canonical>0`` parsed like a line's and ``<canonical>``
+    the same but NULL outside the plausible window (two items of one SELECT list)."""
+    lo, hi = src.window
+    parsed = f"{canonical}0"
+    return (f"{_ts_expr(src, canonical, cleaned)} AS {parsed}, "
+            f"CASE WHEN {parsed} >= {lo} AND {parsed} < {hi} THEN {parsed} END AS {canonical}")
+
+
 def _status_counts(con: duckdb.DuckDBPyConnection, table: str, reasons: tuple[str, ...]) -> dict[str, int]:
     found = dict(con.execute(f"SELECT _status, count(*) FROM {table} WHERE _status IS NOT NULL "
                              "GROUP BY _status").fetchall())
     return {r: int(found.get(r, 0)) for r in reasons}
+
+
+def _table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?",
+                            [name]).fetchone()[0])
 
 
 def _cleaned(src: _Source, canonical: tuple[str, ...]) -> str:
@@ -834,6 +1019,14 @@ def _lit(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+def _ts_lit(value: datetime) -> str:
+    return f"TIMESTAMP '{value.isoformat(sep=' ', timespec='microseconds')}'"
+
+
+def _one_line_text(text: str) -> str:
+    text = " ".join(str(text).split())
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _one_line(exc: BaseException) -> str:
+    return _one_line_text(str(exc))

@@ -18,17 +18,26 @@ Shape::
     [products]                          # optional, same shape
     [members]                           # optional
     [identities]                        # optional: channel, external_id, member_id
+    [limits]                            # optional: what a plausible line is (see Limits)
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
+from datetime import UTC, date, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from recsys.errors import InputError
 from recsys.schemas import TABLES, TableSchema
@@ -89,6 +98,62 @@ class TableMapping(BaseModel):
         return "parquet" if self.path.suffix.lower() in {".parquet", ".pq"} else "csv"
 
 
+DEFAULT_TS_MIN = datetime(1990, 1, 1)
+DEFAULT_MAX_QUANTITY = 10_000.0
+
+
+class Limits(BaseModel):
+    """What a plausible purchase line is; lines outside are rejected and counted by reason.
+
+    Attributes
+    ----------
+    ts_min, ts_max
+        A line's timestamp must be in ``[ts_min, ts_max)`` (UTC, as written in the file), else
+        it is rejected as ``ts_out_of_range``: a two-digit year read by ``%Y`` (``11/1/00`` is
+        year 0), 1900 or 2099 placeholders. Member join dates and product launch dates outside
+        the window are cleared and counted like unparseable ones. Defaults: 1990-01-01 and the
+        time of the run plus one day. TOML dates (``1995-01-01``), date-times or ISO text.
+    max_quantity
+        A line with more units than this is rejected as ``implausible_quantity`` (default
+        10,000; Ta-Feng's largest line is 1,200 units).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    ts_min: datetime = DEFAULT_TS_MIN
+    ts_max: datetime | None = None
+    max_quantity: float = Field(DEFAULT_MAX_QUANTITY, gt=0, allow_inf_nan=False)
+
+    @field_validator("ts_min", "ts_max", mode="before")
+    @classmethod
+    def _dates_are_midnight(cls, v: object) -> object:
+        if isinstance(v, date) and not isinstance(v, datetime):
+            return datetime(v.year, v.month, v.day)
+        return v
+
+    @field_validator("ts_min", "ts_max")
+    @classmethod
+    def _naive_utc(cls, v: datetime | None) -> datetime | None:
+        # Timestamps are compared as written (DuckDB runs in UTC); an offset is converted.
+        if v is not None and v.tzinfo is not None:
+            v = v.astimezone(UTC).replace(tzinfo=None)
+        return v
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Limits:
+        if self.ts_max is not None and self.ts_min >= self.ts_max:
+            raise ValueError(f"ts_min {self.ts_min.isoformat()} must be before ts_max "
+                             f"{self.ts_max.isoformat()}")
+        return self
+
+    def window(self, now: datetime | None = None) -> tuple[datetime, datetime]:
+        """``(ts_min, ts_max)``, with the default ts_max (``now`` + 1 day, UTC) filled in."""
+        if self.ts_max is not None:
+            return self.ts_min, self.ts_max
+        now = now or datetime.now(UTC).replace(tzinfo=None)
+        return self.ts_min, max(now + timedelta(days=1), self.ts_min + timedelta(days=1))
+
+
 class MappingConfig(BaseModel):
     """A dataset: its name and the mapping of each of its source tables.
 
@@ -110,6 +175,7 @@ class MappingConfig(BaseModel):
     products: TableMapping | None = None
     members: TableMapping | None = None
     identities: TableMapping | None = None
+    limits: Limits = Field(default_factory=Limits)
 
     @field_validator("name")
     @classmethod
