@@ -139,7 +139,7 @@ def create_app() -> FastAPI:
                 return {"error": f"scorer {state.scorer.kind!r} has no member vector index"}
             items = state.scorer.items  # type: ignore[attr-defined]
             q = items[np.random.default_rng(seed).choice(len(items), size=min(queries, len(items)), replace=False)]
-            allowed = None if value_segment is None else state.tag_masks["value_segment"][value_segment]
+            allowed = None if value_segment is None else state.tag_mask({"value_segment": [value_segment]})
             start = time.perf_counter()
             exact, _ = brute_force(index.vectors, q, k, allowed)
 

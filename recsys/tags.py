@@ -49,6 +49,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -313,10 +314,17 @@ class MultiTag:
 
     def mask(self, labels: Sequence[str]) -> np.ndarray:
         """Rows holding any of ``labels``."""
-        wanted = [c for c in (self.code(label) for label in labels) if c >= 0]
-        if not wanted:
-            return np.zeros(self.matrix.shape[0], dtype=bool)
-        return np.asarray(self.matrix[:, wanted].sum(axis=1)).ravel() > 0
+        wanted = np.zeros(len(self.labels), dtype=bool)
+        wanted[[c for c in (self.code(label) for label in labels) if c >= 0]] = True
+        out = np.zeros(self.matrix.shape[0], dtype=bool)
+        out[self._entry_rows[wanted[self.matrix.indices]]] = True
+        return out
+
+    @cached_property
+    def _entry_rows(self) -> np.ndarray:
+        """The row of each stored entry (a frozen dataclass may still cache: the property writes
+        the instance dict directly)."""
+        return np.repeat(np.arange(self.matrix.shape[0], dtype=np.int64), np.diff(self.matrix.indptr))
 
     def of(self, row: int) -> list[str]:
         m = self.matrix

@@ -1,7 +1,7 @@
 """The FastAPI application: :func:`create_app` wires settings, keys, metrics and routers; the
 ``lifespan`` loads the model (once) and tails the live-events file.
 
-Nothing heavy happens at import or in :func:`create_app`: the bundle, FAISS indexes and tag masks
+Nothing heavy happens at import or in :func:`create_app`: the bundle, FAISS indexes and tag columns
 are built in the lifespan (in a worker thread, so ``/health/live`` answers while a large bundle
 loads; ``/health/ready`` turns 200 once it is in). Routes get the current state through
 ``Annotated`` dependencies (:mod:`serving.deps`).
@@ -34,7 +34,7 @@ from serving.audit import AuditLog
 from serving.errors import status_of
 from serving.keys import load_key_store
 from serving.metrics import Metrics, MetricsMiddleware
-from serving.routers import admin, audiences, console, events, health, picks, similar
+from serving.routers import admin, audiences, console, events, health, picks, similar, tags
 from serving.settings import ServingSettings
 from serving.state import StateHolder, resolve_and_build
 
@@ -137,7 +137,8 @@ def create_app(settings: ServingSettings) -> FastAPI:
     if settings.auth_disabled:
         log.warning("RECSYS_AUTH_DISABLED is set: every request is treated as admin (development only)")
 
-    for router in (health.router, picks.router, similar.router, audiences.router, events.router, admin.router):
+    for router in (health.router, picks.router, similar.router, audiences.router, tags.router, events.router,
+                   admin.router):
         app.include_router(router)
     console.mount(app)  # the web console at /console (static files)
 

@@ -1,6 +1,7 @@
 """The audit trail of audience exports: one JSON line per export, appended and fsync-ed.
 
-Each line: ``time`` (UTC), ``key_id`` (the API key's public id), ``product_id`` or
+Each line: ``time`` (UTC), ``key_id`` (the API key's public id), ``scope`` (the key's member
+scope, or null), ``product_id`` or
 ``attributes``, ``filters``, ``exclude_bought_within_days``, ``size`` (asked), ``rows``
 (returned), ``model_version``. No member data: the members themselves are only in the response.
 """

@@ -13,6 +13,10 @@ class NotFoundError(RecsysError):
     """A member, product or other id named in the path or body is not known (404)."""
 
 
+class ForbiddenError(RecsysError):
+    """The key may not have this, e.g. a scope the served model cannot check (403)."""
+
+
 class ConflictError(RecsysError):
     """The request cannot run now, e.g. a reload while another is in progress (409)."""
 
@@ -25,6 +29,8 @@ def status_of(exc: RecsysError) -> int:
     """The HTTP status for a user-facing error."""
     if isinstance(exc, NotFoundError):
         return 404
+    if isinstance(exc, ForbiddenError):
+        return 403
     if isinstance(exc, ConflictError):
         return 409
     if isinstance(exc, NotReadyError):

@@ -3,10 +3,18 @@
 Only digests are stored; a request's key is hashed and looked up. Roles and what they may do:
 
 ==============  =========================================================
-app             picks, similar products, model info
-merchandiser    audiences and their export, picks, model info
+app             picks, similar products, member profiles, model info
+staff           picks, similar products and member profiles, within the key's scope (导购)
+merchandiser    audiences and their export, picks, member profiles, model info
 admin           everything, including live events and model reload
 ==============  =========================================================
+
+A key may carry a **scope**: member tag values (any member tag of the served bundle -- a store, a
+region, ...). Every member list, profile and pick the key gets is then limited, on the server, to
+members who hold one of the values of each scope tag: a member outside it (or unknown, or only
+known from live events, whose tags are not computed yet) is a 404 exactly like an unknown member,
+an audience is drawn from the members in scope, and the audit trail records the scope. A staff
+key must have a scope; the other roles may.
 
 A keys file looks like::
 
@@ -15,10 +23,16 @@ A keys file looks like::
     role = "app"
     sha256 = "5e884898..."    # python -m serving.keys hash <secret>
 
+    [[keys]]
+    id = "store-s01"
+    role = "staff"
+    sha256 = "9f86d081..."
+    scope = { store = ["S01"] }   # members whose home store is S01
+
 Command line::
 
-    python -m serving.keys hash <secret>    # the digest to put in the file
-    python -m serving.keys new <id> <role>  # a fresh random secret and its keys-file entry
+    python -m serving.keys hash <secret>                 # the digest to put in the file
+    python -m serving.keys new <id> <role> [tag=v1,v2]   # a fresh random secret and its entry
 
 Examples
 --------
@@ -47,9 +61,12 @@ Permission = Literal["picks", "similar", "audiences", "model", "events", "reload
 
 PERMISSIONS: dict[Role, frozenset[Permission]] = {
     "app": frozenset({"picks", "similar", "model"}),
+    "staff": frozenset({"picks", "similar"}),
     "merchandiser": frozenset({"audiences", "picks", "model"}),
     "admin": frozenset({"picks", "similar", "audiences", "model", "events", "reload"}),
 }
+# a key's scope as a hashable value: ((tag, (value, ...)), ...) in the key's order
+Scope = tuple[tuple[str, tuple[str, ...]], ...]
 
 
 def hash_key(secret: str) -> str:
@@ -59,13 +76,24 @@ def hash_key(secret: str) -> str:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the key's public id and role."""
+    """Who is calling: the key's public id, role and scope (None: every member)."""
 
     key_id: str
     role: Role
+    scope: Scope | None = None
 
     def may(self, permission: Permission) -> bool:
         return permission in PERMISSIONS[self.role]
+
+    def scope_dict(self) -> dict[str, list[str]] | None:
+        """The scope as JSON (what whoami shows and audit lines record)."""
+        return None if self.scope is None else {tag: list(values) for tag, values in self.scope}
+
+
+def scope_of(spec: ApiKeySpec) -> Scope | None:
+    if not spec.scope:
+        return None
+    return tuple((tag, tuple(dict.fromkeys(values))) for tag, values in spec.scope.items())
 
 
 class KeyStore:
@@ -75,7 +103,7 @@ class KeyStore:
     --------
     >>> store = KeyStore([ApiKeySpec(id="a", role="app", sha256=hash_key("x"))])
     >>> store.authenticate("x")
-    Principal(key_id='a', role='app')
+    Principal(key_id='a', role='app', scope=None)
     >>> store.authenticate("y") is None
     True
     """
@@ -87,7 +115,7 @@ class KeyStore:
             if key.id in ids:
                 raise InputError(f"API key id {key.id!r} is listed twice; ids must be unique")
             ids.add(key.id)
-            self._by_digest[key.sha256] = Principal(key.id, key.role)
+            self._by_digest[key.sha256] = Principal(key.id, key.role, scope_of(key))
 
     def __len__(self) -> int:
         return len(self._by_digest)
@@ -114,9 +142,15 @@ def read_keys_file(path: Path) -> list[ApiKeySpec]:
         return _KEY_LIST.validate_python(entries)
     except ValidationError as exc:
         raise InputError(
-            f"API keys file {path}: each entry needs id, role (app|merchandiser|admin) and a 64-hex "
-            f"sha256 digest ({exc.error_count()} problem(s): {exc.errors()[0]['msg']})"
+            f"API keys file {path}: each entry needs id, role (app|staff|merchandiser|admin), a 64-hex "
+            f"sha256 digest and, for staff, a scope ({exc.error_count()} problem(s): {_first(exc)})"
         ) from None
+
+
+def _first(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {err['msg']}" if where else err["msg"]
 
 
 def load_key_store(keys: list[ApiKeySpec] | None, keys_file: Path | None) -> KeyStore:
@@ -133,20 +167,39 @@ def load_key_store(keys: list[ApiKeySpec] | None, keys_file: Path | None) -> Key
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``hash <secret>`` prints a digest; ``new <id> <role>`` prints a new secret and its entry."""
+    """``hash <secret>`` prints a digest; ``new <id> <role> [tag=v1,v2 ...]`` prints a new secret
+    and its entry (with a scope when tag values are given)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) == 2 and args[0] == "hash":
         print(hash_key(args[1]))
         return 0
-    if len(args) == 3 and args[0] == "new" and args[2] in PERMISSIONS:
+    if len(args) >= 3 and args[0] == "new" and args[2] in PERMISSIONS:
+        scope: dict[str, list[str]] = {}
+        for item in args[3:]:
+            tag, sep, values = item.partition("=")
+            if not sep or not tag or not values:
+                print(f"scope {item!r}: write tag=value or tag=v1,v2 (e.g. store=S01)", file=sys.stderr)
+                return 2
+            scope.setdefault(tag, []).extend(v for v in values.split(",") if v)
         secret = secrets.token_urlsafe(32)
+        try:
+            spec = ApiKeySpec(id=args[1], role=args[2], sha256=hash_key(secret), scope=scope or None)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            print(f"error: {_first(exc)}", file=sys.stderr)
+            return 2
         print(f"# secret (give it to the client; it is not stored): {secret}")
-        print(f'[[keys]]\nid = "{args[1]}"\nrole = "{args[2]}"\nsha256 = "{hash_key(secret)}"')
+        print(f"[[keys]]\nid = {json.dumps(spec.id, ensure_ascii=False)}\nrole = \"{spec.role}\"\n"
+              f"sha256 = \"{spec.sha256}\"")
+        if spec.scope:
+            inner = ", ".join(f"{json.dumps(t, ensure_ascii=False)} = {json.dumps(v, ensure_ascii=False)}"
+                              for t, v in spec.scope.items())
+            print(f"scope = {{ {inner} }}")
         return 0
     if len(args) == 2 and args[0] == "demo":
         return _demo_keys(Path(args[1]))
     print(
-        "usage: python -m serving.keys hash <secret> | new <id> <app|merchandiser|admin> | demo <keys.toml>",
+        "usage: python -m serving.keys hash <secret> | new <id> <app|staff|merchandiser|admin> [tag=v1,v2 ...] "
+        "| demo <keys.toml>",
         file=sys.stderr,
     )
     return 2

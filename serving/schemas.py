@@ -8,14 +8,23 @@ whose errors also answer 422 and list what is allowed.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Mode = Literal["discover", "replenish"]
 ReasonCode = Literal["often_buys", "also_bought", "popular_in_segment", "popular"]
 FallbackReason = Literal["unknown_member", "new_member"]
-TagName = Literal["value_segment", "lifecycle", "price_sensitivity", "age_group", "region"]
+# Member tags to keep, by name: any member tag of the served bundle (GET /v1/tags lists them) -> the
+# values to keep: OR within a tag, AND across tags; an empty list keeps nobody. Names and values are
+# checked against the bundle (an unknown one is a 422 listing what exists).
+TagFilters = Annotated[
+    dict[
+        Annotated[str, Field(min_length=1, max_length=64)],
+        Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=1000)],
+    ],
+    Field(max_length=50),
+]
 
 ID = Field(min_length=1, max_length=200)
 
@@ -96,24 +105,13 @@ class ProductAttributes(Strict):
     brand: str | None = Field(None, min_length=1, max_length=200)
 
 
-class TagFilters(Strict):
-    """Member tags to keep: OR within a tag, AND across tags; an empty list keeps nobody."""
-
-    value_segment: list[str] | None = Field(None, max_length=100)
-    lifecycle: list[str] | None = Field(None, max_length=100)
-    price_sensitivity: list[str] | None = Field(None, max_length=100)
-    age_group: list[str] | None = Field(None, max_length=100)
-    region: list[str] | None = Field(None, max_length=1000)
-
-    def active(self) -> dict[str, list[str]]:
-        return {k: v for k, v in self.model_dump().items() if v is not None}
-
-
 class AudienceRequest(Strict):
     product_id: str | None = Field(None, min_length=1, max_length=200)
     attributes: ProductAttributes | None = None
     size: int = Field(1000, ge=1, description="Members to return, at most max_audience (100,000 by default)")
-    filters: TagFilters = TagFilters()
+    filters: TagFilters = Field(
+        default_factory=dict, description="Member tag -> values to keep (OR within a tag, AND across tags)"
+    )
     exclude_bought_within_days: int | None = Field(
         None, ge=0, le=3650, description="Leave out members who bought the product within this many days"
     )
@@ -170,14 +168,41 @@ class AudienceResponse(BaseModel):
     notes: list[str] = []
 
 
+class TagValueInfo(BaseModel):
+    value: str
+    zh: str
+    en: str
+    members: int | None = Field(None, description="Members holding it (in the key's scope); options only")
+
+
+class TagInfo(BaseModel):
+    """One tag of the served bundle, from its registry (:mod:`recsys.tags`)."""
+
+    name: str = Field(description="What filters and profiles call it")
+    entity: Literal["member", "product"]
+    zh: str
+    en: str
+    multi: bool = Field(description="A member may hold several values (and matches a filter on any of them)")
+    open: bool = Field(description="Values come from the retailer's data (regions, stores) rather than a fixed list")
+    kind: str = Field(description="builtin, or where else the tag was defined (e.g. rule)")
+    description: str
+    values: list[TagValueInfo] = Field(description="Its values in display order, with their labels")
+
+
+class TagsResponse(BaseModel):
+    model_version: str
+    tags: list[TagInfo] = Field(description="Member tags, then product tags, in registry order")
+
+
 class AudienceOptions(BaseModel):
-    """What an audience request may name in this bundle: tag values, categories and brands."""
+    """What an audience request may name in this bundle: member tags, categories and brands."""
 
     model_version: str
-    tags: dict[str, list[str]] = Field(description="Per member tag in the bundle: its values, for filters")
+    tags: list[TagInfo] = Field(description="Every member tag in the bundle, with its values, labels and members")
     categories: list[str]
     brands: list[str]
     max_audience: int
+    scope: dict[str, list[str]] | None = Field(None, description="The key's scope, when it has one")
 
 
 class ExportRecord(BaseModel):
@@ -188,6 +213,7 @@ class ExportRecord(BaseModel):
     product_id: str | None = None
     attributes: dict[str, object] | None = None
     filters: dict[str, list[str]] | None = None
+    scope: dict[str, list[str]] | None = None
     exclude_bought_within_days: int | None = None
     size: int | None = None
     rows: int | None = None
@@ -233,7 +259,10 @@ class MemberProfile(BaseModel):
     member_id: str
     model_version: str
     known: bool = Field(description="Whether the member is in the model (bundle or live events)")
-    tags: dict[str, str | None] = Field(description="The member's tags (value_segment, lifecycle, ...)")
+    tags: dict[str, str | list[str] | None] = Field(
+        description="The member's tags by name (GET /v1/tags for labels): a value, a list for a multi-valued "
+        "tag such as channel, or null when unknown"
+    )
     purchases: float = Field(description="Purchase occasions (bundle history + live events)")
     products_bought: int
     top_categories: list[CategoryShare]
@@ -324,6 +353,7 @@ class WhoAmI(BaseModel):
     key_id: str
     role: str
     permissions: list[str]
+    scope: dict[str, list[str]] | None = Field(None, description="Member tag values the key is limited to")
 
 
 class ReloadRequest(Strict):

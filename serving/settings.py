@@ -14,23 +14,38 @@ Examples
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Role = Literal["app", "merchandiser", "admin"]
+Role = Literal["app", "merchandiser", "admin", "staff"]
+ScopeValues = Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(min_length=1, max_length=1000)]
 
 
 class ApiKeySpec(BaseModel):
-    """One API key: a public id (what logs and the audit trail name), its role and the SHA-256
-    hex digest of the secret (``python -m serving.keys hash <secret>`` prints it)."""
+    """One API key: a public id (what logs and the audit trail name), its role, the SHA-256 hex
+    digest of the secret (``python -m serving.keys hash <secret>`` prints it) and optionally a
+    ``scope``: member tag values (``{"store": ["S01"]}``, ``{"region": ["华东", "华南"]}``) that
+    limit every member list, profile and pick the key gets to the members holding one of the values
+    of each tag. A ``staff`` key (store staff, 导购) must have one."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, max_length=100)
     role: Role
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scope: dict[Annotated[str, Field(min_length=1, max_length=64)], ScopeValues] | None = Field(None, max_length=20)
+
+    @model_validator(mode="after")
+    def _staff_is_scoped(self) -> ApiKeySpec:
+        if self.scope is not None and not self.scope:
+            raise ValueError(f"key {self.id!r}: an empty scope would select nobody; drop it or name tag values")
+        if self.role == "staff" and not self.scope:
+            raise ValueError(
+                f"key {self.id!r}: a staff key needs a scope, the members it serves, e.g. scope = {{ store = [\"S01\"] }}"
+            )
+        return self
 
 
 class IndexSettings(BaseModel):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -35,6 +35,8 @@ from recsys.bundle import Bundle, BundleError, load_bundle
 from recsys.columns import Col
 from recsys.idmap import IdMap
 from recsys.models.base import Tag
+from recsys.tags import SEGMENT_TAG, MultiTag, TagRegistry, listing  # noqa: F401  (SEGMENT_TAG re-exported)
+from serving.errors import ForbiddenError
 from serving.events import (
     Cursor,
     EventRecord,
@@ -51,9 +53,12 @@ from serving.settings import ServingSettings
 
 log = logging.getLogger("serving.state")
 
-FILTER_TAGS: tuple[str, ...] = ("value_segment", "lifecycle", "price_sensitivity", "age_group", "region")
-SEGMENT_TAG = "value_segment"
 UNKNOWN = "unknown"
+# per-value member masks kept for filters and scopes (one byte per member each)
+MASK_CACHE_SIZE = 64
+# an API key's scope: (tag, allowed values) pairs; a member is in it when they hold one of the
+# values of every tag (see serving.keys)
+Scope = tuple[tuple[str, tuple[str, ...]], ...]
 
 
 # --------------------------------------------------------------------------- model identity
@@ -220,8 +225,8 @@ class ServingState:
     category: Tag
     product_names: np.ndarray | None
     product_table: pa.Table
-    member_tags: dict[str, Tag]
-    tag_masks: dict[str, dict[str, np.ndarray]]
+    tags: TagRegistry  # the bundle's tags that have a column: what filters, options and profiles use
+    member_tags: dict[str, Tag | MultiTag]
     history: sp.csr_matrix
     purchase_counts: sp.csr_matrix
     buyers_by_product: sp.csc_matrix
@@ -244,6 +249,8 @@ class ServingState:
     events_repeated: int = 0  # records whose event_id the store held already (applied once)
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     lock: threading.RLock = field(default_factory=threading.RLock)
+    _mask_cache: OrderedDict[tuple[str, str], np.ndarray] = field(default_factory=OrderedDict, repr=False)
+    _mask_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # ---------------------------------------------------------------- lookups
     @property
@@ -252,6 +259,72 @@ class ServingState:
 
     def product_index(self, product_id: str) -> int:
         return self.products.get(product_id)
+
+    def tag_mask(self, filters: dict[str, list[str]]) -> np.ndarray:
+        """Bundle members (``n_base`` rows) whose tags pass ``filters``: a value of each tag (OR
+        within a tag, AND across tags; a multi-valued tag passes when it holds any of them).
+        :class:`~recsys.errors.InputError` naming what exists for an unknown tag or value."""
+        self.tags.check_filters(filters, "member")
+        mask = np.ones(self.members.n_base, dtype=bool)
+        for name, wanted in filters.items():
+            keep = np.zeros(self.members.n_base, dtype=bool)
+            for value in wanted:
+                keep |= self._value_mask(name, value)
+            mask &= keep
+        return mask
+
+    def _value_mask(self, name: str, value: str) -> np.ndarray:
+        """Bundle members holding ``value`` of tag ``name`` (read-only), the most recently used
+        ones cached: an OR of cached masks is ~0.2 ms for a million members, computing one ~5 ms."""
+        key = (name, value)
+        with self._mask_lock:
+            hit = self._mask_cache.get(key)
+            if hit is not None:
+                self._mask_cache.move_to_end(key)
+                return hit
+        column = self.member_tags[name]
+        if isinstance(column, MultiTag):
+            mask = column.mask([value])
+        else:
+            code = column.code(value)
+            mask = column.codes == code if code >= 0 else np.zeros(len(column.codes), dtype=bool)
+        mask.setflags(write=False)
+        with self._mask_lock:
+            self._mask_cache[key] = mask
+            while len(self._mask_cache) > MASK_CACHE_SIZE:
+                self._mask_cache.popitem(last=False)
+        return mask
+
+    def scope_mask(self, scope: Scope) -> np.ndarray:
+        """Bundle members inside an API key's ``scope`` (:class:`ForbiddenError` when the scope
+        names a tag this bundle does not have: the key cannot be checked, so it gets nothing)."""
+        return self.tag_mask(self._scope_filters(scope))
+
+    def in_scope(self, row: int, scope: Scope) -> bool:
+        """Whether member ``row`` is inside ``scope``; members first seen in live events have no
+        tags yet, so they are outside every scope."""
+        if not 0 <= row < self.members.n_base:
+            return False
+        for name, wanted in self._scope_filters(scope).items():
+            column = self.member_tags[name]
+            codes = frozenset(c for c in (column.code(v) for v in wanted) if c >= 0)
+            if isinstance(column, MultiTag):
+                if not column.holds_any(row, codes):
+                    return False
+            elif int(column.codes[row]) not in codes:
+                return False
+        return True
+
+    def _scope_filters(self, scope: Scope) -> dict[str, list[str]]:
+        missing = [name for name, _ in scope if name not in self.member_tags]
+        if missing:
+            raise ForbiddenError(
+                f"this key's scope names tag(s) {', '.join(map(repr, missing))}, which the model being served "
+                f"({self.info.version}) does not have (tags: {listing(list(self.member_tags)) or 'none'}); "
+                "fix the key's scope"
+            )
+        # a scope value nobody holds (a store without members yet) selects nobody, never an error
+        return {name: [v for v in values if v in self.tags.get(name).value_names] for name, values in scope}
 
     def bought(self, member: int) -> dict[int, float]:
         """Products ``member`` bought (bundle history + live events) -> purchase occasions."""
@@ -486,14 +559,14 @@ def build_state(
     )
     names = _string_column(ptable, Col.NAME)
 
-    member_tags = bundle.member_tags(FILTER_TAGS)
-    tag_masks = {
-        tag: {label: t.codes == code for code, label in enumerate(t.labels)} for tag, t in member_tags.items()
-    }
+    member_tags = bundle.member_tags()
+    registry = bundle.tag_registry
+    tags = registry.only([*member_tags, *(t.name for t in registry.of("product") if t.name in ptable.column_names)])
     history = sp.csr_matrix(model.history, dtype=np.float32)
     last_age = _model_matrix(model, "last_age", history.shape)
     counts = _model_matrix(model, "counts", history.shape)
-    pop_o, pop_s, seg_o, seg_s = _popular_orders(history, member_tags.get(SEGMENT_TAG))
+    segment = member_tags.get(SEGMENT_TAG)
+    pop_o, pop_s, seg_o, seg_s = _popular_orders(history, segment if isinstance(segment, Tag) else None)
     active.setflags(write=False)  # handed to searches as the default product mask, never changed
 
     scorer = build_scorer(model, settings.index)
@@ -510,8 +583,8 @@ def build_state(
         category=category,
         product_names=names,
         product_table=ptable,
+        tags=tags,
         member_tags=member_tags,
-        tag_masks=tag_masks,
         history=history,
         purchase_counts=sp.csr_matrix(counts) if counts is not None else history,
         buyers_by_product=history.tocsc(),

@@ -23,6 +23,7 @@ from recsys.idmap import IdMap
 from recsys.interactions import Interactions
 from recsys.models import Tag, TrainData, get_model
 from recsys.models.baselines import TopFrequency
+from recsys.tags import TagDef, TagRegistry, values, with_seen_values
 
 # (member, product, days before as_of). Every member buys at most one product a day, so
 # "activity" is the same whether it counts shopping days or purchase occasions.
@@ -45,9 +46,27 @@ S_ACTIVE = [True, True, True, True, True, False, True]  # p5 is delisted
 S_SEGMENTS = ["high", "mid", "low", "mid", "high", None]
 S_LIFECYCLE = ["active", "active", "sleeping", "new", "active", "lost"]
 S_REGIONS = ["上海", "北京", "上海", "广州", "北京", "上海"]
+S_CHANNELS = [["app", "store"], ["app"], ["store"], [], ["mini_program", "store"], ["store"]]
+S_STORES = ["S01", "S02", "S01", "S02", "S02", "S01"]
 TRAIN_AS_OF = date(2001, 2, 1)
 
+_BUILTIN = TagRegistry.builtin()
+# The bundles' tag registry, as a features build would have written it: a value segment of its own
+# (three values), the built-in lifecycle, region, channel (multi-valued) and home store.
+S_TAGS = TagRegistry((
+    TagDef(name="value_segment", entity="member", zh="价值分层", en="Value segment", expr="'x'",
+           values=values(("high", "高价值", "high"), ("mid", "中价值", "mid"), ("low", "低价值", "low"))),
+    _BUILTIN.get("lifecycle"),
+    with_seen_values(_BUILTIN.get("region"), S_REGIONS),
+    with_seen_values(_BUILTIN.get("channel"), {c for cs in S_CHANNELS for c in cs}),
+    with_seen_values(_BUILTIN.get("store"), S_STORES),
+    with_seen_values(_BUILTIN.get("price_band"), S_BANDS),
+))
+
 KEYS = {"app": "app-secret-1", "merchandiser": "merch-secret-1", "admin": "admin-secret-1"}
+# staff keys of two scopes on the same bundle: store S01 (m0, m2, m5) and region 北京 (m1, m4)
+STAFF_KEYS = {"staff-s01": ("staff-s01-secret", {"store": ["S01"]}),
+              "staff-beijing": ("staff-bj-secret", {"region": ["北京"]})}
 
 
 class DatedTopFrequency(TopFrequency):
@@ -104,12 +123,14 @@ def serving_bundle(model_name: str, as_of: date = TRAIN_AS_OF, **params: Any) ->
         products=data.interactions.products,
         member_table=pa.table({
             "member_id": S_MEMBERS, "value_segment": S_SEGMENTS, "lifecycle": S_LIFECYCLE, "region": S_REGIONS,
+            "channel": pa.array(S_CHANNELS, pa.list_(pa.string())), "store": S_STORES,
         }),
         product_table=pa.table({
             "product_id": S_PRODUCTS, "category": S_CATEGORIES, "name": S_NAMES, "price": S_PRICES,
             "price_band": S_BANDS, "brand": S_BRANDS, "active": S_ACTIVE,
         }),
         meta={"run_id": f"run-{model_name}", "metrics": {"recall@10": 0.25}, "as_of": as_of.isoformat()},
+        tags=S_TAGS,
     )
 
 
@@ -137,7 +158,9 @@ def serving_settings(tmp_path: Path, serving_bundles: dict[str, Path]) -> Callab
         values: dict[str, Any] = {
             "bundle": path,
             "api_keys": [ApiKeySpec(id=f"{role}-key", role=role, sha256=hash_key(secret))  # type: ignore[arg-type]
-                         for role, secret in KEYS.items()],
+                         for role, secret in KEYS.items()]
+            + [ApiKeySpec(id=key_id, role="staff", sha256=hash_key(secret), scope=scope)
+               for key_id, (secret, scope) in STAFF_KEYS.items()],
             "events_dir": tmp_path / "events",
             "audit_log": tmp_path / "audit" / "exports.jsonl",
             "load_in_background": False,
@@ -164,7 +187,8 @@ def serving_client(serving_settings: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def auth(role: str) -> dict[str, str]:
-    return {"X-API-Key": KEYS[role]}
+    """The key header of a role's key, or of a staff key by its id (``auth("staff-s01")``)."""
+    return {"X-API-Key": KEYS[role] if role in KEYS else STAFF_KEYS[role][0]}
 
 
 @pytest.fixture

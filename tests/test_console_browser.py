@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import KEYS, auth, uvicorn_server
+from conftest import KEYS, STAFF_KEYS, auth, uvicorn_server
 
 from serving.app import create_app
 from serving.keys import hash_key
@@ -39,7 +39,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, serving_bundles: dict[str, 
     root = tmp_path_factory.mktemp("console-server")
     settings = ServingSettings(
         bundle=serving_bundles["dated"],
-        api_keys=[ApiKeySpec(id=f"{r}-key", role=r, sha256=hash_key(s)) for r, s in KEYS.items()],  # type: ignore[arg-type]
+        api_keys=[ApiKeySpec(id=f"{r}-key", role=r, sha256=hash_key(s)) for r, s in KEYS.items()]  # type: ignore[arg-type]
+        + [ApiKeySpec(id=k, role="staff", sha256=hash_key(s), scope=scope) for k, (s, scope) in STAFF_KEYS.items()],
         events_dir=root / "events",
         audit_log=root / "audit.jsonl",
         events_poll_seconds=0,
@@ -82,7 +83,7 @@ def shot(page: Any, name: str) -> None:
 
 def sign_in(page: Any, role: str) -> None:
     page.goto("/console/")
-    page.fill("#api-key", KEYS[role])
+    page.fill("#api-key", auth(role)["X-API-Key"])
     page.click("#signin-form button[type=submit]")
     page.wait_for_selector("[data-testid=role]")
 
@@ -133,6 +134,7 @@ def test_merchandiser_builds_an_audience_downloads_it_and_sees_the_export(page: 
     sign_in(page, "merchandiser")
     assert nav_pages(page) == ["audience", "exports", "member", "model"]
     assert "商品运营" in page.inner_text("[data-testid=role]")
+    assert page.query_selector("[data-testid=scope]") is None and "null" not in page.inner_text("#who")
 
     # find the product by name, choose it, size 3, lifecycle active or lost
     page.fill("#product-q", "牛")
@@ -173,6 +175,60 @@ def test_merchandiser_builds_an_audience_downloads_it_and_sees_the_export(page: 
     shot(page, "exports")
 
 
+def test_the_filter_form_is_built_from_the_bundles_tags(page: Any, server: str) -> None:
+    sign_in(page, "merchandiser")
+    page.wait_for_selector("fieldset.filter")
+    options = api(server, "GET", "/v1/audiences/options").json()
+    form = page.eval_on_selector_all(
+        "fieldset.filter",
+        """els => els.map(f => [f.dataset.tag, f.dataset.multi, f.querySelector('legend').textContent,
+            [...f.querySelectorAll('input')].map(i => i.value),
+            [...f.querySelectorAll('label.chip')].map(l => l.textContent)])""")
+    # one fieldset per member tag of the options, in their order, with their labels and counts
+    assert [f[0] for f in form] == [t["name"] for t in options["tags"]]
+    for (name, multi, legend, values, chips), tag in zip(form, options["tags"], strict=True):
+        assert multi == ("true" if tag["multi"] else "false") and legend.startswith(f"{tag['zh']} {tag['en']}")
+        assert values == [v["value"] for v in tag["values"]], name
+        for chip, v in zip(chips, tag["values"], strict=True):
+            assert chip.startswith(v["zh"]) and chip.endswith(f" {v['members']}"), (name, chip)
+    channel = next(f for f in form if f[0] == "channel")
+    assert channel[4] == ["App app 2", "小程序 mini_program 1", "门店 store 4"] and "任一 any of" in channel[2]
+
+    # a multi-valued filter: members who bought through the mini-program or the app, in store S02
+    page.fill("#product-q", "p1")
+    page.click("#product-search")
+    page.click("button[data-product-id=p1]")
+    page.fill("#size", "10")
+    for tag, value in (("channel", "app"), ("channel", "mini_program"), ("store", "S02")):
+        page.check(f"input[name=filter-{tag}][value={value}]")
+    page.click("#build")
+    page.wait_for_selector("[data-testid=kpi-expected]")
+    request = {"product_id": "p1", "size": 10, "filters": {"channel": ["app", "mini_program"], "store": ["S02"]}}
+    body = api(server, "POST", "/v1/audiences", json=request).json()
+    assert sorted(m["member_id"] for m in body["members"]) == ["m1", "m4"]
+    check_result_matches(page, body)
+    assert bars(page, "[data-testid=profile-channel]") == {"app": 1.0, "mini_program": 1.0, "store": 1.0}
+    shot(page, "audience-generated-filters")
+
+
+def test_staff_see_their_scope_and_only_its_members(page: Any, server: str) -> None:
+    sign_in(page, "staff-s01")
+    assert nav_pages(page) == ["member"]
+    assert "门店导购" in page.inner_text("[data-testid=role]")
+    assert page.inner_text("[data-testid=scope]") == "范围 Scope: 常去门店 Home store S01"
+    page.fill("#member-id", "m2")  # home store S01
+    page.click("#member-go")
+    page.wait_for_selector("[data-testid=picks]")
+    assert page.get_attribute("[data-testid=tag-store]", "data-value") == "S01"
+    page.fill("#member-id", "m1")  # store S02: not theirs
+    page.click("#member-go")
+    page.wait_for_selector("#banner:not([hidden])")
+    banner = page.inner_text("#banner")
+    assert "404" in banner and "未找到" in banner and "scope (store: S01)" in banner
+    assert page.query_selector("[data-testid=member-profile]") is None  # m2's data does not stay on screen
+    shot(page, "staff-out-of-scope")
+
+
 def test_merchandiser_builds_an_audience_for_a_new_product(page: Any, server: str) -> None:
     sign_in(page, "merchandiser")
     page.click("#target-new")
@@ -197,9 +253,16 @@ def test_member_view_shows_tags_and_picks_with_reasons(page: Any, server: str) -
     page.click("#member-go")
     page.wait_for_selector("[data-testid=picks][data-mode=discover]")
     profile = api(server, "GET", "/v1/members/m0/profile").json()
+    # a row per member tag of the bundle, in its registry's order; channel holds two values
+    rows = page.eval_on_selector_all("[data-testid^=tag-]", "els => els.map(e => e.dataset.testid)")
+    assert rows == [f"tag-{t['name']}" for t in api(server, "GET", "/v1/tags").json()["tags"]
+                    if t["entity"] == "member"]
     for tag, value in profile["tags"].items():
-        assert page.get_attribute(f"[data-testid=tag-{tag}]", "data-value") == value
+        shown = ",".join(value) if isinstance(value, list) else value
+        assert page.get_attribute(f"[data-testid=tag-{tag}]", "data-value") == shown
     assert "活跃 active" in page.inner_text("[data-testid=tag-lifecycle]")
+    assert page.eval_on_selector_all("[data-testid=tag-channel] .pill", "els => els.map(e => e.textContent)") == [
+        "App app", "门店 store"]
     last = profile["last_purchase"]
     assert last is not None and last["product_id"] == "p0"
     assert f"{last['name']}（p0）" in page.inner_text("[data-testid=last-purchase]")

@@ -62,18 +62,59 @@ def test_no_baselines_without_purchase_probabilities(client: Any) -> None:
     assert p["lift_vs_random"] is None and p["lift_vs_most_active"] is None
 
 
-def test_audience_options_list_the_bundles_values(client: Any) -> None:
+def test_audience_options_list_the_bundles_tags_with_labels(client: Any) -> None:
     r = client.get("/v1/audiences/options", headers=auth("merchandiser"))
     assert r.status_code == 200
     body = r.json()
-    assert body["tags"] == {
-        "value_segment": ["high", "low", "mid"], "lifecycle": ["active", "lost", "new", "sleeping"],
-        "region": ["上海", "北京", "广州"],
-    }
+    # every member tag of the bundle's registry, in its order, with labels and members per value
+    assert [t["name"] for t in body["tags"]] == ["value_segment", "lifecycle", "region", "channel", "store"]
+    tags = {t["name"]: t for t in body["tags"]}
+    assert tags["value_segment"]["values"] == [
+        {"value": "high", "zh": "高价值", "en": "high", "members": 2},
+        {"value": "mid", "zh": "中价值", "en": "mid", "members": 2},
+        {"value": "low", "zh": "低价值", "en": "low", "members": 1},
+    ]
+    lifecycle = {v["value"]: (v["zh"], v["members"]) for v in tags["lifecycle"]["values"]}
+    # a declared stage nobody is in is still a value (and filtering on it keeps nobody)
+    assert lifecycle == {"new": ("新客", 1), "active": ("活跃", 3), "sleeping": ("沉睡", 1), "lost": ("流失", 1),
+                         "prospect": ("潜客", 0)}
+    assert (tags["lifecycle"]["zh"], tags["lifecycle"]["en"], tags["lifecycle"]["multi"]) == ("生命周期", "Lifecycle", False)
+    # channel is multi-valued: a member counts once per channel bought through
+    assert tags["channel"]["multi"] is True
+    assert {v["value"]: (v["zh"], v["members"]) for v in tags["channel"]["values"]} == {
+        "app": ("App", 2), "mini_program": ("小程序", 1), "store": ("门店", 4)}
+    assert [v["value"] for v in tags["region"]["values"]] == ["上海", "北京", "广州"]
+    assert body["scope"] is None
     assert body["categories"] == ["bakery", "dairy", "snacks"]
     assert body["brands"] == sorted({"光明", "桃李", "好利来", "乐事", "三只松鼠"})
     assert body["max_audience"] == 100_000
     assert client.get("/v1/audiences/options", headers=auth("app")).status_code == 403
+
+
+def test_tags_route_lists_member_and_product_tags_for_any_key(client: Any) -> None:
+    for role in ("app", "staff-s01", "merchandiser"):
+        body = client.get("/v1/tags", headers=auth(role)).json()
+        assert [(t["name"], t["entity"]) for t in body["tags"]] == [
+            ("value_segment", "member"), ("lifecycle", "member"), ("region", "member"), ("channel", "member"),
+            ("store", "member"), ("price_band", "product")]
+        assert all(v["members"] is None for t in body["tags"] for v in t["values"])
+        assert "expr" not in body["tags"][0] and "query" not in body["tags"][3]  # no SQL leaves the server
+    assert client.get("/v1/tags").status_code == 401
+
+
+def test_audience_filtered_by_a_multi_valued_tag(client: Any) -> None:
+    h = auth("merchandiser")
+    body = client.post("/v1/audiences", json={"product_id": "p4", "size": 10, "filters": {"channel": ["app"]}},
+                       headers=h).json()
+    assert sorted(m["member_id"] for m in body["members"]) == ["m0", "m1"]  # app only, app + store
+    assert body["profile"]["counts"]["channel"] == {"app": 2, "store": 1}
+    body = client.post("/v1/audiences", json={"product_id": "p4", "size": 10,
+                                              "filters": {"channel": ["app", "mini_program"], "store": ["S02"]}},
+                       headers=h).json()
+    assert sorted(m["member_id"] for m in body["members"]) == ["m1", "m4"]
+    body = client.post("/v1/audiences", json={"product_id": "p4", "size": 10, "filters": {"lifecycle": ["prospect"]}},
+                       headers=h).json()
+    assert body["members"] == [] and body["profile"]["eligible"] == 0
 
 
 def test_past_exports_come_from_the_audit_log_newest_first(
@@ -120,7 +161,8 @@ def test_member_profile_tags_categories_and_last_purchase(dated: Any) -> None:
     today = datetime.now(UTC).date()
     body = dated.get("/v1/members/m0/profile", headers=auth("app")).json()
     assert body["known"] is True
-    assert body["tags"] == {"value_segment": "high", "lifecycle": "active", "region": "上海"}
+    assert body["tags"] == {"value_segment": "high", "lifecycle": "active", "region": "上海",
+                            "channel": ["app", "store"], "store": "S01"}
     assert body["purchases"] == 4 and body["products_bought"] == 2
     assert body["top_categories"] == [{"category": "dairy", "purchases": 4}]
     assert body["last_purchase"] == {
@@ -133,7 +175,7 @@ def test_member_profile_tags_categories_and_last_purchase(dated: Any) -> None:
     assert body["last_purchase"]["product_id"] == "p5" and body["last_purchase"]["days_ago"] == 2
     body = dated.get("/v1/members/ghost/profile", headers=auth("app")).json()
     assert body["known"] is False and body["purchases"] == 0 and body["last_purchase"] is None
-    assert set(body["tags"].values()) == {None}
+    assert body["tags"] == {"value_segment": None, "lifecycle": None, "region": None, "channel": [], "store": None}
 
 
 def test_member_profile_reflects_live_purchases(dated: Any) -> None:

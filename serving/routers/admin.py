@@ -21,7 +21,8 @@ router = APIRouter(tags=["operations"], responses={401: {"model": ErrorResponse}
 
 @router.get("/v1/whoami", summary="The calling key's id, role and what it may do")
 async def whoami(caller: Annotated[Principal, Depends(get_caller)]) -> WhoAmI:
-    return WhoAmI(key_id=caller.key_id, role=caller.role, permissions=sorted(PERMISSIONS[caller.role]))
+    return WhoAmI(key_id=caller.key_id, role=caller.role, permissions=sorted(PERMISSIONS[caller.role]),
+                  scope=caller.scope_dict())
 
 
 @router.get("/v1/model", summary="The model being served: version, run, training date, metrics")

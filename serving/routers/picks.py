@@ -110,18 +110,18 @@ def _json(body: Any) -> Response:
     "/v1/members/{member_id}/picks",
     summary="Top-k products for a member, each with a reason",
     response_model=PicksResponse,
-    responses={422: {"model": ErrorResponse}},
+    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
     openapi_extra={"parameters": query_parameters(PicksQuery), "security": SECURITY},
 )
 async def member_picks(request: Request, member_id: Annotated[str, Path(min_length=1, max_length=200)]) -> Response:
     state = current_state(request)
-    authorize(request, "picks")
+    scope = authorize(request, "picks").scope
     q = parse_query(request)
     args = (state, [member_id], q.k, q.mode, _split(q.category), _split(q.exclude), q.segment)
     # from the pre-ranked lists (microseconds) or a vector search (a fraction of a millisecond)
-    results = picks.picks(*args, allow_live=state.scorer.kind == "vectors")
+    results = picks.picks(*args, allow_live=state.scorer.kind == "vectors", scope=scope)
     if results is None:  # the model scoring live takes milliseconds: not on the event loop
-        results = await anyio.to_thread.run_sync(lambda: picks.picks(*args))
+        results = await anyio.to_thread.run_sync(lambda: picks.picks(*args, scope=scope))
     assert results is not None
     _count(request.app.state.metrics, results)
     return _json(picks.picks_dict(state, results[0]))
@@ -131,13 +131,14 @@ async def member_picks(request: Request, member_id: Annotated[str, Path(min_leng
     "/v1/picks:batch",
     summary="Picks for many members in one call",
     response_model=BatchPicksResponse,
-    responses={422: {"model": ErrorResponse}},
+    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
 )
-def batch_picks(state: State, metrics: MetricsDep, _: Caller, body: BatchPicksRequest) -> Response:
+def batch_picks(state: State, metrics: MetricsDep, caller: Caller, body: BatchPicksRequest) -> Response:
     if len(body.member_ids) > state.settings.max_batch:
         raise InputError(f"at most {state.settings.max_batch} member_ids per call; got {len(body.member_ids)}")
     results = picks.picks(
-        state, body.member_ids, body.k, body.mode, _split(body.category), _split(body.exclude), body.segment
+        state, body.member_ids, body.k, body.mode, _split(body.category), _split(body.exclude), body.segment,
+        scope=caller.scope,
     )
     assert results is not None
     _count(metrics, results)
@@ -147,9 +148,9 @@ def batch_picks(state: State, metrics: MetricsDep, _: Caller, body: BatchPicksRe
 @router.get(
     "/v1/members/{member_id}/profile",
     summary="A member's tags, top categories and last purchase (for a store clerk's member view)",
-    responses={422: {"model": ErrorResponse}},
+    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
 )
 def member_profile(
-    state: State, _: Caller, member_id: Annotated[str, Path(min_length=1, max_length=200)]
+    state: State, caller: Caller, member_id: Annotated[str, Path(min_length=1, max_length=200)]
 ) -> MemberProfile:
-    return members.member_profile(state, member_id)
+    return members.member_profile(state, member_id, scope=caller.scope)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from recsys.errors import InputError
+from recsys.tags import tag_counts
 from serving.schemas import (
     AudienceBaseline,
     AudienceOptions,
@@ -18,33 +19,26 @@ from serving.schemas import (
     AudienceResponse,
 )
 from serving.service.common import listing, product_column, product_row
-from serving.state import UNKNOWN, ServingState
+from serving.service.tags import tag_infos
+from serving.state import UNKNOWN, Scope, ServingState
 
 # a product not yet sold is scored from at most this many reference products (the most bought)
 MAX_REFERENCE_PRODUCTS = 50
 MIN_BRAND_REFERENCES = 3
 
 
-def member_mask(state: ServingState, filters: dict[str, list[str]]) -> np.ndarray | None:
-    """Members (over every row, live ones included) whose tags pass ``filters``; None: all."""
-    if not filters:
+def member_mask(
+    state: ServingState, filters: dict[str, list[str]], scope: Scope | None = None
+) -> np.ndarray | None:
+    """Members (over every row, live ones included) whose tags pass ``filters`` and who are in
+    the key's ``scope``; None: all. Any member tag of the bundle may be named (an unknown tag or
+    value is an :class:`InputError` listing what exists)."""
+    if not filters and scope is None:
         return None
-    mask = np.ones(state.members.n_base, dtype=bool)
-    for tag, labels in filters.items():
-        masks = state.tag_masks.get(tag)
-        if masks is None:
-            present = ", ".join(sorted(state.tag_masks)) or "none"
-            raise InputError(f"member tag {tag!r} is not in this bundle; tags: {present}")
-        unknown = [v for v in labels if v not in masks]
-        if unknown:
-            raise InputError(
-                f"unknown {tag} value(s) {', '.join(map(repr, unknown))}; allowed: {listing(sorted(masks))}"
-            )
-        keep = np.zeros(state.members.n_base, dtype=bool)
-        for label in labels:
-            keep |= masks[label]
-        mask &= keep
-    # members first seen in live events have no tags yet: no tag filter keeps them
+    mask = state.tag_mask(filters)
+    if scope is not None:
+        mask &= state.scope_mask(scope)
+    # members first seen in live events have no tags yet: no tag filter (or scope) keeps them
     return np.concatenate([mask, np.zeros(len(state.members) - state.members.n_base, dtype=bool)])
 
 
@@ -112,8 +106,9 @@ class AudienceResult:
         return AudienceResponse.model_validate(self.as_dict())
 
 
-def audience(state: ServingState, req: AudienceRequest) -> AudienceResult:
-    """The members most likely to buy the product (or a product described by attributes)."""
+def audience(state: ServingState, req: AudienceRequest, scope: Scope | None = None) -> AudienceResult:
+    """The members most likely to buy the product (or a product described by attributes), among
+    those the filters keep and, for a scoped key, inside its ``scope``."""
     if req.size > state.settings.max_audience:
         raise InputError(f"size must be between 1 and {state.settings.max_audience}; got {req.size}")
     notes: list[str] = []
@@ -130,7 +125,7 @@ def audience(state: ServingState, req: AudienceRequest) -> AudienceResult:
             if vector is not None:
                 notes = ["scored from the model's own vector for these attributes"]
     with state.lock:  # live events may add member rows: mask and search see the same rows
-        mask = member_mask(state, req.filters.active())
+        mask = member_mask(state, req.filters, scope)
         if req.exclude_bought_within_days is not None:
             if req.product_id is None:
                 notes.append("exclude_bought_within_days ignored: a product not yet sold has no buyers")
@@ -219,11 +214,11 @@ def profile(state: ServingState, rows: np.ndarray, scores: np.ndarray) -> Audien
     base = rows[rows < state.members.n_base]
     n_new = len(rows) - len(base)
     for tag, t in state.member_tags.items():
-        codes = t.codes[base]
-        bins = np.bincount(np.where(codes >= 0, codes, len(t.labels)), minlength=len(t.labels) + 1)
-        c = {label: int(bins[i]) for i, label in enumerate(t.labels) if bins[i]}
-        if bins[-1] + n_new:
-            c[UNKNOWN] = int(bins[-1]) + n_new
+        # a multi-valued tag counts a member once per value held (a member of two channels twice)
+        per, none = tag_counts(t, base)
+        c = {label: int(per[i]) for i, label in enumerate(t.labels) if per[i]}
+        if none + n_new:
+            c[UNKNOWN] = none + n_new
         counts[tag] = c
     expected = None
     hook = getattr(state.bundle.model, "purchase_probability", None)
@@ -235,13 +230,16 @@ def profile(state: ServingState, rows: np.ndarray, scores: np.ndarray) -> Audien
 
 
 
-def audience_options(state: ServingState) -> AudienceOptions:
-    """Tag values, categories and brands an audience request may name."""
+def audience_options(state: ServingState, scope: Scope | None = None) -> AudienceOptions:
+    """Member tags (values, labels, members per value), categories and brands an audience request
+    may name. For a scoped key the counts are of its members, and a scope tag lists only the
+    scope's values."""
     brands = product_column(state, "brand") or []
     return AudienceOptions(
         model_version=state.info.version,
-        tags={tag: sorted(masks) for tag, masks in state.tag_masks.items()},
+        tags=tag_infos(state, "member", counts=True, scope=scope),
         categories=sorted(state.category.labels),
         brands=sorted({str(b) for b in brands if b}),
         max_audience=state.settings.max_audience,
+        scope=None if scope is None else {tag: list(values) for tag, values in scope},
     )

@@ -6,18 +6,21 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
+from recsys.tags import tag_of
 from serving.schemas import CategoryShare, LastPurchase, MemberProfile
 from serving.service.common import product_category, product_name
-from serving.state import UNKNOWN, ServingState
+from serving.service.picks import check_in_scope
+from serving.state import UNKNOWN, Scope, ServingState
 
 
-def member_profile(state: ServingState, member_id: str, top: int = 5) -> MemberProfile:
-    """A member's tags, purchase totals, top categories and last purchase (when dates are known)."""
+def member_profile(state: ServingState, member_id: str, top: int = 5, scope: Scope | None = None) -> MemberProfile:
+    """A member's tags (every member tag of the bundle; a list for a multi-valued one), purchase
+    totals, top categories and last purchase (when dates are known). With a key's ``scope``, a
+    member outside it is a 404."""
+    if scope is not None:
+        check_in_scope(state, [member_id], scope)
     row = state.members.get(member_id)
-    tags: dict[str, str | None] = {}
-    for tag, t in state.member_tags.items():
-        code = t.codes[row] if 0 <= row < len(t.codes) else -1
-        tags[tag] = t.labels[code] if code >= 0 else None
+    tags: dict[str, str | list[str] | None] = {name: tag_of(t, row) for name, t in state.member_tags.items()}
     with state.lock:
         bought = state.bought(row) if row >= 0 else {}
         live_last = {

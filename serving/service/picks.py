@@ -10,10 +10,12 @@ from typing import Any
 import numpy as np
 
 from recsys.errors import InputError
+from recsys.models.base import Tag
+from serving.errors import NotFoundError
 from serving.picklists import reason_parts
 from serving.schemas import FallbackReason, Mode, PicksResponse
 from serving.service.common import listing
-from serving.state import SEGMENT_TAG, ServingState
+from serving.state import SEGMENT_TAG, Scope, ServingState
 
 
 def product_allowed(
@@ -114,11 +116,29 @@ def _popular(
     return order[pos], scores[pos]
 
 
-def _member_segment(state: ServingState, member: int) -> str | None:
+def _segment_tag(state: ServingState) -> Tag | None:
     tag = state.member_tags.get(SEGMENT_TAG)
+    return tag if isinstance(tag, Tag) else None
+
+
+def _member_segment(state: ServingState, member: int) -> str | None:
+    tag = _segment_tag(state)
     if tag is None or member < 0 or member >= len(tag.codes) or tag.codes[member] < 0:
         return None
     return tag.labels[tag.codes[member]]
+
+
+def check_in_scope(state: ServingState, member_ids: list[str], scope: Scope) -> None:
+    """:class:`NotFoundError` naming the members outside ``scope`` (a key's scope): to the key,
+    they do not exist."""
+    outside = [m for m in member_ids if not state.in_scope(state.members.get(m), scope)]
+    if outside:
+        shown = ", ".join(map(repr, outside[:20])) + (f" ... ({len(outside)} in all)" if len(outside) > 20 else "")
+        raise NotFoundError(f"unknown member(s) {shown} among the members of this key's scope ({describe_scope(scope)})")
+
+
+def describe_scope(scope: Scope) -> str:
+    return "; ".join(f"{tag}: {', '.join(values)}" for tag, values in scope)
 
 
 def picks(
@@ -132,8 +152,13 @@ def picks(
     *,
     allow_live: bool = True,
     use_lists: bool = True,
+    scope: Scope | None = None,
 ) -> list[PickList] | None:
     """Picks for each member, in input order; unknown members get a flagged popular fallback.
+
+    With an API key's ``scope``, every member must be a bundle member inside it: any other (outside
+    it, unknown, or known only from live events) is a :class:`NotFoundError` naming them, worded as
+    for a member that does not exist.
 
     A known member is answered from the bundle's pre-ranked list when it can answer exactly (see
     :mod:`serving.picklists`), else scored live; both give the same picks. With ``allow_live=False``
@@ -142,8 +167,10 @@ def picks(
     live (to compare the two)."""
     if k > state.settings.max_k:
         raise InputError(f"k must be between 1 and {state.settings.max_k}; got {k}")
+    if scope is not None:
+        check_in_scope(state, member_ids, scope)
     if segment is not None:
-        tag = state.member_tags.get(SEGMENT_TAG)
+        tag = _segment_tag(state)
         if tag is None or segment not in tag.labels:
             allowed_segments = tag.labels if tag is not None else ()
             raise InputError(f"unknown segment {segment!r}; segments: {listing(allowed_segments) or 'none in this bundle'}")

@@ -50,6 +50,7 @@ export async function request(path, { method = "GET", body, params, raw = false,
 export const whoami = (key) => request("/v1/whoami", { key });
 export const model = () => request("/v1/model");
 export const audienceOptions = () => request("/v1/audiences/options");
+export const tags = () => request("/v1/tags");
 export const audience = (body) => request("/v1/audiences", { method: "POST", body });
 export const pastExports = (limit = 50) => request("/v1/audiences/exports", { params: { limit } });
 export const searchProducts = (q, category, limit = 20) =>

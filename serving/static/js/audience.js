@@ -1,10 +1,8 @@
 // 人群包 Audience builder: a product (on sale, or described), size and tag filters in; the
 // audience's profile, expected buyers and lift, the CSV download out.
 import * as api from "./api.js";
-import { tagLabel, tagName } from "./labels.js";
+import { tagLabel, tagName, valueLabel } from "./labels.js";
 import { barChart, clear, fmt, fmtLift, h, kpi } from "./ui.js";
-
-const FILTER_ORDER = ["value_segment", "lifecycle", "price_sensitivity", "age_group", "region"];
 
 // kept while the user moves between pages of the console
 const st = {
@@ -86,12 +84,16 @@ function renderForm(form, result, ctx) {
       h("datalist", { id: "brand-list" }, st.options.brands.map((b) => h("option", { value: b }))));
   }
 
-  const filters = FILTER_ORDER.filter((t) => st.options.tags[t]).map((tag) =>
-    h("fieldset", { class: "filter", "data-tag": tag },
-      h("legend", {}, tagName(tag)),
-      ...st.options.tags[tag].map((v) => h("label", { class: "chip" },
-        h("input", { type: "checkbox", name: `filter-${tag}`, value: v, checked: (f.filters[tag] || []).includes(v) }),
-        tagLabel(tag, v)))));
+  // one fieldset per member tag of the model being served (options, in registry order); a tag
+  // nobody holds a value of has nothing to choose and is left out
+  const filters = st.options.tags.filter((t) => t.values.some((v) => v.members > 0)).map((tag) =>
+    h("fieldset", { class: "filter", "data-tag": tag.name, "data-multi": tag.multi ? "true" : "false" },
+      h("legend", {}, tag.zh === tag.en ? tag.zh : `${tag.zh} ${tag.en}`,
+        tag.multi ? h("span", { class: "muted small" }, " （任一 any of）") : null),
+      ...tag.values.map((v) => h("label", { class: "chip", title: `${v.en}: ${fmt(v.members, 0)}` },
+        h("input", { type: "checkbox", name: `filter-${tag.name}`, value: v.value,
+          checked: (f.filters[tag.name] || []).includes(v.value) }),
+        valueLabel(v), h("span", { class: "muted small count" }, ` ${fmt(v.members, 0)}`)))));
 
   form.append(
     h("h2", {}, "人群包 Audience builder"),
@@ -221,7 +223,7 @@ export function renderResult(result, req, resp) {
       "当前模型未提供校准的购买概率，无法估计购买人数与提升。 The model serving now gives no calibrated purchase probabilities, so expected buyers and lift are not available.");
 
   const charts = h("div", { class: "profile-grid" },
-    ...FILTER_ORDER.filter((t) => p.counts[t]).map((tag) => {
+    ...st.options.tags.map((t) => t.name).filter((t) => p.counts[t]).map((tag) => {
       const rows = Object.entries(p.counts[tag]).sort((a, b) => b[1] - a[1])
         .map(([v, n]) => ({ key: v, label: tagLabel(tag, v), value: n }));
       return h("div", { class: "card chart-card", "data-testid": `profile-${tag}` },

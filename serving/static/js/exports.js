@@ -28,6 +28,10 @@ function filters(e) {
   return parts.join("；") || "—";
 }
 
+function scopeText(scope) {
+  return Object.entries(scope).map(([t, vs]) => `${tagName(t)}: ${vs.map((v) => tagLabel(t, v)).join(" / ")}`).join("；");
+}
+
 async function load(body) {
   let r;
   try { r = await api.pastExports(100); } catch { clear(body).append(h("p", { class: "muted" }, "无法加载 Unavailable")); return; }
@@ -37,7 +41,8 @@ async function load(body) {
     h("thead", {}, h("tr", {}, ...["时间 Time (UTC)", "密钥 Key", "商品 Product", "筛选 Filters", "人数 Size", "行数 Rows", "模型 Model"].map((t) => h("th", {}, t)))),
     h("tbody", {}, ...r.exports.map((e) => h("tr", {},
       h("td", {}, (e.time || "").replace("T", " ").replace(/\+00:00$/, "")),
-      h("td", {}, e.key_id || ""), h("td", {}, target(e)), h("td", { class: "small" }, filters(e)),
+      h("td", {}, e.key_id || "", e.scope ? h("div", { class: "small muted" }, `范围 scope ${scopeText(e.scope)}`) : null),
+      h("td", {}, target(e)), h("td", { class: "small" }, filters(e)),
       h("td", { class: "num" }, fmt(e.size, 0)), h("td", { class: "num" }, fmt(e.rows, 0)),
       h("td", { class: "small muted" }, e.model_version || ""))))));
 }

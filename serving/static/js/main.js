@@ -1,5 +1,6 @@
 // The console shell: sign-in, the role's pages, routing by #hash, the error banner.
 import * as api from "./api.js";
+import { loadTags, tagLabel, tagName } from "./labels.js";
 import { h, clear } from "./ui.js";
 import * as audience from "./audience.js";
 import * as exportsView from "./exports.js";
@@ -13,7 +14,9 @@ const PAGES = [
   { id: "model", title: "模型 Model", needs: "model", view: modelView },
 ];
 
-const ROLE_NAMES = { app: "门店应用 app", merchandiser: "商品运营 merchandiser", admin: "管理员 admin" };
+const ROLE_NAMES = {
+  app: "门店应用 app", staff: "门店导购 staff", merchandiser: "商品运营 merchandiser", admin: "管理员 admin",
+};
 
 const $ = (id) => document.getElementById(id);
 let who = null;
@@ -58,6 +61,8 @@ async function signIn(key) {
     const me = await api.whoami(key);
     api.session.key = key;
     who = me;
+    // the tag names and labels every page shows; without a model loaded yet the pages say why
+    try { await loadTags(); } catch { /* the banner says why */ }
     hideBanner();
     const first = allowed()[0];
     if (!allowed().some((p) => `#${p.id}` === location.hash) && first) location.hash = first.id;
@@ -90,11 +95,18 @@ function render() {
   clear(nav).append(...pages.map((p) =>
     h("a", { href: `#${p.id}`, class: p.id === current ? "active" : null, "data-page": p.id }, p.title)));
   nav.hidden = false;
-  clear(whoEl).append(
+  const scope = who.scope
+    ? h("span", { class: "pill scope", "data-testid": "scope",
+      title: "只显示范围内的会员 Only members in this scope" },
+    "范围 Scope: ", Object.entries(who.scope).map(([t, vs]) => `${tagName(t)} ${vs.map((v) => tagLabel(t, v)).join(" / ")}`)
+      .join("; "))
+    : null;
+  clear(whoEl).append(...[
     h("span", { class: "role", "data-testid": "role" }, ROLE_NAMES[who.role] || who.role),
+    scope,
     h("span", { class: "muted key-id" }, who.key_id),
     h("button", { type: "button", class: "link", id: "sign-out", onclick: () => signOut() }, "退出 Sign out"),
-  );
+  ].filter(Boolean));
   whoEl.hidden = false;
   clear(view);
   const page = PAGES.find((p) => p.id === current);

@@ -1,9 +1,7 @@
 // 会员 Member view: who the member is (tags, top categories, last purchase) and what to suggest.
 import * as api from "./api.js";
-import { REASON_NAMES, tagLabel, tagName } from "./labels.js";
+import { REASON_NAMES, memberTags, tagLabel, tagName } from "./labels.js";
 import { barChart, clear, fmt, h } from "./ui.js";
-
-const TAGS = ["value_segment", "lifecycle", "price_sensitivity", "age_group", "region"];
 const st = { id: "", mode: "discover" };
 
 export function render(root) {
@@ -36,13 +34,22 @@ async function show(out, id, mode) {
   let profile, picks;
   try {
     [profile, picks] = await Promise.all([api.memberProfile(id), api.memberPicks(id, mode, 10)]);
-  } catch { return; }
+  } catch { clear(out); return; } // the banner says why; no other member's data stays on screen
   document.getElementById("banner").hidden = true;
   clear(out);
-  const tagRows = TAGS.filter((t) => t in profile.tags).map((t) =>
-    h("div", { class: "tag-row", "data-testid": `tag-${t}`, "data-value": profile.tags[t] ?? "" },
-      h("span", { class: "tag-name" }, tagName(t)),
-      h("span", { class: `pill ${profile.tags[t] ? "" : "muted"}` }, tagLabel(t, profile.tags[t]))));
+  // every member tag of the model being served, in registry order; a multi-valued one (channel)
+  // shows each value it holds
+  const order = [...memberTags().map((t) => t.name), ...Object.keys(profile.tags)];
+  const tagRows = [...new Set(order)].filter((t) => t in profile.tags).map((t) => {
+    const value = profile.tags[t];
+    const held = Array.isArray(value) ? value : [value];
+    return h("div", { class: "tag-row", "data-testid": `tag-${t}`,
+      "data-value": Array.isArray(value) ? value.join(",") : (value ?? "") },
+    h("span", { class: "tag-name" }, tagName(t)),
+    held.length && held[0] !== null
+      ? held.map((v) => h("span", { class: "pill" }, tagLabel(t, v)))
+      : h("span", { class: "pill muted" }, tagLabel(t, null)));
+  });
   const last = profile.last_purchase;
   const card = h("div", { class: "card member-card", "data-testid": "member-profile" },
     h("div", { class: "result-head" },
