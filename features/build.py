@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from string import Template
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import duckdb
 from rich.console import Console
@@ -41,6 +41,12 @@ from recsys.columns import Col
 from recsys.data.fetch import sha256sum
 from recsys.errors import InputError
 from recsys.tags import TagDef, TagRegistry, with_seen_values
+
+if TYPE_CHECKING:
+    from features.engine import DuckDBEngine, SparkEngine
+    from recsys.spark.session import SparkSettings
+
+    Engine = DuckDBEngine | SparkEngine
 
 # The canonical tables this step reads, with the columns it relies on (the ingest contract).
 INPUT_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -171,6 +177,8 @@ def build_features(
     threads: int | None = None,
     temp_dir: Path | None = None,
     tags: TagRegistry | None = None,
+    engine: Literal["duckdb", "spark"] = "duckdb",
+    spark: SparkSettings | None = None,
 ) -> FeatureSnapshot:
     """Compute member and product features and tags from purchases strictly before ``as_of``.
 
@@ -198,6 +206,10 @@ def build_features(
     tags
         The tags to compute (default: :meth:`TagRegistry.builtin`); e.g. the built-in ones
         extended with a retailer's rule tags.
+    engine
+        ``duckdb`` (this machine) or ``spark``: the same SQL on Spark (through
+        :func:`features.dialect.to_spark`), the same snapshot; ``memory_limit`` / ``threads`` are
+        DuckDB's, Spark takes its settings from ``spark`` (:mod:`recsys.spark.session`).
 
     Returns
     -------
@@ -238,11 +250,27 @@ def build_features(
     ) as spill:
         # Hashing GB-sized inputs overlaps with the SQL work instead of adding to it.
         hashes = pool.submit(lambda: {name: sha256sum(path) for name, path in inputs.items()})
-        con = _connect(memory_limit, threads or os.cpu_count() or 1, Path(spill))
-        try:
-            row_counts, stats, warnings, built_tags = _run(con, inputs, out_dir, params, as_of, registry)
-        finally:
-            con.close()
+        if engine == "spark":
+            from features.engine import SparkEngine
+            from recsys.spark.session import spark_session
+
+            with spark_session(spark) as session:
+                eng = SparkEngine(session)
+                try:
+                    row_counts, stats, warnings, built_tags = _run(eng, inputs, out_dir, params, as_of, registry)
+                finally:
+                    eng.close()
+        elif engine == "duckdb":
+            from features.engine import DuckDBEngine
+
+            con = _connect(memory_limit, threads or os.cpu_count() or 1, Path(spill))
+            try:
+                row_counts, stats, warnings, built_tags = _run(
+                    DuckDBEngine(con), inputs, out_dir, params, as_of, registry)
+            finally:
+                con.close()
+        else:
+            raise InputError(f"engine must be duckdb or spark, not {engine!r}")
         input_hashes = hashes.result()
 
     manifest: dict[str, Any] = {
@@ -255,6 +283,7 @@ def build_features(
         "stats": stats,
         "warnings": warnings,
         "tags": built_tags,
+        "engine": engine,
     }
     tmp = out_dir / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -351,7 +380,7 @@ def _connect(memory_limit: str, threads: int, spill_dir: Path) -> duckdb.DuckDBP
 
 
 def _run(
-    con: duckdb.DuckDBPyConnection,
+    eng: Engine,
     inputs: dict[str, Path],
     out_dir: Path,
     params: dict[str, str],
@@ -363,14 +392,12 @@ def _run(
         ("products", "products.parquet"),
         ("members", "members.parquet"),
     ):
-        con.execute(f"CREATE TEMP VIEW {view} AS SELECT * FROM read_parquet({_sql_path(inputs[file])})")
-    con.execute(f"CREATE TEMP VIEW lines AS {_render('lines.sql', params)}")
+        eng.view(view, f"SELECT * FROM {eng.parquet(inputs[file])}")
+    eng.view("lines", _render("lines.sql", params))
     # Materialised: small (one row per category), and read by both members and products.
-    con.execute(
-        f"CREATE TEMP TABLE category_price_bands AS {_render('category_price_bands.sql', params)}"
-    )
-    con.execute(f"CREATE TEMP VIEW member_base AS {_render('member_features.sql', params)}")
-    con.execute(f"CREATE TEMP VIEW product_base AS {_render('product_features.sql', params)}")
+    eng.table("category_price_bands", _render("category_price_bands.sql", params))
+    eng.view("member_base", _render("member_features.sql", params))
+    eng.view("product_base", _render("product_features.sql", params))
 
     row_counts: dict[str, int] = {}
     rendered: dict[str, list[TagDef]] = {}
@@ -379,29 +406,29 @@ def _run(
         ("products", "product", "product_base", Col.PRODUCT),
     ):
         entity_tags = [render_tag(t, params) for t in registry.of(entity)]  # type: ignore[arg-type]
-        columns = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {base}").fetchall()]
-        _check_tags(con, entity_tags, base, key, columns)
+        columns = eng.columns(f"SELECT * FROM {base}")
+        _check_tags(eng, entity_tags, base, key, columns)
         rendered[table] = entity_tags
-        sql = tagged_sql(base, key, columns, entity_tags)
-        row_counts[table] = _copy(con, sql, key, out_dir / OUTPUT_FILES[table])
-        _check_one_row_each(con, entity_tags, key, out_dir / OUTPUT_FILES[table])
-    row_counts["category_price_bands"] = _copy(
-        con, "SELECT * FROM category_price_bands", Col.CATEGORY, out_dir / BANDS_FILE
+        sql = tagged_sql(base, key, columns, entity_tags, quote=eng.quote)
+        row_counts[table] = eng.copy(sql, key, out_dir / OUTPUT_FILES[table])
+        _check_one_row_each(eng, entity_tags, key, out_dir / OUTPUT_FILES[table])
+    row_counts["category_price_bands"] = eng.copy(
+        "SELECT * FROM category_price_bands", Col.CATEGORY, out_dir / BANDS_FILE
     )
     built_tags = [
-        _built_tag(con, out_dir / OUTPUT_FILES[table], tag)
+        _built_tag(out_dir / OUTPUT_FILES[table], tag)
         for table in ("members", "products") for tag in rendered[table]
     ]
 
-    (lines_used, buyers) = con.execute(
+    (lines_used, buyers) = (eng.fetchall(
         f"SELECT COALESCE(SUM(n_lines), 0), COUNT(*) FILTER (WHERE n_lines > 0) "
-        f"FROM read_parquet({_sql_path(out_dir / MEMBERS_FILE)})"
-    ).fetchone() or (0, 0)
+        f"FROM {eng.parquet(out_dir / MEMBERS_FILE)}"
+    ) or [(0, 0)])[0]
     stats = {"lines_before_as_of": int(lines_used), "members_with_purchase": int(buyers)}
 
     warnings: list[str] = []
     if lines_used == 0:
-        first = con.execute("SELECT MIN(ts) FROM transactions").fetchone()
+        first = (eng.fetchall("SELECT MIN(ts) FROM transactions") or [None])[0]
         first_day = first[0].date().isoformat() if first and first[0] is not None else None
         warnings.append(
             f"no purchase before {as_of.isoformat()}"
@@ -409,25 +436,16 @@ def _run(
             + ": every member is a prospect and every product is never sold"
         )
     for table, key in (("members", Col.MEMBER), ("products", Col.PRODUCT)):
-        (orphans,) = con.execute(
-            f"SELECT COUNT(*) FROM read_parquet({_sql_path(out_dir / OUTPUT_FILES[table])}) AS f "
+        (orphans,) = (eng.fetchall(
+            f"SELECT COUNT(*) FROM {eng.parquet(out_dir / OUTPUT_FILES[table])} AS f "
             f"ANTI JOIN {table} AS t ON t.{key} = f.{key}"
-        ).fetchone() or (0,)
+        ) or [(0,)])[0]
         if orphans:
             warnings.append(
                 f"{orphans:,} {table} bought before {as_of.isoformat()} are missing from "
                 f"{table}.parquet; they got rows with empty attributes"
             )
     return row_counts, stats, warnings, built_tags
-
-
-def _copy(con: duckdb.DuckDBPyConnection, sql: str, order: str, target: Path) -> int:
-    # Sorted output makes snapshots of unchanged data byte-comparable and diffs readable.
-    (n,) = con.execute(
-        f"COPY (SELECT * FROM ({sql}) AS f ORDER BY {order}) TO {_sql_path(target)} "
-        "(FORMAT parquet, COMPRESSION zstd)"
-    ).fetchone() or (0,)
-    return int(n)
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,7 +516,7 @@ def tagged_sql(
 
 
 def _check_tags(
-    con: duckdb.DuckDBPyConnection, tags: list[TagDef], base: str, key: str, columns: list[str]
+    eng: Engine, tags: list[TagDef], base: str, key: str, columns: list[str]
 ) -> None:
     """Each tag's SQL binds (errors name the tag) and its name is no base column."""
     public = {c for c in columns if not c.startswith("_")}
@@ -509,30 +527,30 @@ def _check_tags(
         probe = (f"SELECT ({tag.expr}) AS value FROM {base}" if tag.expr is not None
                  else f"SELECT {key}, value FROM ({tag.query}) AS q")
         try:
-            con.execute(f"DESCRIBE {probe}").fetchall()
-        except duckdb.Error as exc:
+            eng.columns(probe)
+        except eng.errors as exc:
             first = str(exc).splitlines()[0]
             shape = "an expression over the base row" if tag.expr is not None else f"a SELECT of {key} and value"
             raise InputError(f"{where}: its SQL ({shape}) does not run: {first}") from None
 
 
 def _check_one_row_each(
-    con: duckdb.DuckDBPyConnection, tags: list[TagDef], key: str, written: Path
+    eng: Engine, tags: list[TagDef], key: str, written: Path
 ) -> None:
     """After the output is written: one row per key, else name the single-valued query tag that
     gave a key several values (checked per tag only then, so a good build pays one cheap count)."""
-    (extra,) = con.execute(
-        f"SELECT COUNT(*) - COUNT(DISTINCT {key}) FROM read_parquet({_sql_path(written)})"
-    ).fetchone() or (0,)
+    (extra,) = (eng.fetchall(
+        f"SELECT COUNT(*) - COUNT(DISTINCT {key}) FROM {eng.parquet(written)}"
+    ) or [(0,)])[0]
     if not extra:
         return
     for tag in tags:
         if tag.query is None or tag.multi:
             continue
-        dup = con.execute(
+        dup = eng.fetchall(
             f"SELECT {key} FROM ({tag.query}) AS q WHERE value IS NOT NULL GROUP BY {key} "
             f"HAVING COUNT(DISTINCT value) > 1 ORDER BY {key} LIMIT 3"
-        ).fetchall()
+        )
         if dup:
             ids = ", ".join(repr(r[0]) for r in dup)
             raise InputError(
@@ -542,24 +560,24 @@ def _check_one_row_each(
     raise InputError(f"{written.name}: {extra:,} repeated {key}(s) in the output; check the input tables")
 
 
-def _built_tag(con: duckdb.DuckDBPyConnection, table: Path, tag: TagDef) -> dict[str, Any]:
+def _built_tag(table: Path, tag: TagDef) -> dict[str, Any]:
     """The manifest entry of ``tag``: its definition with the values seen, ``counts`` per value
-    and ``missing`` (rows without a value)."""
-    col, path = quote_ident(tag.name), _sql_path(table)
+    and ``missing`` (rows without a value). Read from the written file, whichever engine wrote it."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    column = pq.read_table(table, columns=[tag.name]).column(tag.name).combine_chunks()
     if tag.multi:
-        rows = con.execute(
-            f"SELECT v, COUNT(*) FROM (SELECT UNNEST({col}) AS v FROM read_parquet({path})) AS u GROUP BY v"
-        ).fetchall()
-        (missing,) = con.execute(
-            f"SELECT COUNT(*) FROM read_parquet({path}) WHERE len({col}) = 0"
-        ).fetchone() or (0,)
+        values = pc.value_counts(column.flatten())
+        missing = int(pc.sum(pc.equal(pc.list_value_length(column), 0)).as_py() or 0)
     else:
-        rows = con.execute(
-            f"SELECT CAST({col} AS VARCHAR) AS v, COUNT(*) FROM read_parquet({path}) GROUP BY v"
-        ).fetchall()
-        missing = sum(n for v, n in rows if v is None)
-    counts = {str(v): int(n) for v, n in rows if v is not None and str(v) != ""}
-    missing += sum(int(n) for v, n in rows if v is not None and str(v) == "")
+        if column.type == "bool":
+            column = pc.if_else(column, "true", "false")
+        values = pc.value_counts(column.cast("string"))
+        missing = int(column.null_count)
+    rows = [(v["values"], int(v["counts"])) for v in values.to_pylist()]
+    counts = {str(v): n for v, n in rows if v is not None and str(v) != ""}
+    missing += sum(n for v, n in rows if v is not None and str(v) == "")
     built = with_seen_values(tag, counts)
     entry = built.model_dump(mode="json")
     entry["counts"] = {v: counts.get(v, 0) for v in built.value_names}
@@ -576,7 +594,7 @@ def _registry_of_old_snapshot(snap: FeatureSnapshot) -> TagRegistry:
             cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM read_parquet({_sql_path(path)})").fetchall()}
             for tag in TagRegistry.builtin().of(entity):  # type: ignore[arg-type]
                 if tag.name in cols:
-                    entry = _built_tag(con, path, tag)
+                    entry = _built_tag(path, tag)
                     out.append(TagDef.model_validate({k: v for k, v in entry.items() if k in TagDef.model_fields}))
         return TagRegistry(tuple(out))
     finally:

@@ -116,6 +116,11 @@ def features_build(
     config: Annotated[Path | None, typer.Option(help="Tag thresholds (TOML); defaults otherwise.")] = None,
     canonical: Annotated[Path | None, typer.Option(help="Canonical tables (default: DATA_DIR/DATASET/canonical).")] = None,
     out: Annotated[Path | None, typer.Option(help="Snapshot folder (default: DATA_DIR/DATASET/features/AS_OF).")] = None,
+    engine: Annotated[str, typer.Option(help="duckdb (this machine) or spark: the same SQL, the same snapshot.")] = "duckdb",
+    spark_master: Annotated[str | None, typer.Option("--spark-master", help="With --engine spark: local[N], "
+                                                     "spark://..., yarn, k8s://... or sc://HOST:15002.")] = None,
+    spark_conf: Annotated[list[str] | None, typer.Option("--spark-conf", help="With --engine spark: a spark.* "
+                                                         "setting, KEY=VALUE (repeatable).")] = None,
 ) -> None:
     """Member and product features as of a date, written as a snapshot (Parquet + manifest)."""
     from features.build import build_features
@@ -129,7 +134,14 @@ def features_build(
         cfg = FeatureConfig.from_toml(config) if config else FeatureConfig()
         canonical_dir = canonical or data_dir / dataset / "canonical"
         out_dir = out or data_dir / dataset / "features" / day.isoformat()
-        snapshot = build_features(canonical_dir, out_dir, day, cfg)
+        if engine not in ("duckdb", "spark"):
+            raise RecsysError(f"--engine must be duckdb or spark, not {engine!r}")
+        spark = None
+        if engine == "spark":
+            from recsys.spark.session import SparkSettings
+
+            spark = SparkSettings.from_options(spark_master, spark_conf, app_name="recsys features build")
+        snapshot = build_features(canonical_dir, out_dir, day, cfg, engine=engine, spark=spark)  # type: ignore[arg-type]
     except RecsysError as exc:
         _fail(exc)
     snapshot.print_summary(console)

@@ -274,6 +274,6 @@ def spark() -> Iterator[Any]:
     from recsys.spark.session import SparkSettings, get_spark
 
     session = get_spark(SparkSettings(master="local[2]", conf={"spark.driver.memory": "2g"}))
-    session.conf.set("spark.sql.shuffle.partitions", "4")
+    session.conf.set("spark.sql.shuffle.partitions", "2")  # small data: few tasks
     yield session
     session.stop()

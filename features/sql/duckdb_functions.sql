@@ -7,6 +7,9 @@
 --   days_between(s, e)    ->  datediff(CAST(e AS DATE), CAST(s AS DATE))
 --   ordered_list(v, k)    ->  transform(array_sort(collect_list(struct(k, v))), x -> x.v)
 --   empty_text_list()     ->  CAST(array() AS ARRAY<STRING>)
+--   sorted_values(v)      ->  array_sort(collect_list(CAST(v AS DOUBLE)))
+--   interpolated_quantile(s, q) -> the same arithmetic with size() and element_at()
+-- (features/dialect.py holds the Spark spellings and is what a Spark build runs).
 -- Statements are separated by ';' at the end of a line.
 
 -- Whole calendar days from the date of start_ts to the date of end_ts.
@@ -19,3 +22,19 @@ CREATE OR REPLACE TEMP MACRO ordered_list(value, sort_key) AS
 
 CREATE OR REPLACE TEMP MACRO empty_text_list() AS
     CAST([] AS VARCHAR[]);
+
+-- Aggregate: the group's non-NULL values as an ascending list of doubles.
+CREATE OR REPLACE TEMP MACRO sorted_values(value) AS
+    list_sort(list(CAST(value AS DOUBLE)) FILTER (WHERE value IS NOT NULL));
+
+-- The q-quantile of an ascending list, interpolated linearly between the values at the positions
+-- around q * (n - 1): PERCENTILE_CONT's definition, spelt out so that both engines do the same
+-- floating-point operations (their own PERCENTILE_CONTs round differently in the last bit, which
+-- moves a product whose price sits on a band boundary into another band). NULL for an empty list.
+CREATE OR REPLACE TEMP MACRO interpolated_quantile(sorted, q) AS
+    CASE WHEN len(sorted) = 0 THEN NULL ELSE
+        list_extract(sorted, CAST(floor(CAST(q AS DOUBLE) * (len(sorted) - 1)) AS BIGINT) + 1)
+        + (list_extract(sorted, CAST(ceil(CAST(q AS DOUBLE) * (len(sorted) - 1)) AS BIGINT) + 1)
+           - list_extract(sorted, CAST(floor(CAST(q AS DOUBLE) * (len(sorted) - 1)) AS BIGINT) + 1))
+          * (CAST(q AS DOUBLE) * (len(sorted) - 1) - floor(CAST(q AS DOUBLE) * (len(sorted) - 1)))
+    END;

@@ -37,13 +37,14 @@ buyers AS (
 ),
 -- Quintile scores 1-5 from each buyer's position in the sorted population. RANK gives tied
 -- members the position of the first of them, so ties always share one score (NTILE would split
--- the many one-visit members over several F scores at random).
+-- the many one-visit members over several F scores at random). 5.0E0 is a DOUBLE in both engines
+-- (Spark reads 5.0 as a DECIMAL, whose division rounds to 6 places and can cross an integer).
 scored AS (
     SELECT
         b.*,
-        CAST(FLOOR(5.0 * (RANK() OVER (ORDER BY recency_days DESC) - 1) / n_buyers) AS INTEGER) + 1 AS r_score,
-        CAST(FLOOR(5.0 * (RANK() OVER (ORDER BY frequency ASC) - 1) / n_buyers) AS INTEGER) + 1 AS f_score,
-        CAST(FLOOR(5.0 * (RANK() OVER (ORDER BY monetary ASC) - 1) / n_buyers) AS INTEGER) + 1 AS m_score
+        CAST(FLOOR(5.0E0 * (RANK() OVER (ORDER BY recency_days DESC) - 1) / n_buyers) AS INTEGER) + 1 AS r_score,
+        CAST(FLOOR(5.0E0 * (RANK() OVER (ORDER BY frequency ASC) - 1) / n_buyers) AS INTEGER) + 1 AS f_score,
+        CAST(FLOOR(5.0E0 * (RANK() OVER (ORDER BY monetary ASC) - 1) / n_buyers) AS INTEGER) + 1 AS m_score
     FROM buyers AS b
 ),
 priced AS (

@@ -11,7 +11,7 @@ sales AS (
         COALESCE(SUM(amount), 0) AS revenue,
         MIN(ts) AS first_sale,
         MAX(ts) AS last_sale,
-        PERCENTILE_CONT(0.5) WITHIN GROUP (ORDER BY unit_price) AS median_unit_price
+        interpolated_quantile(sorted_values(unit_price), 0.5) AS median_unit_price
     FROM lines
     GROUP BY product_id
 ),

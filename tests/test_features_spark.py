@@ -1,0 +1,97 @@
+"""The feature build on Spark writes the DuckDB build's snapshot: same files, rows, values and
+manifest, from the same SQL (features/dialect.py is the only difference), on an export with noise.
+
+One local[2] session (the ``spark`` fixture); a synthetic retailer export of a few thousand lines.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_features import STORE_VISITS, VIP
+
+from features.build import build_features
+from features.config import FeatureConfig
+from features.dialect import expand, strip_comments, to_spark
+from recsys.data.ingest import ingest
+from recsys.data.mapping import resolve_source
+from recsys.data.synth import SynthSpec, synthesize_retailer
+from recsys.errors import InputError
+from recsys.tags import TagDef, TagRegistry
+
+AS_OF = date(2024, 4, 1)
+SPEC = SynthSpec(members=300, products=120, lines=6_000, categories=12, seed=5)
+CHANNELS = TagDef(  # multi-valued, from a query: lists must come out in the same order
+    name="channels_since_jan", entity="member", zh="渠道", en="Channels", open=True, multi=True,
+    query="SELECT member_id, channel AS value FROM lines WHERE days_between(ts, ${as_of}) <= 90",
+)
+
+
+@pytest.fixture(scope="module")
+def canonical(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("features-spark")
+    synthesize_retailer(SPEC, root / "raw", 5)  # walk-ins, refunds, carrier bags, repeats
+    mapping = resolve_source(str(root / "raw" / "mapping.toml"), root)
+    ingest(mapping, root / "canonical")
+    return root / "canonical"
+
+
+def unnullable(schema: pa.Schema) -> pa.Schema:
+    """The schema with every field nullable: DuckDB and Spark mark NOT NULL differently."""
+    return pa.schema([f.with_nullable(True) for f in schema])
+
+
+@pytest.fixture(scope="module")
+def snapshots(spark, canonical: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("snapshots")
+    registry = TagRegistry.builtin().extend([VIP, STORE_VISITS, CHANNELS])
+    for engine in ("duckdb", "spark"):
+        build_features(canonical, root / engine, AS_OF, FeatureConfig(), tags=registry, engine=engine)
+    return {"duckdb": root / "duckdb", "spark": root / "spark"}
+
+
+@pytest.mark.parametrize("name", ["members.parquet", "products.parquet", "category_price_bands.parquet"])
+def test_spark_writes_the_duckdb_snapshot(snapshots, name):
+    duck, spark = pq.read_table(snapshots["duckdb"] / name), pq.read_table(snapshots["spark"] / name)
+    assert duck.num_rows > 0
+    assert unnullable(spark.schema) == unnullable(duck.schema)  # names, order and types
+    for column in duck.column_names:  # every value, rows in the same (key) order
+        assert spark.column(column).to_pylist() == duck.column(column).to_pylist(), column
+
+
+def test_the_manifests_differ_only_in_engine_and_time(snapshots):
+    duck, spark = (json.loads((snapshots[e] / "manifest.json").read_text()) for e in ("duckdb", "spark"))
+    assert (duck["engine"], spark["engine"]) == ("duckdb", "spark")
+    for key in set(duck) | set(spark):
+        if key not in ("engine", "created_at"):
+            assert spark[key] == duck[key], key
+    names = [t["name"] for t in spark["tags"]]
+    assert {"value_segment", "lifecycle", "price_band", "big_spender", "visits", "channels_since_jan"} <= set(names)
+    assert spark["stats"]["lines_before_as_of"] > 0
+
+
+def test_a_broken_tag_is_refused_by_name_on_spark_too(spark, canonical, tmp_path):
+    bad = TagDef(name="bad", entity="member", zh="坏", en="Bad", open=True, expr="no_such_column + 1")
+    with pytest.raises(InputError, match=r"tag 'bad' \(recsys.tags\): its SQL \(an expression over the base row\) does not run"):
+        build_features(canonical, tmp_path, AS_OF, FeatureConfig(), tags=TagRegistry.builtin().extend([bad]),
+                       engine="spark")
+    assert not (tmp_path / "manifest.json").exists()
+
+
+# ---------------------------------------------------------------------------- the dialect
+def test_shims_expand_into_their_spark_spelling_nested_and_only_in_code():
+    sql = ("SELECT ordered_list(c, rk) AS l, -- ordered_list(in, a comment)\n"
+           " 'days_between(x, y)' AS text, interpolated_quantile(sorted_values(p), 0.5) AS m FROM t")
+    out = to_spark(sql)
+    assert "transform(array_sort(collect_list(named_struct('k', rk, 'v', c))), x -> x.v) AS l" in out
+    assert "'days_between(x, y)' AS text" in out and "in, a comment" not in out
+    assert "transform(array(array_sort(collect_list(CAST(p AS DOUBLE)))), _s ->" in out
+    with pytest.raises(ValueError, match=r"days_between\(\) takes 2 argument"):
+        to_spark("SELECT days_between(a) FROM t")
+    assert strip_comments("SELECT '--' AS a -- b") == "SELECT '--' AS a "
+    assert expand("SELECT empty_text_list()", {"empty_text_list": lambda a: "[]"}) == "SELECT []"
