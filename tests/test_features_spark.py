@@ -24,7 +24,7 @@ from recsys.data.synth import SynthSpec, synthesize_retailer
 from recsys.errors import InputError
 from recsys.tags import TagDef, TagRegistry
 
-AS_OF = date(2024, 4, 1)
+AS_OF = date(2024, 6, 1)  # the export covers January to June 2024
 SPEC = SynthSpec(members=300, products=120, lines=6_000, categories=12, seed=5)
 CHANNELS = TagDef(  # multi-valued, from a query: lists must come out in the same order
     name="channels_since_jan", entity="member", zh="渠道", en="Channels", open=True, multi=True,
@@ -33,12 +33,18 @@ CHANNELS = TagDef(  # multi-valued, from a query: lists must come out in the sam
 
 
 @pytest.fixture(scope="module")
-def canonical(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``DATA/shop/canonical`` from a noisy export (walk-ins, refunds, carrier bags, repeats)."""
     root = tmp_path_factory.mktemp("features-spark")
-    synthesize_retailer(SPEC, root / "raw", 5)  # walk-ins, refunds, carrier bags, repeats
+    synthesize_retailer(SPEC, root / "raw", 5)
     mapping = resolve_source(str(root / "raw" / "mapping.toml"), root)
-    ingest(mapping, root / "canonical")
-    return root / "canonical"
+    ingest(mapping, root / "data" / "shop" / "canonical")
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def canonical(data_dir: Path) -> Path:
+    return data_dir / "shop" / "canonical"
 
 
 def unnullable(schema: pa.Schema) -> pa.Schema:
@@ -48,11 +54,12 @@ def unnullable(schema: pa.Schema) -> pa.Schema:
 
 @pytest.fixture(scope="module")
 def snapshots(spark, canonical: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("snapshots")
+    out = {"duckdb": canonical.parent / "features" / AS_OF.isoformat(),  # where training reads it
+           "spark": tmp_path_factory.mktemp("snapshots") / "spark"}
     registry = TagRegistry.builtin().extend([VIP, STORE_VISITS, CHANNELS])
     for engine in ("duckdb", "spark"):
-        build_features(canonical, root / engine, AS_OF, FeatureConfig(), tags=registry, engine=engine)
-    return {"duckdb": root / "duckdb", "spark": root / "spark"}
+        build_features(canonical, out[engine], AS_OF, FeatureConfig(), tags=registry, engine=engine)
+    return out
 
 
 @pytest.mark.parametrize("name", ["members.parquet", "products.parquet", "category_price_bands.parquet"])
@@ -81,6 +88,29 @@ def test_a_broken_tag_is_refused_by_name_on_spark_too(spark, canonical, tmp_path
         build_features(canonical, tmp_path, AS_OF, FeatureConfig(), tags=TagRegistry.builtin().extend([bad]),
                        engine="spark")
     assert not (tmp_path / "manifest.json").exists()
+
+
+# ---------------------------------------------------------------------------- training on Spark
+def test_a_spark_training_run_records_the_engine_and_spark_conf(spark, data_dir, snapshots, store):
+    from mlflow import MlflowClient
+
+    from training.config import TrainConfig
+    from training.pipeline import run_training
+
+    cfg = TrainConfig.model_validate({
+        "data": {"dataset": "shop", "data_dir": str(data_dir), "cutoff": AS_OF.isoformat(), "test_end": "2024-07-01"},
+        "model": {"name": "spark_als", "params": {"factors": 8, "iterations": 3, "blocks": 2}},
+        "evaluation": {"ks": [10], "audience_sizes": [100], "next_basket": False},
+        "mlflow": {"experiment": "spark", "register": False},
+        "spark": {"master": "local[2]", "conf": {"spark.sql.shuffle.partitions": "2"}},
+    })
+    result = run_training(cfg, tracking_uri=store)
+    run = MlflowClient(tracking_uri=store).get_run(result.run_id)
+    assert run.data.tags["engine"] == "spark" and run.data.params["engine"] == "spark"
+    assert run.data.params["spark.master"].startswith("local")
+    assert run.data.params["spark.conf.spark.sql.session.timeZone"] == "UTC"
+    assert run.data.params["spark.version"].startswith("4.")
+    assert result.metrics["recall@10"] > 0 and result.pre_ranked is not None
 
 
 # ---------------------------------------------------------------------------- the dialect

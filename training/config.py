@@ -79,11 +79,20 @@ with warnings.catch_warnings():
         register: bool = True
 
 
+class SparkConfig(_Strict):
+    """Where a Spark model (``spark_als``) trains: ``master`` (``local[4]``, ``yarn``,
+    ``sc://host:15002`` ...) and ``spark.*`` settings; see :mod:`recsys.spark.session`."""
+
+    master: str | None = None
+    conf: dict[str, str] = {}
+
+
 class TrainConfig(_Strict):
     data: DataConfig
     model: ModelConfig = ModelConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    spark: SparkConfig | None = None
 
     @classmethod
     def from_toml(cls, path: Path | str) -> TrainConfig:

@@ -119,6 +119,7 @@ def fit_and_evaluate(
     model = get_model(cfg.model.name)(params)
     if on_iteration is not None and hasattr(model, "on_iteration"):
         model.on_iteration = on_iteration
+    start_spark(cfg)
     t0 = time.perf_counter()
     with console.status(f"fitting {cfg.model.name} on {data.n_members:,} members x {data.n_products:,} products"):
         model.fit(data)
@@ -179,6 +180,25 @@ def protocol_params(params: ModelParams, *, last_basket: bool, audiences: bool) 
     return params.model_copy(update=update)
 
 
+def start_spark(cfg: TrainConfig) -> None:
+    """The Spark session of a config with a ``[spark]`` table, started before the fit so that a
+    Spark model (``spark_als``) trains there; without one a Spark model starts its own from the
+    environment (``RECSYS_SPARK_MASTER``, else ``local[*]``)."""
+    if cfg.spark is not None:
+        from recsys.spark.session import SparkSettings, get_spark
+
+        get_spark(SparkSettings(master=cfg.spark.master, conf=cfg.spark.conf, app_name="recsys train"))
+
+
+def engine_params(summary: dict[str, Any] | None) -> dict[str, Any]:
+    """What a run records about where it trained: ``engine`` (``spark`` for a Spark model, else
+    ``local``) and, for Spark, its version, master and every ``spark.*`` setting."""
+    if not summary or summary.get("engine") != "spark":
+        return {"engine": "local"}
+    return {"engine": "spark", "spark": {"version": summary.get("spark_version"), "master": summary.get("master"),
+                                         "conf": dict(summary.get("conf", {}))}}
+
+
 def next_basket_run(cfg_json: dict[str, Any]) -> tuple[dict[str, float], float]:
     """Fit the configured model on the next-basket protocol's data and evaluate it: the
     ``nbr_``-prefixed metrics and the seconds it took. Takes plain JSON so that it can run in
@@ -190,6 +210,7 @@ def next_basket_run(cfg_json: dict[str, Any]) -> tuple[dict[str, float], float]:
     paths = DataPaths(cfg.data.canonical, cfg.data.features)
     nbr = load_next_basket(paths.transactions, paths.canonical / "products.parquet")
     params = protocol_params(cfg.model_params(), last_basket=True, audiences=False)
+    start_spark(cfg)
     model = get_model(cfg.model.name)(params).fit(nbr.train)
     metrics = evaluate_next_basket(model, nbr, tuple(cfg.evaluation.ks))
     return {f"nbr_{k}": v for k, v in metrics.items()}, time.perf_counter() - t0
@@ -252,6 +273,9 @@ def run_training(cfg: TrainConfig, config_path: Path | None = None, tracking_uri
         tracker.log_metrics(result.metrics)
         tracker.log_metrics(result.timings)
         summary = getattr(result.model, "training_summary", None)
+        engine = engine_params(summary)
+        tracker.log_params(engine)
+        tracker.set_tags({"engine": engine["engine"]})
         if summary:
             tracker.log_dict(summary, "training_summary.json")
         tracker.log_dict(result.report, "evaluation/report.json")
