@@ -338,19 +338,20 @@ def test_next_basket_members_products_and_target(next_basket):
     assert nb.truth.toarray().tolist() == [[1, 1], [1, 0], [1, 0]]
 
 
-def test_next_basket_history_is_aged_from_each_members_own_target(next_basket):
+def test_next_basket_history_is_aged_from_each_members_last_history_basket(next_basket):
     x = next_basket.train.interactions
     rows = sorted(zip(x.members.to_external(x.member).tolist(), x.products.to_external(x.product).tolist(),
                       x.age_days.tolist(), x.quantity.tolist(), strict=True))
     a_and_e = [r for r in rows if r[0] != "F"]
-    # A's target is day 20, E's day 15; E's z history is gone with the rare product
+    # A's last history basket is day 10 (its target day 20 is never read), E's day 3 (its only
+    # product that day, the rare z, is gone, but the visit still sets the member's clock)
     assert a_and_e == [
-        ("A", "x", 10, 1.0), ("A", "x", 15, 1.0), ("A", "x", 19, 3.0),
-        ("A", "y", 10, 1.0), ("A", "y", 19, 1.0),
-        ("E", "y", 13, 1.0),
+        ("A", "x", 1, 1.0), ("A", "x", 6, 1.0), ("A", "x", 10, 3.0),
+        ("A", "y", 1, 1.0), ("A", "y", 10, 1.0),
+        ("E", "y", 2, 1.0),
     ]
     f_ages = sorted(r[2] for r in rows if r[0] == "F")
-    assert f_ages == list(range(1, 50))  # F's target is day 50; days 1..49 are 49..1 days before
+    assert f_ages == list(range(1, 50))  # F's history is days 1..49: day 49 is age 1
 
 
 def test_next_basket_recall_is_normalised_by_the_target(next_basket):
