@@ -60,6 +60,9 @@ def data_ingest(
     data_dir: DataDir = Path("data"),
     out: Annotated[Path | None, typer.Option(help="Output folder (default: DATA_DIR/NAME/canonical).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad row.")] = False,
+    memory_limit: Annotated[str | None, typer.Option(
+        help="DuckDB's memory cap: a size (6GB) or a share of RAM (40%); beyond it ingest spills "
+             "to OUT/.tmp. Default: RECSYS_INGEST_MEMORY, else 35% of RAM.")] = None,
 ) -> None:
     """Validate a retailer's export and write the canonical tables plus a validation report."""
     from recsys.data.ingest import ingest
@@ -68,7 +71,7 @@ def data_ingest(
     try:
         mapping = resolve_source(source, data_dir)
         out_dir = out or data_dir / mapping.name / "canonical"
-        report = ingest(mapping, out_dir, strict=strict)
+        report = ingest(mapping, out_dir, strict=strict, memory_limit=memory_limit)
     except RecsysError as exc:
         _fail(exc)
     report.print(console)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -661,3 +662,37 @@ def test_product_master_without_price_gets_the_median_paid(tmp_path: Path) -> No
     buf = StringIO()
     report.print(Console(file=buf, width=200))
     assert "no price column" in buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# memory: DuckDB's cap comes from a setting or a share of RAM, and whatever does not fit spills
+
+
+def test_memory_limit_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from recsys.data.ingest import MEMORY_ENV, default_memory_limit
+
+    monkeypatch.delenv(MEMORY_ENV, raising=False)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    default_mb = int(default_memory_limit().removesuffix("MB"))
+    assert 1024 <= default_mb <= max(ram * 0.35 / 2**20, 1024)
+    monkeypatch.setenv(MEMORY_ENV, "3GB")
+    assert default_memory_limit() == "3GB"
+    monkeypatch.setenv(MEMORY_ENV, "10%")
+    assert int(default_memory_limit().removesuffix("MB")) <= max(ram * 0.1 / 2**20, 1024)
+    for bad in ("lots%", "0%", "250%"):
+        monkeypatch.setenv(MEMORY_ENV, bad)
+        with pytest.raises(InputError, match=MEMORY_ENV):
+            default_memory_limit()
+    monkeypatch.setenv(MEMORY_ENV, "a lot")
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="not a memory size"):
+        ingest(_mapping(tmp_path), out)
+    assert not (out / ".tmp").exists()
+
+
+def test_cli_memory_limit(tmp_path: Path) -> None:
+    _write(tmp_path / "src" / "lines.csv", LINES)
+    code, output = _cli(tmp_path, TOML.format(qty="qty"), "--memory-limit", "1GB")
+    assert code == 0, output
+    code, output = _cli(tmp_path, TOML.format(qty="qty"), "--memory-limit", "half%")
+    assert code == 2 and "--memory-limit 'half%' is not a share of RAM" in output

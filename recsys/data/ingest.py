@@ -136,7 +136,9 @@ _TXN_KEY = (Col.MEMBER, Col.PRODUCT, Col.TS, Col.QUANTITY, Col.AMOUNT, Col.COST,
             Col.CHANNEL, Col.STORE, Col.BASKET, *_TXN_ATTRS)
 # Whitespace stripped from text values; exports often carry NBSPs and BOMs inside fields.
 _WS = " \t\r\n\u00a0\ufeff"
-_MAX_MEMORY = 10 * 1024**3
+# DuckDB's memory cap: this share of the machine's RAM unless RECSYS_INGEST_MEMORY says otherwise.
+MEMORY_SHARE = 0.35
+MEMORY_ENV = "RECSYS_INGEST_MEMORY"
 
 
 @dataclass
@@ -299,7 +301,8 @@ def ingest(
     strict
         Stop at the first bad row instead of skipping and counting bad rows.
     memory_limit
-        DuckDB memory cap (e.g. ``"4GB"``); default :func:`default_memory_limit`.
+        DuckDB memory cap: a size (``"4GB"``) or a share of RAM (``"40%"``); default
+        :func:`default_memory_limit`.
     threads
         DuckDB threads; default ``os.cpu_count()``.
 
@@ -332,13 +335,18 @@ def ingest(
         tmp_dir.mkdir(parents=True)
     except OSError as exc:
         raise InputError(f"cannot create the output folder {out_dir}: {exc.strerror}") from None
-    con = _connect(tmp_dir, memory_limit, threads)
+    try:
+        con = _connect(tmp_dir, memory_limit, threads)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
     try:
         report = _run(con, mapping, out_dir, tmp_dir, strict)
     except duckdb.OutOfMemoryException as exc:
         # Not the input's fault: the spill folder filled up or the cap is too tight.
         raise RecsysError(f"ingest ran out of memory ({_one_line(exc)}); free disk space under "
-                          f"{out_dir} for spilling or pass a larger memory_limit") from None
+                          f"{out_dir} for spilling or give it more memory (--memory-limit, or "
+                          f"{MEMORY_ENV} such as 12GB or 60%)") from None
     except duckdb.IOException as exc:
         raise RecsysError(f"ingest could not write its output or spill files ({_one_line(exc)}); "
                           f"check free disk space and permissions under {out_dir}") from None
@@ -410,17 +418,31 @@ def _run(con: duckdb.DuckDBPyConnection, mapping: MappingConfig, out_dir: Path, 
 # connection and sources
 
 
-def default_memory_limit() -> str:
-    """DuckDB's cap: 10 GiB, or less on a small or busy machine (never below 1 GiB).
+def default_memory_limit(wanted: str | None = None) -> str:
+    """DuckDB's memory cap for an ingest (never below 1 GiB).
 
-    DuckDB's resident size runs a little above its cap, so the cap leaves room under 16 GB and
-    under what other processes on the machine already use (``MemAvailable``).
+    ``wanted`` (``--memory-limit``), else ``RECSYS_INGEST_MEMORY``, when set: a size DuckDB
+    understands (``"6GB"``) or a share of the machine's RAM (``"25%"``). Otherwise
+    :data:`MEMORY_SHARE` of the RAM. A share is held to three quarters of what is available
+    now (``MemAvailable``), so a busy machine is not pushed into swapping. Whatever does not fit
+    spills to ``OUT_DIR/.tmp``; DuckDB's resident size runs a little above its cap (memory it
+    allocates outside its buffer pool), which the share leaves room for.
     """
-    caps = [_MAX_MEMORY]
-    try:
-        caps.append(int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.6))
-    except (ValueError, OSError, AttributeError):
-        pass
+    source = "--memory-limit" if wanted else MEMORY_ENV
+    wanted = (wanted or os.environ.get(MEMORY_ENV, "")).strip()
+    if wanted and not wanted.endswith("%"):
+        return wanted
+    share = MEMORY_SHARE
+    if wanted:
+        try:
+            share = float(wanted[:-1]) / 100
+        except ValueError:
+            raise InputError(f"{source} {wanted!r} is not a share of RAM; use e.g. 25% or a "
+                             "size such as 6GB") from None
+        if not 0 < share <= 1:
+            raise InputError(f"{source} {wanted!r}: a share of RAM is between 1% and 100%")
+    ram = _physical_memory()
+    caps = [int(ram * share)] if ram else [8 * 1024**3]
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
             info = dict(line.split(":", 1) for line in f)
@@ -430,14 +452,28 @@ def default_memory_limit() -> str:
     return f"{max(min(caps), 1024**3) // 1024**2}MB"
 
 
+def _physical_memory() -> int | None:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _connect(tmp_dir: Path, memory_limit: str | None, threads: int | None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    memory_limit = memory_limit or default_memory_limit()
-    con.execute(f"SET memory_limit = {_lit(memory_limit)}")
+    memory_limit = default_memory_limit(memory_limit)
+    try:
+        con.execute(f"SET memory_limit = {_lit(memory_limit)}")
+    except duckdb.Error:
+        con.close()
+        raise InputError(f"memory limit {memory_limit!r} is not a memory size; use e.g. 6GB or "
+                         "800MB") from None
     con.execute(f"SET temp_directory = {_lit(str(tmp_dir / 'spill'))}")
     con.execute(f"SET threads = {int(threads or os.cpu_count() or 1)}")
-    # Order-preserving scans are what make row_number() OVER () the file's line order.
-    con.execute("SET preserve_insertion_order = true")
+    # Only the scans that number rows need their order kept (see _read); everything else is
+    # ordered by explicit ORDER BYs, and not keeping insertion order lets the aggregation, the
+    # sort and the Parquet writer stream in less memory.
+    con.execute("SET preserve_insertion_order = false")
     con.execute("SET enable_progress_bar = false")
     con.execute("SET TimeZone = 'UTC'")  # strptime with %z must not depend on the host zone
     return con
@@ -534,8 +570,11 @@ def _extract_single_member(path: Path, table: str, tmp_dir: Path) -> Path:
 
 
 def _read(con: duckdb.DuckDBPyConnection, src: _Source, sql: str) -> None:
-    """Run a statement that scans ``src``; a file DuckDB cannot read is the input's fault."""
+    """Run a statement that scans ``src``; a file DuckDB cannot read is the input's fault.
+
+    Insertion order is kept for the statement: its scan numbers the rows (``_row``)."""
     try:
+        con.execute("SET preserve_insertion_order = true")
         con.execute(sql)
     except (duckdb.OutOfMemoryException, duckdb.InterruptException):
         raise
@@ -545,6 +584,8 @@ def _read(con: duckdb.DuckDBPyConnection, src: _Source, sql: str) -> None:
             raise RecsysError(f"no space left for ingest's spill files under "
                               f"{Path(src.path).parent} ({msg})") from None
         raise InputError(f"{src.path}: cannot read it: {msg}") from None
+    finally:
+        con.execute("SET preserve_insertion_order = false")
 
 
 def _malformed(con: duckdb.DuckDBPyConnection, src: _Source) -> tuple[int, list[dict[str, Any]]]:
@@ -588,17 +629,22 @@ def _strict_malformed(con: duckdb.DuckDBPyConnection, src: _Source,
                                     shown[0]["text"][:200], "malformed_row")
 
 
-def _count_rows(con: duckdb.DuckDBPyConnection, src: _Source, table: str) -> tuple[int, int]:
-    """(rows read into ``table``, malformed lines); an input without a data row is an error."""
-    n = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-    malformed, _ = _malformed(con, src)
-    if n == 0:
+def _check_rows(con: duckdb.DuckDBPyConnection, src: _Source, rows_read: int) -> int:
+    """The number of malformed lines; an input without a readable data row is an error."""
+    malformed, shown = _malformed(con, src)
+    if rows_read == 0:
         if malformed:
             raise InputError(f"{src.path}: none of its {malformed:,} data lines could be read "
-                             f"({_malformed(con, src)[1][0]['error']}); check the delimiter and "
-                             "encoding in the mapping")
+                             f"({shown[0]['error']}); check the delimiter and encoding in the "
+                             "mapping")
         raise InputError(f"{src.path}: no data rows (only a header?); nothing to ingest")
-    return int(n), malformed
+    return malformed
+
+
+def _count_rows(con: duckdb.DuckDBPyConnection, src: _Source, table: str) -> tuple[int, int]:
+    """(rows read into ``table``, malformed lines); see :func:`_check_rows`."""
+    n = int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    return n, _check_rows(con, src, n)
 
 
 # --------------------------------------------------------------------------------------------
@@ -746,9 +792,23 @@ def _stage_transactions(con: duckdb.DuckDBPyConnection, src: _Source, has_ident:
     # The raw text of the value a rejected (or cost-repaired) line was refused for, for --strict.
     bad_value = "\n".join(f"WHEN '{reason}' THEN r_{_REASON_COLUMN[reason]}"
                           for reason in (*rules, "unparseable_cost"))
-    # One pass over the file, straight into the validated lines: no copy of the raw text is kept.
+    # Exact duplicates collapse in a spillable GROUP BY, in the same single pass over the file
+    # that validates the lines: no table of all lines (nor of their raw text) is ever held. A
+    # group is one status and one set of cleaned values; its smallest line number is the first
+    # occurrence, and its flags are the ones that describe the kept line. Rejected lines are
+    # grouped too (only their count is needed). Unmapped columns are NULL on every line, so they
+    # are left out of the key and added back as NULL.
+    key_cols = [c for c in _TXN_KEY if c in src.columns]
+    unmapped = "".join(f", CAST(NULL AS {'DOUBLE' if c == Col.COST else 'VARCHAR'}) AS {c}"
+                       for c in _TXN_KEY if c not in src.columns)
+    key = ", ".join(key_cols)
+    # --strict also needs each group's second line (a duplicate), its first repaired cost and
+    # the raw text of the value its first bad line was refused for.
+    strict_cols = ("""min(_row, 2) AS _rows2, min(_row) FILTER (_bad_cost) AS _first_bad_cost,
+                      arg_min(_bad_value, _row) FILTER (_status IS NOT NULL OR _bad_cost)
+                          AS _bad_value,""" if strict else "")
     _read(con, src, f"""
-        CREATE TABLE t_lines AS
+        CREATE TABLE t_groups AS
         WITH k AS (SELECT *, {_cleaned(src, canon)} FROM ({src.numbered(canon)})),
         c AS (
             SELECT _row, r_member_id, r_product_id, r_ts, r_quantity, r_amount, r_cost,
@@ -769,43 +829,38 @@ def _stage_transactions(con: duckdb.DuckDBPyConnection, src: _Source, has_ident:
             SELECT *,
                    CASE {status} END AS _status,
                    _has_cost AND (cost0 IS NULL OR NOT isfinite(cost0)) AS _bad_cost
-            FROM f)
-        SELECT _row, _status, _bad_cost, _trimmed, _folded,
-               CASE coalesce(_status, CASE WHEN _bad_cost THEN 'unparseable_cost' END)
-                   {bad_value}
-               END AS _bad_value,
-               member_id, product_id, ts, quantity, amount,
-               CASE WHEN _bad_cost THEN NULL ELSE cost0 END AS cost,
-               channel, store_id, basket_id, {", ".join(_TXN_ATTRS)}
-        FROM s""")
-    rows_read, malformed = _count_rows(con, src, "t_lines")
-
-    # Exact duplicates collapse in a spillable GROUP BY; the group's smallest line number is the
-    # first occurrence, and its flags are the ones that describe the kept line. Unmapped columns
-    # are NULL on every line, so they are left out of the key and added back as NULL.
-    key_cols = [c for c in _TXN_KEY if c in src.columns]
-    unmapped = "".join(f", CAST(NULL AS {'DOUBLE' if c == Col.COST else 'VARCHAR'}) AS {c}"
-                       for c in _TXN_KEY if c not in src.columns)
-    key = ", ".join(key_cols)
-    con.execute(f"""
-        CREATE TABLE t_kept AS
-        SELECT min(_row) AS _row, arg_min(_trimmed, _row) AS _trimmed,
+            FROM f),
+        l AS (
+            SELECT _row, _status, _bad_cost, _trimmed, _folded,
+                   {"CASE coalesce(_status, CASE WHEN _bad_cost THEN 'unparseable_cost' END) "
+                    + bad_value + " END" if strict else "NULL"} AS _bad_value,
+                   member_id, product_id, ts, quantity, amount,
+                   CASE WHEN _bad_cost THEN NULL ELSE cost0 END AS cost,
+                   channel, store_id, basket_id, {", ".join(_TXN_ATTRS)}
+            FROM s)
+        SELECT _status, count(*) AS _n, min(_row) AS _row, arg_min(_trimmed, _row) AS _trimmed,
                arg_min(_folded, _row) AS _folded, arg_min(_bad_cost, _row) AS _bad_cost,
-               {key}{unmapped}
-        FROM t_lines WHERE _status IS NULL
-        GROUP BY {key}""")
+               {strict_cols} {key}{unmapped}
+        FROM l
+        GROUP BY _status, {key}""")
+    con.execute("CREATE VIEW t_kept AS SELECT * FROM t_groups WHERE _status IS NULL")
+    counts: dict[str | None, int] = {}
+    rows_kept = 0
+    for status, n, groups in con.execute(
+            "SELECT _status, sum(_n), count(*) FROM t_groups GROUP BY _status").fetchall():
+        counts[status] = int(n)
+        if status is None:
+            rows_kept = int(groups)
+    rows_read = sum(counts.values())
+    malformed = _check_rows(con, src, rows_read)
     if strict:
         _raise_first_transaction(con, src, key_cols)
 
-    counts = dict(con.execute("SELECT _status, count(*) FROM t_lines GROUP BY _status").fetchall())
-    candidates = counts.pop(None, 0)
-    rows_kept = con.execute("SELECT count(*) FROM t_kept").fetchone()[0]
-    counts["duplicate"] = candidates - rows_kept
+    counts["duplicate"] = counts.pop(None, 0) - rows_kept
     counts["malformed_row"] = malformed
     repaired = dict(zip(REPAIR_REASONS, con.execute("""
         SELECT count(*) FILTER (_trimmed), count(*) FILTER (_folded), count(*) FILTER (_bad_cost)
         FROM t_kept""").fetchone(), strict=True))
-    con.execute("DROP TABLE t_lines")
     return {"rows_in": rows_read + malformed, "rows_kept": rows_kept, "rejected": counts,
             "repaired": repaired, "malformed_rows": _malformed(con, src)[1]}
 
@@ -842,21 +897,24 @@ def _raise_first(con: duckdb.DuckDBPyConnection, src: _Source, table: str, statu
 
 def _raise_first_transaction(con: duckdb.DuckDBPyConnection, src: _Source,
                              key_cols: list[str]) -> None:
+    """The first issue among the groups: a rejected line, a repaired cost or a duplicate."""
     bad = con.execute("""
-        SELECT _row, coalesce(_status, 'unparseable_cost'), _bad_value FROM t_lines
-        WHERE _status IS NOT NULL OR _bad_cost ORDER BY _row LIMIT 1""").fetchone()
+        SELECT line, reason, _bad_value FROM (
+            SELECT _row AS line, _status AS reason, _bad_value FROM t_groups
+            WHERE _status IS NOT NULL
+            UNION ALL
+            SELECT _first_bad_cost, 'unparseable_cost', _bad_value FROM t_groups
+            WHERE _status IS NULL AND _first_bad_cost IS NOT NULL)
+        ORDER BY line LIMIT 1""").fetchone()
     dup = con.execute("""
-        SELECT min(l._row) FROM t_lines l ANTI JOIN t_kept k ON l._row = k._row
-        WHERE l._status IS NULL""").fetchone()[0]
-    first = min((r for r in (dup, bad and bad[0]) if r is not None), default=None)
+        SELECT _rows2[2], _rows2[1] FROM t_groups WHERE _status IS NULL AND _n > 1
+        ORDER BY _rows2[2] LIMIT 1""").fetchone()
+    first = min((r[0] for r in (dup, bad) if r is not None), default=None)
     _strict_malformed(con, src, None if first is None else _line_of(con, src, first))
-    if dup is not None and (bad is None or dup < bad[0]):
-        same = " AND ".join(f"k.{c} IS NOT DISTINCT FROM l.{c}" for c in key_cols)
-        orig = con.execute(f"SELECT k._row FROM t_kept k JOIN t_lines l ON {same} "
-                           "WHERE l._row = ?", [dup]).fetchone()[0]
-        raise StrictValidationError(src.path, _line_of(con, src, int(dup)),
+    if dup is not None and (bad is None or dup[0] < bad[0]):
+        raise StrictValidationError(src.path, _line_of(con, src, int(dup[0])),
                                     "(all mapped columns)",
-                                    f"same as row {_line_of(con, src, int(orig))}", "duplicate")
+                                    f"same as row {_line_of(con, src, int(dup[1]))}", "duplicate")
     if bad is not None:
         line, reason, value = bad
         column = _REASON_COLUMN[reason]
