@@ -37,7 +37,7 @@ demo: install
 	$(BIN)/recsys data ingest tafeng --data-dir $(DATA)
 	$(BIN)/recsys features build --data-dir $(DATA) --dataset tafeng --as-of $(AS_OF)
 	$(BIN)/recsys train --config $(CONFIG)
-	$(BIN)/python -m serving.keys demo $(DATA)/demo-keys.toml
+	$(BIN)/python -m serving.keys demo $(DATA)/demo-keys.toml region=115  # + a staff key: Ta-Feng's largest region
 	@echo "serving on http://$(HOST):$(PORT) - console http://$(HOST):$(PORT)/console, API docs /docs, health /health/ready, metrics /metrics"
 	$(BIN)/recsys serve --registered-model recsys-tafeng --api-keys-file $(DATA)/demo-keys.toml \
 		--events-dir $(DATA)/events --audit-log $(DATA)/audit.jsonl --host $(HOST) --port $(PORT)

@@ -313,18 +313,18 @@ class MultiTag:
             return -1
 
     def mask(self, labels: Sequence[str]) -> np.ndarray:
-        """Rows holding any of ``labels``."""
-        wanted = np.zeros(len(self.labels), dtype=bool)
-        wanted[[c for c in (self.code(label) for label in labels) if c >= 0]] = True
+        """Rows holding any of ``labels``: touches only the rows holding them."""
         out = np.zeros(self.matrix.shape[0], dtype=bool)
-        out[self._entry_rows[wanted[self.matrix.indices]]] = True
+        by_label = self._by_label
+        for code in {c for c in (self.code(label) for label in labels) if c >= 0}:
+            out[by_label.indices[by_label.indptr[code]:by_label.indptr[code + 1]]] = True
         return out
 
     @cached_property
-    def _entry_rows(self) -> np.ndarray:
-        """The row of each stored entry (a frozen dataclass may still cache: the property writes
-        the instance dict directly)."""
-        return np.repeat(np.arange(self.matrix.shape[0], dtype=np.int64), np.diff(self.matrix.indptr))
+    def _by_label(self) -> sp.csc_matrix:
+        """The rows of each label (a frozen dataclass may still cache: the property writes the
+        instance dict directly)."""
+        return self.matrix.tocsc()
 
     def of(self, row: int) -> list[str]:
         m = self.matrix

@@ -174,13 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         print(hash_key(args[1]))
         return 0
     if len(args) >= 3 and args[0] == "new" and args[2] in PERMISSIONS:
-        scope: dict[str, list[str]] = {}
-        for item in args[3:]:
-            tag, sep, values = item.partition("=")
-            if not sep or not tag or not values:
-                print(f"scope {item!r}: write tag=value or tag=v1,v2 (e.g. store=S01)", file=sys.stderr)
-                return 2
-            scope.setdefault(tag, []).extend(v for v in values.split(",") if v)
+        scope = _scope_args(args[3:])
+        if scope is None:
+            return 2
         secret = secrets.token_urlsafe(32)
         try:
             spec = ApiKeySpec(id=args[1], role=args[2], sha256=hash_key(secret), scope=scope or None)  # type: ignore[arg-type]
@@ -195,27 +191,48 @@ def main(argv: list[str] | None = None) -> int:
                               for t, v in spec.scope.items())
             print(f"scope = {{ {inner} }}")
         return 0
-    if len(args) == 2 and args[0] == "demo":
-        return _demo_keys(Path(args[1]))
+    if len(args) >= 2 and args[0] == "demo":
+        scope = _scope_args(args[2:])
+        return 2 if scope is None else _demo_keys(Path(args[1]), scope)
     print(
         "usage: python -m serving.keys hash <secret> | new <id> <app|staff|merchandiser|admin> [tag=v1,v2 ...] "
-        "| demo <keys.toml>",
+        "| demo <keys.toml> [tag=v1,v2 ...]",
         file=sys.stderr,
     )
     return 2
 
 
-def _demo_keys(path: Path) -> int:
-    """One key per role for a local demo: the keys file holds digests only; the secrets go to a
-    sibling ``.secrets`` file readable by the owner alone. An existing pair is kept."""
+def _scope_args(items: list[str]) -> dict[str, list[str]] | None:
+    """``["store=S01", "region=a,b"]`` as a scope; None (after saying why) when malformed."""
+    scope: dict[str, list[str]] = {}
+    for item in items:
+        tag, sep, values = item.partition("=")
+        if not sep or not tag or not values:
+            print(f"scope {item!r}: write tag=value or tag=v1,v2 (e.g. store=S01)", file=sys.stderr)
+            return None
+        scope.setdefault(tag, []).extend(v for v in values.split(",") if v)
+    return scope
+
+
+def _demo_keys(path: Path, staff_scope: dict[str, list[str]] | None = None) -> int:
+    """One key per role for a local demo (a staff key too when ``staff_scope`` names its members):
+    the keys file holds digests only; the secrets go to a sibling ``.secrets`` file readable by the
+    owner alone. An existing pair is kept."""
     secrets_path = path.with_suffix(".secrets")
     if not (path.exists() and secrets_path.exists()):
         path.parent.mkdir(parents=True, exist_ok=True)
         entries, lines = [], []
-        for role in ("app", "merchandiser", "admin"):
+        roles: list[Role] = ["app", "merchandiser", "admin", *(["staff"] if staff_scope else [])]  # type: ignore[list-item]
+        for role in roles:
             secret = secrets.token_urlsafe(24)
-            entries.append(f'[[keys]]\nid = "demo-{role}"\nrole = "{role}"\nsha256 = "{hash_key(secret)}"\n')
-            lines.append(f"{role:13s} {secret}")
+            entry = f'[[keys]]\nid = "demo-{role}"\nrole = "{role}"\nsha256 = "{hash_key(secret)}"\n'
+            if role == "staff" and staff_scope:
+                inner = ", ".join(f"{json.dumps(t, ensure_ascii=False)} = {json.dumps(v, ensure_ascii=False)}"
+                                  for t, v in staff_scope.items())
+                entry += f"scope = {{ {inner} }}\n"
+            entries.append(entry)
+            lines.append(f"{role:13s} {secret}" + (f"   (scope {json.dumps(staff_scope, ensure_ascii=False)})"
+                                                   if role == "staff" else ""))
         path.write_text("\n".join(entries))
         secrets_path.write_text("\n".join(lines) + "\n")
         secrets_path.chmod(0o600)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -35,8 +35,7 @@ from recsys.bundle import Bundle, BundleError, load_bundle
 from recsys.columns import Col
 from recsys.idmap import IdMap
 from recsys.models.base import Tag
-from recsys.tags import SEGMENT_TAG, MultiTag, TagRegistry, listing  # noqa: F401  (SEGMENT_TAG re-exported)
-from serving.errors import ForbiddenError
+from recsys.tags import SEGMENT_TAG, MultiTag, TagRegistry  # noqa: F401  (SEGMENT_TAG re-exported)
 from serving.events import (
     Cursor,
     EventRecord,
@@ -50,15 +49,11 @@ from serving.events import (
 from serving.picklists import PickLists, build_pick_lists
 from serving.scorer import Scorer, build_scorer
 from serving.settings import ServingSettings
+from serving.tagindex import MemberTagIndex, Scope  # noqa: F401  (Scope re-exported)
 
 log = logging.getLogger("serving.state")
 
 UNKNOWN = "unknown"
-# per-value member masks kept for filters and scopes (one byte per member each)
-MASK_CACHE_SIZE = 64
-# an API key's scope: (tag, allowed values) pairs; a member is in it when they hold one of the
-# values of every tag (see serving.keys)
-Scope = tuple[tuple[str, tuple[str, ...]], ...]
 
 
 # --------------------------------------------------------------------------- model identity
@@ -227,6 +222,7 @@ class ServingState:
     product_table: pa.Table
     tags: TagRegistry  # the bundle's tags that have a column: what filters, options and profiles use
     member_tags: dict[str, Tag | MultiTag]
+    tag_index: MemberTagIndex
     history: sp.csr_matrix
     purchase_counts: sp.csr_matrix
     buyers_by_product: sp.csc_matrix
@@ -249,8 +245,6 @@ class ServingState:
     events_repeated: int = 0  # records whose event_id the store held already (applied once)
     loaded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     lock: threading.RLock = field(default_factory=threading.RLock)
-    _mask_cache: OrderedDict[tuple[str, str], np.ndarray] = field(default_factory=OrderedDict, repr=False)
-    _mask_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # ---------------------------------------------------------------- lookups
     @property
@@ -261,70 +255,16 @@ class ServingState:
         return self.products.get(product_id)
 
     def tag_mask(self, filters: dict[str, list[str]]) -> np.ndarray:
-        """Bundle members (``n_base`` rows) whose tags pass ``filters``: a value of each tag (OR
-        within a tag, AND across tags; a multi-valued tag passes when it holds any of them).
-        :class:`~recsys.errors.InputError` naming what exists for an unknown tag or value."""
-        self.tags.check_filters(filters, "member")
-        mask = np.ones(self.members.n_base, dtype=bool)
-        for name, wanted in filters.items():
-            keep = np.zeros(self.members.n_base, dtype=bool)
-            for value in wanted:
-                keep |= self._value_mask(name, value)
-            mask &= keep
-        return mask
-
-    def _value_mask(self, name: str, value: str) -> np.ndarray:
-        """Bundle members holding ``value`` of tag ``name`` (read-only), the most recently used
-        ones cached: an OR of cached masks is ~0.2 ms for a million members, computing one ~5 ms."""
-        key = (name, value)
-        with self._mask_lock:
-            hit = self._mask_cache.get(key)
-            if hit is not None:
-                self._mask_cache.move_to_end(key)
-                return hit
-        column = self.member_tags[name]
-        if isinstance(column, MultiTag):
-            mask = column.mask([value])
-        else:
-            code = column.code(value)
-            mask = column.codes == code if code >= 0 else np.zeros(len(column.codes), dtype=bool)
-        mask.setflags(write=False)
-        with self._mask_lock:
-            self._mask_cache[key] = mask
-            while len(self._mask_cache) > MASK_CACHE_SIZE:
-                self._mask_cache.popitem(last=False)
-        return mask
+        """Bundle members whose tags pass ``filters`` (see :meth:`MemberTagIndex.mask`)."""
+        return self.tag_index.mask(filters)
 
     def scope_mask(self, scope: Scope) -> np.ndarray:
-        """Bundle members inside an API key's ``scope`` (:class:`ForbiddenError` when the scope
-        names a tag this bundle does not have: the key cannot be checked, so it gets nothing)."""
-        return self.tag_mask(self._scope_filters(scope))
+        """Bundle members inside an API key's ``scope`` (see :meth:`MemberTagIndex.scope_mask`)."""
+        return self.tag_index.scope_mask(scope)
 
     def in_scope(self, row: int, scope: Scope) -> bool:
-        """Whether member ``row`` is inside ``scope``; members first seen in live events have no
-        tags yet, so they are outside every scope."""
-        if not 0 <= row < self.members.n_base:
-            return False
-        for name, wanted in self._scope_filters(scope).items():
-            column = self.member_tags[name]
-            codes = frozenset(c for c in (column.code(v) for v in wanted) if c >= 0)
-            if isinstance(column, MultiTag):
-                if not column.holds_any(row, codes):
-                    return False
-            elif int(column.codes[row]) not in codes:
-                return False
-        return True
-
-    def _scope_filters(self, scope: Scope) -> dict[str, list[str]]:
-        missing = [name for name, _ in scope if name not in self.member_tags]
-        if missing:
-            raise ForbiddenError(
-                f"this key's scope names tag(s) {', '.join(map(repr, missing))}, which the model being served "
-                f"({self.info.version}) does not have (tags: {listing(list(self.member_tags)) or 'none'}); "
-                "fix the key's scope"
-            )
-        # a scope value nobody holds (a store without members yet) selects nobody, never an error
-        return {name: [v for v in values if v in self.tags.get(name).value_names] for name, values in scope}
+        """Whether member ``row`` is inside ``scope`` (see :meth:`MemberTagIndex.in_scope`)."""
+        return self.tag_index.in_scope(row, scope)
 
     def bought(self, member: int) -> dict[int, float]:
         """Products ``member`` bought (bundle history + live events) -> purchase occasions."""
@@ -585,6 +525,7 @@ def build_state(
         product_table=ptable,
         tags=tags,
         member_tags=member_tags,
+        tag_index=MemberTagIndex(tags, member_tags, len(bundle.members), info.version),
         history=history,
         purchase_counts=sp.csr_matrix(counts) if counts is not None else history,
         buyers_by_product=history.tocsc(),

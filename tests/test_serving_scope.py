@@ -135,3 +135,9 @@ def test_keys_file_scopes_and_staff_needs_one(tmp_path: Path, capsys: pytest.Cap
         read_keys_file(path)
     assert main(["new", "s", "staff"]) == 2 and "needs a scope" in capsys.readouterr().err
     assert main(["new", "s", "staff", "store"]) == 2 and "write tag=value" in capsys.readouterr().err
+    # the demo's keys: one per role, and a staff key when its scope is given
+    assert main(["demo", str(tmp_path / "demo" / "keys.toml"), "region=上海"]) == 0
+    specs = {k.role: k for k in read_keys_file(tmp_path / "demo" / "keys.toml")}
+    assert set(specs) == {"app", "merchandiser", "admin", "staff"} and specs["staff"].scope == {"region": ["上海"]}
+    secrets = dict(line.split()[:2] for line in (tmp_path / "demo" / "keys.secrets").read_text().splitlines())
+    assert hash_key(secrets["staff"]) == specs["staff"].sha256
