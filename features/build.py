@@ -393,7 +393,7 @@ def _run(
         ("members", "members.parquet"),
     ):
         eng.view(view, f"SELECT * FROM {eng.parquet(inputs[file])}")
-    eng.view("lines", _render("lines.sql", params))
+    eng.view("lines", _render("lines.sql", params), reused=True)
     # Materialised: small (one row per category), and read by both members and products.
     eng.table("category_price_bands", _render("category_price_bands.sql", params))
     eng.view("member_base", _render("member_features.sql", params))

@@ -41,7 +41,8 @@ class DuckDBEngine:
     def parquet(self, path: Path) -> str:
         return f"read_parquet({_sql_path(path)})"
 
-    def view(self, name: str, sql: str) -> None:
+    def view(self, name: str, sql: str, reused: bool = False) -> None:
+        """A view; DuckDB streams it into each query that reads it (``reused`` changes nothing)."""
         self.con.execute(f"CREATE TEMP VIEW {name} AS {sql}")
 
     def table(self, name: str, sql: str) -> None:
@@ -84,8 +85,14 @@ class SparkEngine:
     def sql(self, sql: str) -> Any:
         return self.spark.sql(self.translate(sql))
 
-    def view(self, name: str, sql: str) -> None:
-        self.sql(sql).createOrReplaceTempView(name)
+    def view(self, name: str, sql: str, reused: bool = False) -> None:
+        """A view; ``reused`` (the purchase lines, read by every feature) is cached on first use
+        rather than scanned and joined again by each query that reads it."""
+        frame = self.sql(sql)
+        if reused:
+            frame = frame.cache()
+            self._cached.append(frame)
+        frame.createOrReplaceTempView(name)
 
     def table(self, name: str, sql: str) -> None:
         frame = self.sql(sql).cache()
