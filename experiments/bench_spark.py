@@ -51,16 +51,17 @@ def run(cmd: list[str], what: str) -> float:
     return wall
 
 
-def synth_dataset(work: Path, members: int, products: int, lines: int) -> tuple[Path, Path, dict[str, float]]:
-    """Synthetic canonical tables and a feature snapshot (as of 2024-06-01)."""
+def synth_dataset(work: Path, members: int, products: int, lines: int,
+                  as_of: str = "2024-06-01") -> tuple[Path, Path, dict[str, float]]:
+    """Synthetic canonical tables (January to June 2024) and a feature snapshot as of ``as_of``."""
     raw, data = work / "raw", work / "data"
     times = {"synth_s": run([*RECSYS, "data", "synth", "--out", str(raw), "--members", str(members),
                              "--products", str(products), "--lines", str(lines)], "synth")}
     times["ingest_s"] = run([*RECSYS, "data", "ingest", str(raw / "mapping.toml"), "--data-dir", str(data),
                              "--out", str(data / "synth" / "canonical")], "ingest")
     canonical = data / "synth" / "canonical"
-    features = data / "synth" / "features" / "2024-06-01"
-    times["features_duckdb_s"] = run([*RECSYS, "features", "build", "--as-of", "2024-06-01", "--canonical",
+    features = data / "synth" / "features" / as_of
+    times["features_duckdb_s"] = run([*RECSYS, "features", "build", "--as-of", as_of, "--canonical",
                                       str(canonical), "--out", str(features)], "features")
     return canonical, features, times
 
@@ -76,8 +77,9 @@ def bench_prerank(work: Path, members: int, products: int, lines: int, model_nam
     from recsys.spark.session import SparkSettings, get_spark
     from training.data import DataPaths, load_split
 
-    canonical, features, times = synth_dataset(work, members, products, lines)
-    data, _ = load_split(DataPaths(canonical, features), date(2024, 6, 1), date(2024, 7, 1))
+    # every purchase (the export ends on 2024-06-30): every synthesised member is in the model
+    canonical, features, times = synth_dataset(work, members, products, lines, as_of="2024-07-01")
+    data, _ = load_split(DataPaths(canonical, features), date(2024, 7, 1), date(2024, 7, 1))
     t0 = time.perf_counter()
     model = get_model(model_name)({"factors": 64, "iterations": 15} if model_name == "als" else {}).fit(data)
     times["fit_s"] = time.perf_counter() - t0
