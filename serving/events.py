@@ -524,8 +524,7 @@ class RedisEventStream(EventStore):
             first = self._error is None
             self._error = f"{type(exc).__name__}: {exc}"
             if first:
-                log.error("events stream %s: %s failed (%s); event posts answer 503 until it is back", self._where,
-                          doing, self._error)
+                log.error("events stream %s cannot be reached while %s (%s)", self._where, doing, self._error)
             raise EventsUnavailableError(
                 f"the events stream at {self._where} cannot be reached ({self._error}) while {doing}{then}"
             ) from None

@@ -1,7 +1,8 @@
 """Prometheus metrics, one registry per app (so several apps in one process never collide).
 
 ``recsys_requests_total{route,method,status}``, ``recsys_request_seconds{route}``,
-``recsys_fallbacks_total{reason}``, ``recsys_events_total``, ``recsys_reloads_total{outcome}``
+``recsys_fallbacks_total{reason}``, ``recsys_events_total`` (recorded), ``recsys_event_duplicates_total``
+(retries acknowledged again), ``recsys_reloads_total{outcome}``
 and ``recsys_model_info{version,model,run_id}`` (1 for the model being served).
 
 With several uvicorn workers each process counts its own requests; a scrape reaches one worker.
@@ -41,7 +42,11 @@ class Metrics:
             "recsys_fallbacks", "Pick lists answered with a fallback, by reason", ["reason"],
             registry=self.registry,
         )
-        self.events = Counter("recsys_events", "Live purchase events accepted", registry=self.registry)
+        self.events = Counter("recsys_events", "Live purchase events recorded", registry=self.registry)
+        self.event_duplicates = Counter(
+            "recsys_event_duplicates", "Live purchase events acknowledged as repeats of recorded ones (retries)",
+            registry=self.registry,
+        )
         self.exports = Counter("recsys_audience_exports", "Audience CSV exports", registry=self.registry)
         self.reloads = Counter("recsys_reloads", "Model reloads by outcome", ["outcome"], registry=self.registry)
         self.model_info = Gauge(

@@ -230,6 +230,8 @@ def test_a_repeated_event_id_is_acknowledged_and_applied_once(
         again = c.post("/v1/events", json=event, headers=auth("admin")).json()
         assert (again["recorded"], again["duplicates"]) == (0, 1)
         assert c.get("/v1/model", headers=auth("admin")).json()["events_applied"] == 1
+        metrics = c.get("/metrics").text
+        assert "recsys_events_total 0.0" in metrics and "recsys_event_duplicates_total 1.0" in metrics
     assert [doc["event_id"] for doc in lines(tmp_path)] == ["till-3:0042"]
 
 

@@ -39,6 +39,7 @@ def post_events(
     # a def handler: fsync / the Redis round trip block, so it runs in the thread pool
     done = event_service.record_events(state, events, idempotency_key)
     metrics.events.inc(done.recorded)
+    metrics.event_duplicates.inc(done.duplicates)
     return EventsResponse(
         accepted=done.accepted, recorded=done.recorded, duplicates=done.duplicates, applied=done.applied,
         new_members=done.new_members, event_ids=done.event_ids, model_version=state.info.version,
