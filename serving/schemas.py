@@ -295,7 +295,7 @@ class PurchaseEvent(Strict):
     ts: datetime | None = Field(None, description="When it was bought (ISO 8601; default: now; naive = UTC)")
     quantity: float = Field(1.0, gt=0, lt=1e6)
     amount: float | None = Field(None, ge=0, lt=1e9)
-    channel: str | None = Field(None, min_length=1, max_length=50, description="Printable text")
+    channel: str | None = Field(None, max_length=50, description="Printable text")
 
     _printable = field_validator("member_id", "product_id", "channel")(printable)
 
