@@ -12,12 +12,13 @@ A request then costs a filter over at most N entries (:meth:`PickLists.answer`):
 * otherwise ``None``: the caller scores live. Also ``None`` for modes the bundle has no lists for.
 
 A member's live purchase makes their stored lists stale: the events path invalidates them
-(:meth:`PickLists.invalidate`), folds the purchases into a vector model's member vector, then ranks
-the member's lists again, once, with the scorer that live scoring uses (:meth:`PickLists.rerank`:
-the top-``n`` of every product in both modes, with their reasons from what the member has bought
-by now). Requests are then answered from those lists exactly as from the bundle's, at the same
-speed; between the invalidation and the new lists (the time one batch of events takes to apply)
-the member is scored live.
+(:meth:`PickLists.invalidate`), folds the purchases into a vector model's member vector, and
+schedules the member (:meth:`PickLists.schedule`); a background thread then ranks their lists
+again, once, with the scorer that live scoring uses (:meth:`PickLists.rerank`: the top-``n`` of
+every product in both modes, with their reasons from what the member has bought by now), a few
+members at a time under the state's lock. Requests are then answered from those lists exactly as
+from the bundle's, at the same speed; until then (milliseconds per member) the member is scored
+live -- the same answer, so an event post never waits for the ranking.
 
 Discover lists leave out what the model's history says each member bought; they are used only
 when that is what the server calls "bought" too (the same products per member), else dropped at
@@ -27,6 +28,7 @@ load with a warning and discover requests are scored live.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -80,6 +82,8 @@ def _reason_parts(
 
 # members ranked again per scorer call after live purchases
 RERANK_BATCH = 256
+# ... and per hold of the state's lock by the background thread (live scoring waits for the lock)
+RERANK_CHUNK = 32
 
 
 @dataclass
@@ -124,6 +128,11 @@ class PickLists:
     re_ranked: dict[int, MemberLists] = field(default_factory=dict)
     rerank_seconds: float = 0.0
     reranks: int = 0
+    # members waiting to be ranked again (insertion-ordered), and the thread ranking them
+    pending: dict[int, None] = field(default_factory=dict)
+    _pending_lock: threading.Lock = field(default_factory=threading.Lock)
+    _worker: threading.Thread | None = None
+    _idle: threading.Event = field(default_factory=threading.Event)
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -162,10 +171,47 @@ class PickLists:
             return None  # the head of a truncated list cannot say what comes after it
         return Answer(rows[take], scores[take], times[take], anchors[take], own is not None)
 
+    def schedule(self, state: ServingState, members: list[int]) -> None:
+        """Rank ``members``' lists again in the background (called under the state's lock, once
+        their purchases are applied); a thread is started when none is running."""
+        if not members:
+            return
+        with self._pending_lock:
+            self.pending.update(dict.fromkeys(members))
+            self._idle.clear()
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._drain, args=(state,), name="picklists-rerank",
+                                                daemon=True)
+                self._worker.start()
+
+    def _drain(self, state: ServingState) -> None:
+        while True:
+            with self._pending_lock:
+                if not self.pending:
+                    self._worker = None
+                    self._idle.set()
+                    return
+                chunk = list(self.pending)[:RERANK_CHUNK]
+                for member in chunk:
+                    del self.pending[member]
+            try:
+                with state.lock:  # what they bought and their vectors stay put while they are ranked
+                    self.rerank(state, chunk)
+            except Exception:  # noqa: BLE001 - those members stay scored live (same answers)
+                log.exception("ranking %d members' pick lists again failed; they are scored live", len(chunk))
+
+    def settle(self, timeout: float | None = None) -> bool:
+        """Wait until every scheduled member is ranked again (for tests and benchmarks)."""
+        with self._pending_lock:
+            if self._worker is None and not self.pending:
+                return True
+        return self._idle.wait(timeout)
+
     def rerank(self, state: ServingState, members: list[int]) -> None:
         """Rank ``members``' lists again from what the scorer and ``state`` know now (after their
         live purchases were applied): the same call live scoring makes, without a product filter,
-        for the list length ``n``; called under the state's lock."""
+        for the list length ``n``; called under the state's lock. A member scheduled again since
+        (a newer purchase) is ranked again once more."""
         if not members:
             return
         t0 = time.perf_counter()
@@ -203,7 +249,7 @@ class PickLists:
         return {
             "n": self.n, "modes": list(self.modes), "members": int(len(self.valid)),
             "invalidated": int((~self.valid).sum()),
-            "re_ranked": len(self.re_ranked), "reranks": self.reranks,
+            "re_ranked": len(self.re_ranked), "reranks": self.reranks, "pending_rerank": len(self.pending),
             "rerank_seconds": round(self.rerank_seconds, 3),
             "complete_share": {m: round(float(self.complete[m].mean()), 4) if len(self.valid) else 1.0
                                for m in self.modes},

@@ -8,8 +8,9 @@ request path and swaps the reference in one assignment, so a request sees one st
 Live purchases never modify the bundle's arrays: they go to :class:`LiveHistory` (what each
 member bought, and when), new members to :class:`MemberRegistry`, and — for vector models — the
 member's folded-in vector to the scorer's member index. A member with live purchases is no longer
-answered from the bundle's list any more: their lists are ranked again when the purchase is applied
-(:meth:`~serving.picklists.PickLists.rerank`) and served the same way.
+answered from the bundle's list any more: their lists are ranked again in the background once the
+purchase is applied (:meth:`~serving.picklists.PickLists.schedule`) and served the same way (they
+are scored live until then).
 
 Events come from an :class:`~serving.events.EventStore` (the events file, or the Redis stream every
 replica shares); the state keeps its cursor into it and the ids it has applied, so an event is
@@ -385,7 +386,7 @@ class ServingState:
             weights = np.fromiter(bought.values(), dtype=np.float32, count=len(bought))
             self.scorer.fold_in(member, products, weights)
         if self.pick_lists is not None and touched:
-            self.pick_lists.rerank(self, [m for m in sorted(touched) if self.personalised(m)])
+            self.pick_lists.schedule(self, [m for m in sorted(touched) if self.personalised(m)])
         self.events_applied += applied
         return applied
 

@@ -97,7 +97,11 @@ def state_of(client: TestClient) -> Any:
 
 
 def sources(client: TestClient, member: str, k: int, mode: str, **filters: Any) -> list[str]:
-    out = pick_service.picks(state_of(client), [member], k, mode, filters.get("category"), filters.get("exclude"))
+    """Where the answer comes from, once every member scheduled for new lists has them."""
+    state = state_of(client)
+    if state.pick_lists is not None:
+        assert state.pick_lists.settle(timeout=30)
+    out = pick_service.picks(state, [member], k, mode, filters.get("category"), filters.get("exclude"))
     assert out is not None
     return [pl.source for pl in out]
 
@@ -274,6 +278,9 @@ def test_lists_ranked_again_after_live_purchases_equal_live_scoring(
     with pair(bundles[bundle]) as (lists, live):
         for c in (lists, live):
             assert c.post("/v1/events", json=events, headers=auth("admin")).status_code == 200
+        # answered at once, before the lists are ranked again (scored live: the same picks) ...
+        assert bodies_equal(lists, live, f"/v1/members/{members[0]}/picks", {"k": 5, "mode": "discover"})
+        assert state_of(lists).pick_lists.settle(timeout=30)  # ... and from the new lists after
         used = []
         for member in members + new:
             for mode in ("replenish", "discover"):
