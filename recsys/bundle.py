@@ -13,6 +13,11 @@ Layout::
     pre_ranked.npz     optional: every member's top-N products per mode, ranked offline
                        (:mod:`recsys.precompute`); ``bundle.json`` describes it under ``pre_ranked``
 
+``bundle.json`` lists every other file under ``files`` with its size and SHA-256, and
+:func:`load_bundle` checks them before reading anything: a truncated download or a flipped byte
+is refused naming the file, never half-read. A file a reader cannot decode (a bundle written
+before the list, damaged where no checksum looks) is refused the same way, naming the file.
+
 Loadable without any training code; a bundle of another format version is refused with a message
 that says what to do.
 
@@ -30,9 +35,12 @@ column for each.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +59,11 @@ from recsys.precompute import PreRanked
 from recsys.tags import MultiTag, TagRegistry, registry_of_table, tag_column
 
 FORMAT_VERSION = 1
+HASH_CHUNK = 1 << 20
+# what numpy, zipfile and pyarrow raise on a file that is not what it should be
+DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, EOFError, KeyError, IndexError, TypeError, ValueError, zipfile.BadZipFile, zlib.error, struct.error,
+)
 
 
 class BundleError(RecsysError):
@@ -120,8 +133,50 @@ def save_bundle(path: Path | str, bundle: Bundle) -> Path:
     }
     if bundle.tags is not None:
         meta["tags"] = bundle.tags.to_json()
+    meta["files"] = file_manifest(path)
     (path / "bundle.json").write_text(json.dumps(meta, indent=1, default=str))
     return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_manifest(path: Path) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"bytes", "sha256"}}`` of every file in the bundle folder but
+    ``bundle.json`` (which carries the list)."""
+    return {
+        f.relative_to(path).as_posix(): {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+        for f in sorted(path.rglob("*")) if f.is_file() and f.relative_to(path).as_posix() != "bundle.json"
+    }
+
+
+def verify_files(path: Path, files: Any) -> None:
+    """Check every file ``bundle.json`` lists is there with its size and SHA-256;
+    :class:`BundleError` names the first that is not."""
+    if not isinstance(files, dict):
+        raise BundleError(f"{path}/bundle.json: 'files' must be an object; re-export the bundle")
+    for rel, want in files.items():
+        file = path / rel
+        if not isinstance(want, dict) or ".." in Path(rel).parts or Path(rel).is_absolute():
+            raise BundleError(f"{path}/bundle.json: bad entry for {rel!r} under 'files'; re-export the bundle")
+        if not file.is_file():
+            raise BundleError(f"{path}: bundle is incomplete or corrupt ({rel} is missing); re-export it")
+        size = file.stat().st_size
+        if size != want.get("bytes"):
+            raise BundleError(
+                f"{path}: bundle is incomplete or corrupt ({rel} has {size:,} bytes, bundle.json says "
+                f"{want.get('bytes')}: truncated or replaced); re-export or download it again"
+            )
+        if _sha256(file) != want.get("sha256"):
+            raise BundleError(
+                f"{path}: bundle is incomplete or corrupt ({rel} does not match its SHA-256 in bundle.json: "
+                "damaged in storage or transfer); re-export or download it again"
+            )
 
 
 def load_bundle(path: Path | str) -> Bundle:
@@ -131,28 +186,48 @@ def load_bundle(path: Path | str) -> Bundle:
     if not meta_path.exists():
         raise BundleError(f"{path} is not a model bundle (no bundle.json); pass a folder written by `recsys train`")
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise BundleError(f"{meta_path} is not valid JSON ({exc}); re-export the bundle") from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{meta_path} is not a JSON object; re-export the bundle")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise BundleError(
             f"{path}: bundle format version {version!r}, this server reads version {FORMAT_VERSION}; "
             "retrain with this release (`recsys train`) or serve it with the release that wrote it"
         )
-    try:
-        import recsys.models  # noqa: F401  (registers every model)
+    if "files" in meta:  # bundles written before the list load without the check
+        verify_files(path, meta["files"])
+    import recsys.models  # noqa: F401  (registers every model)
 
-        model = Recommender.load(path / "model")
-        member_table = pq.read_table(path / "members.parquet")
-        product_table = pq.read_table(path / "products.parquet")
-        pre_ranked = _load_pre_ranked(path, meta)
+    def part(name: str, read: Any) -> Any:
+        try:
+            return read()
+        except (ModelStateVersionError, BundleError):
+            raise
+        except DECODE_ERRORS as exc:
+            raise BundleError(
+                f"{path}: bundle is incomplete or corrupt ({name}: {type(exc).__name__}: {exc}); re-export it"
+            ) from None
+
+    try:
+        model = part("model", lambda: Recommender.load(path / "model"))
+        member_table = part("members.parquet", lambda: pq.read_table(path / "members.parquet"))
+        product_table = part("products.parquet", lambda: pq.read_table(path / "products.parquet"))
+        pre_ranked = part(_pre_ranked_name(meta), lambda: _load_pre_ranked(path, meta))
+        for name, table, col in (("members.parquet", member_table, Col.MEMBER),
+                                 ("products.parquet", product_table, Col.PRODUCT)):
+            if col not in table.column_names:
+                raise BundleError(f"{path}: bundle is incomplete or corrupt ({name} has no {col} column); re-export it")
         tags = TagRegistry.from_json(meta["tags"], "bundle.json: tags") if "tags" in meta else None
         if tags is not None:
             _check_tag_columns(tags, member_table, product_table)
     except ModelStateVersionError as exc:
         raise BundleError(str(exc)) from None
-    except (OSError, KeyError, ValueError, RecsysError) as exc:
+    except (ValueError, RecsysError) as exc:  # the tag registry and the tables disagree
+        if isinstance(exc, BundleError):
+            raise
         raise BundleError(f"{path}: bundle is incomplete or corrupt ({exc}); re-export it") from None
     members = IdMap(np.asarray(member_table.column(Col.MEMBER).to_pylist(), dtype=object))
     products = IdMap(np.asarray(product_table.column(Col.PRODUCT).to_pylist(), dtype=object))
@@ -177,6 +252,11 @@ def _check_tag_columns(tags: TagRegistry, member_table: pa.Table, product_table:
             raise ValueError(f"{entity} tag(s) {', '.join(missing)} have no column in the {entity}s table")
 
 
+def _pre_ranked_name(meta: dict[str, Any]) -> str:
+    info = meta.get("pre_ranked")
+    return str(info.get("file", PRE_RANKED_FILE)) if isinstance(info, dict) else PRE_RANKED_FILE
+
+
 def _load_pre_ranked(path: Path, meta: dict[str, Any]) -> PreRanked | None:
     """The bundle's pre-ranked lists when ``bundle.json`` names them (OSError / ValueError when the
     file is missing or unreadable: the bundle is then incomplete)."""
@@ -185,7 +265,4 @@ def _load_pre_ranked(path: Path, meta: dict[str, Any]) -> PreRanked | None:
         return None
     if not isinstance(info, dict):
         raise ValueError("bundle.json: 'pre_ranked' must be an object")
-    try:
-        return PreRanked.load(path / str(info.get("file", PRE_RANKED_FILE)), info)
-    except zipfile.BadZipFile as exc:
-        raise ValueError(f"{info.get('file', PRE_RANKED_FILE)}: {exc}") from None
+    return PreRanked.load(path / _pre_ranked_name(meta), info)

@@ -16,6 +16,7 @@ in :mod:`recsys` imports it at module level.
 from __future__ import annotations
 
 import os
+import shutil
 import ssl
 import tempfile
 import urllib.error
@@ -328,19 +329,33 @@ def download_bundle(
     --------
     >>> from recsys.bundle import load_bundle
     >>> bundle = load_bundle(download_bundle("recsys-default", "champion"))  # doctest: +SKIP
+
+    Without ``dst`` the bundle goes to a new temporary folder that the caller must remove (the
+    server uses :mod:`serving.downloads`, which does).
     """
-    from mlflow.artifacts import download_artifacts
-    from mlflow.exceptions import MlflowException
-    from mlflow.models import Model
-
-    from recsys.bundle import BundleError
-
     uri = resolve_tracking_uri(tracking_uri)
     client = mlflow_client(uri)
     version = resolve_version(client, registered_model, alias)
     root = client.get_model_version_download_uri(registered_model, version).rstrip("/")
     out = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="recsys-bundle-"))
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        local = _download_into(client, registered_model, version, root, out, uri)
+    except BaseException:
+        if dst is None:  # our own temporary folder: nothing left behind by a failed download
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return local
+
+
+def _download_into(client: MlflowClient, registered_model: str, version: str, root: str, out: Path,
+                   uri: str) -> Path:
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    from recsys.bundle import BundleError
+
     try:
         with tempfile.TemporaryDirectory(prefix="recsys-mlmodel-") as tmp:
             mlmodel = download_artifacts(artifact_uri=f"{root}/MLmodel", dst_path=tmp, tracking_uri=uri)

@@ -31,8 +31,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recsys.errors import RecsysError
 from serving.audit import AuditLog
+from serving.downloads import remove_in_progress
 from serving.errors import status_of
 from serving.keys import load_key_store
+from serving.memory import release_memory
 from serving.metrics import Metrics, MetricsMiddleware
 from serving.routers import admin, audiences, console, events, health, picks, similar, tags
 from serving.settings import ServingSettings
@@ -75,6 +77,8 @@ async def _load(app: FastAPI) -> None:
         state = await anyio.to_thread.run_sync(lambda: resolve_and_build(settings))
         holder.state, holder.error = state, None
         app.state.metrics.set_model(state.info.version, state.info.model, state.info.run_id)
+        del state
+        await anyio.to_thread.run_sync(release_memory)  # what loading needed only while it ran
     except RecsysError as exc:
         holder.error = str(exc)
         log.error("start-up model load failed: %s", exc)
@@ -119,6 +123,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        remove_in_progress()  # a load still running in a worker thread leaves no download behind
 
 
 def create_app(settings: ServingSettings) -> FastAPI:

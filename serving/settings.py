@@ -87,7 +87,13 @@ class ServingSettings(BaseSettings):
     registered_model: str | None = None
     alias: str = "champion"
     mlflow_tracking_uri: str | None = None
-    bundle_cache_dir: Path | None = None  # where registry downloads go (default: a temp folder)
+    # registry downloads: cached by version here and reused (default: a temporary folder per load,
+    # removed once the model is in memory)
+    bundle_cache_dir: Path | None = None
+    bundle_cache_keep: int = Field(3, ge=1)  # cached versions kept (most recently used)
+    # folders `POST /v1/admin/reload {"bundle": ...}` may load from (RECSYS_BUNDLE_ROOTS, a JSON
+    # list); empty: the folder holding RECSYS_BUNDLE, and no folder at all for a registry model
+    bundle_roots: list[Path] = []
 
     # ---- access
     api_keys_file: Path | None = None  # TOML or JSON: {"keys": [{id, role, sha256}, ...]}
@@ -145,6 +151,11 @@ class ServingSettings(BaseSettings):
                 "unset for the local events folder"
             )
         return self
+
+    def reload_roots(self) -> list[Path]:
+        """The folders a reload may name a bundle in (see ``bundle_roots``), resolved."""
+        roots = self.bundle_roots or ([self.bundle.resolve().parent] if self.bundle is not None else [])
+        return [Path(r).resolve() for r in roots]
 
     @property
     def events_file(self) -> Path:

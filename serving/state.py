@@ -34,6 +34,7 @@ import scipy.sparse as sp
 
 from recsys.bundle import Bundle, BundleError, load_bundle
 from recsys.columns import Col
+from recsys.errors import RecsysError
 from recsys.idmap import IdMap
 from recsys.models.base import Tag
 from recsys.tags import SEGMENT_TAG, MultiTag, TagRegistry  # noqa: F401  (SEGMENT_TAG re-exported)
@@ -479,15 +480,17 @@ def build_state(
     *,
     registered_model: str | None = None,
     registry_version: str | None = None,
+    source: str | None = None,
 ) -> ServingState:
     """Load, validate and index a bundle, then replay the live events; raises
-    :class:`~recsys.bundle.BundleError` when the bundle cannot be served."""
+    :class:`~recsys.bundle.BundleError` when the bundle cannot be served. ``source`` is what
+    ``/v1/model`` reports (default: the folder)."""
     t0 = time.perf_counter()
     bundle = load_bundle(bundle_path)
     model = bundle.model
     if model.history is None or model.history.shape != (model.n_members, model.n_products):
         raise BundleError(f"{bundle_path}: the model has no purchase history of the right shape; re-export it")
-    info = ModelInfo.from_meta(bundle.meta, str(bundle_path), registered_model, registry_version)
+    info = ModelInfo.from_meta(bundle.meta, source or str(bundle_path), registered_model, registry_version)
 
     ptable = bundle.product_table
     if "active" in ptable.column_names:
@@ -559,20 +562,43 @@ def resolve_and_build(
     alias: str | None = None,
 ) -> ServingState:
     """Build a state from a bundle folder, or from the registered model's ``alias`` version
-    (defaults: the settings' bundle, or their registered model and alias)."""
+    (defaults: the settings' bundle, or their registered model and alias).
+
+    A registry download lives only while the state is built (see :mod:`serving.downloads`).
+    Whatever goes wrong with the bundle is a :class:`~recsys.bundle.BundleError` naming it: a
+    reload refuses it (422) and the old state keeps serving.
+    """
     if bundle is None and alias is None and settings.bundle is not None:
         bundle = settings.bundle
     if bundle is not None:
-        return build_state(settings, Path(bundle))
+        return _guarded_build(settings, Path(bundle))
     name = settings.registered_model
     if not name:
         raise BundleError("no registered model configured (RECSYS_REGISTERED_MODEL); pass a bundle path instead")
-    from recsys.pyfunc import download_bundle, mlflow_client, resolve_tracking_uri, resolve_version
+    from recsys.pyfunc import mlflow_client, resolve_tracking_uri, resolve_version
+    from serving.downloads import evict, fetched
 
     uri = resolve_tracking_uri(settings.mlflow_tracking_uri)
     version = resolve_version(mlflow_client(uri), name, alias or settings.alias)
-    dst = None
-    if settings.bundle_cache_dir is not None:
-        dst = settings.bundle_cache_dir / f"{name}-v{version}"
-    path = download_bundle(name, version, uri, dst)
-    return build_state(settings, path, registered_model=name, registry_version=version)
+    source = f"models:/{name}/{version}"
+    with fetched(name, version, uri, settings.bundle_cache_dir, settings.bundle_cache_keep) as path:
+        try:
+            return _guarded_build(settings, path, registered_model=name, registry_version=version, source=source)
+        except BundleError:
+            if settings.bundle_cache_dir is not None:
+                evict(path)  # a damaged cached copy: the next attempt downloads it again
+            raise
+
+
+def _guarded_build(settings: ServingSettings, path: Path, **kwargs: Any) -> ServingState:
+    """:func:`build_state`, with anything unexpected a bundle does to it reported as a
+    :class:`BundleError` naming the bundle (logged with its traceback)."""
+    try:
+        return build_state(settings, path, **kwargs)
+    except RecsysError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. arrays that decode but do not fit together
+        log.exception("bundle %s could not be loaded", path)
+        raise BundleError(
+            f"{kwargs.get('source') or path}: the bundle cannot be served ({type(exc).__name__}: {exc}); re-export it"
+        ) from None

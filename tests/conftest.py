@@ -153,8 +153,11 @@ def serving_settings(tmp_path: Path, serving_bundles: dict[str, Path]) -> Callab
     from serving.keys import hash_key
     from serving.settings import ApiKeySpec, ServingSettings
 
-    def make(bundle: str | Path = "top_frequency", **overrides: Any) -> ServingSettings:
-        path = serving_bundles[bundle] if isinstance(bundle, str) and bundle in serving_bundles else Path(bundle)
+    def make(bundle: str | Path | None = "top_frequency", **overrides: Any) -> ServingSettings:
+        if bundle is None:  # a registered model: pass registered_model=...
+            path = None
+        else:
+            path = serving_bundles[bundle] if isinstance(bundle, str) and bundle in serving_bundles else Path(bundle)
         values: dict[str, Any] = {
             "bundle": path,
             "api_keys": [ApiKeySpec(id=f"{role}-key", role=role, sha256=hash_key(secret))  # type: ignore[arg-type]

@@ -6,7 +6,9 @@ fits every registered model runs in a few seconds.
 
 from __future__ import annotations
 
+import json
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -163,3 +165,15 @@ def tiny_bundle(model_name: str, **params: object) -> Bundle:
         product_table=pa.table({"product_id": PRODUCTS, "category": CATEGORIES}),
         meta={"run_id": "run-123", "metrics": {"recall@10": 0.25}},
     )
+
+
+def reseal(path: Path) -> Path:
+    """Record a hand-edited bundle's files in its ``bundle.json`` again (their sizes and
+    SHA-256), so a test reaches the check behind the checksums: what a consistent but wrong
+    bundle gets."""
+    from recsys.bundle import file_manifest
+
+    meta = json.loads((path / "bundle.json").read_text())
+    meta["files"] = file_manifest(path)
+    (path / "bundle.json").write_text(json.dumps(meta))
+    return path

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from helpers_data import BUNDLE_MODEL_PARAMS, MEMBERS, PRODUCTS, SEGMENTS, tiny_bundle
+from helpers_data import BUNDLE_MODEL_PARAMS, MEMBERS, PRODUCTS, SEGMENTS, reseal, tiny_bundle
 
 from recsys.bundle import FORMAT_VERSION, Bundle, BundleError, load_bundle, save_bundle
 from recsys.tags import MultiTag, TagDef, TagRegistry
@@ -92,6 +92,7 @@ def test_missing_model_arrays_are_refused(tmp_path: Path) -> None:
 def test_id_list_that_disagrees_with_the_model_is_refused(tmp_path: Path) -> None:
     path = save_bundle(tmp_path / "b", tiny_bundle("popular"))
     pq.write_table(pa.table({"member_id": MEMBERS[:-1]}), path / "members.parquet")
+    reseal(path)
     with pytest.raises(BundleError, match="do not match the model"):
         load_bundle(path)
 
@@ -109,6 +110,7 @@ def test_a_model_saved_with_another_state_version_is_refused_by_name(tmp_path: P
     doc = json.loads((path / "model" / "model.json").read_text())
     doc["state_version"] = 99
     (path / "model" / "model.json").write_text(json.dumps(doc))
+    reseal(path)
 
     with pytest.raises(BundleError, match="popular model state version 99, this release reads 1"):
         load_bundle(path)
@@ -165,6 +167,7 @@ def test_a_tag_without_its_column_is_refused(tmp_path: Path) -> None:
         save_bundle(tmp_path / "b", bundle)
     path = save_bundle(tmp_path / "ok", tagged_bundle())
     pq.write_table(pq.read_table(path / "members.parquet").drop_columns(["channel"]), path / "members.parquet")
+    reseal(path)
     with pytest.raises(BundleError, match="channel have no column"):
         load_bundle(path)
 

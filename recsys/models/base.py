@@ -388,8 +388,12 @@ class Recommender(ABC):
     @classmethod
     def load(cls, path: Path | str) -> Recommender:
         path = Path(path)
-        doc = json.loads((path / "model.json").read_text())
-        model_cls = MODELS.get(doc["model"])
+        try:
+            doc = json.loads((path / "model.json").read_text(encoding="utf-8"))
+            name = doc["model"]
+        except (ValueError, KeyError, TypeError) as exc:  # not JSON, not UTF-8, not a model document
+            raise ValueError(f"{path / 'model.json'}: not a saved model ({type(exc).__name__}: {exc})") from None
+        model_cls = MODELS.get(name)
         if model_cls is None:
             raise ValueError(f"{path}: unknown model {doc['model']!r}; known: {sorted(MODELS)}")
         saved = doc.get("state_version", 1)
@@ -400,8 +404,13 @@ class Recommender(ABC):
             )
         model = model_cls(doc["params"])
         model.n_members, model.n_products = doc["n_members"], doc["n_products"]
-        with np.load(path / "arrays.npz", allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        try:
+            with np.load(path / "arrays.npz", allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - BadZipFile, bad CRC, zlib, a header numpy cannot parse
+            raise ValueError(f"{path / 'arrays.npz'}: unreadable ({type(exc).__name__}: {exc})") from None
         state: dict[str, Any] = {}
         for key, value in doc["state"].items():
             if isinstance(value, dict) and value.get("__sparse__"):

@@ -9,14 +9,37 @@ from typing import Annotated
 import anyio
 from fastapi import APIRouter, Depends, Request
 
-from recsys.errors import RecsysError
+from recsys.errors import InputError, RecsysError
 from serving.deps import Holder, MetricsDep, State, get_caller, require
 from serving.errors import ConflictError
 from serving.keys import PERMISSIONS, Principal
+from serving.memory import release_memory
 from serving.schemas import ErrorResponse, ModelResponse, ReloadRequest, ReloadResponse, WhoAmI
+from serving.settings import ServingSettings
 from serving.state import resolve_and_build
 
 router = APIRouter(tags=["operations"], responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
+
+
+def bundle_path(settings: ServingSettings, raw: str) -> Path:
+    """The folder a reload asked for, when it lies inside one of the bundle roots (a relative
+    path is taken from each root in turn); :class:`InputError` (422) otherwise."""
+    roots = settings.reload_roots()
+    if not roots:
+        raise InputError(
+            "reloading from a folder is off: no bundle roots are configured (RECSYS_BUNDLE_ROOTS or "
+            "recsys serve --bundle-root); reload a registry version with {\"alias\": ...} instead"
+        )
+    path = Path(raw)
+    for candidate in [path] if path.is_absolute() else [root / path for root in roots]:
+        real = candidate.resolve()  # symlinks and '..' followed: the folder that would be read
+        if any(real == root or real.is_relative_to(root) for root in roots):
+            return real
+    shown = ", ".join(str(r) for r in roots)
+    raise InputError(
+        f"bundle {raw!r} is outside the folders reloads may read ({shown}); put the bundle in one of them "
+        "(a relative path is taken from them) or add its folder to RECSYS_BUNDLE_ROOTS"
+    )
 
 
 @router.get("/v1/whoami", summary="The calling key's id, role and what it may do")
@@ -59,22 +82,26 @@ async def reload_model(
         previous = holder.state.info.version if holder.state is not None else None
         start = time.perf_counter()
         try:
+            folder = bundle_path(settings, body.bundle) if body.bundle else None
             # everything heavy (download, load, FAISS build, smoke test, event replay) runs in a
             # worker thread; requests keep being answered by the old state meanwhile
             new = await anyio.to_thread.run_sync(
-                lambda: resolve_and_build(
-                    settings, bundle=Path(body.bundle) if body.bundle else None, alias=body.alias
-                )
+                lambda: resolve_and_build(settings, bundle=folder, alias=body.alias)
             )
         except RecsysError:
             metrics.reloads.labels(outcome="refused").inc()
+            raise
+        except Exception:
+            metrics.reloads.labels(outcome="failed").inc()
             raise
         new.sync_events()  # anything appended while the new state was being built
         holder.state, holder.error = new, None  # the swap: one reference assignment
         metrics.set_model(new.info.version, new.info.model, new.info.run_id)
         metrics.reloads.labels(outcome="swapped").inc()
-        return ReloadResponse(previous_version=previous, model_version=new.info.version,
-                              seconds=round(time.perf_counter() - start, 3))
+        version, seconds = new.info.version, round(time.perf_counter() - start, 3)
+        del new
+        await anyio.to_thread.run_sync(release_memory)  # the old state's pages back to the OS
+        return ReloadResponse(previous_version=previous, model_version=version, seconds=seconds)
     finally:
         holder.reload_lock.release()
 
