@@ -200,8 +200,14 @@ def serve(
     events_dir: Annotated[Path | None, typer.Option(help="Where live purchase events are appended (a folder).")] = None,
     audit_log: Annotated[Path | None, typer.Option(help="Audience-export audit log (JSON lines).")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    bundle_root: Annotated[list[Path] | None, typer.Option(
+        help="A folder /v1/admin/reload may load bundles from (repeatable; default: the --bundle folder's parent)."
+    )] = None,
 ) -> None:
-    """Run the HTTP API (picks, similar products, audiences, events) with uvicorn."""
+    """Run the HTTP API (picks, similar products, audiences, events) with uvicorn.
+
+    Timeouts and limits come from RECSYS_* settings (serving/settings.py): RECSYS_MAX_BODY_BYTES,
+    RECSYS_SERVER__HEADER_TIMEOUT_SECONDS, RECSYS_SERVER__LIMIT_CONCURRENCY, ..."""
     from serving.cli import serve as run_server
 
     if bundle is None and registered_model is None:
@@ -209,7 +215,7 @@ def serve(
     try:
         run_server(bundle, registered_model if bundle is None else None, alias, host, port, workers,
                    api_keys_file=api_keys_file, events=events, events_dir=events_dir, audit_log=audit_log,
-                   tracking_uri=tracking_uri)
+                   tracking_uri=tracking_uri, bundle_roots=bundle_root)
     except RecsysError as exc:
         _fail(exc)
 

@@ -21,12 +21,14 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recsys.errors import RecsysError
@@ -34,6 +36,7 @@ from serving.audit import AuditLog
 from serving.downloads import remove_in_progress
 from serving.errors import status_of
 from serving.keys import load_key_store
+from serving.limits import BodyLimitMiddleware
 from serving.memory import release_memory
 from serving.metrics import Metrics, MetricsMiddleware
 from serving.routers import admin, audiences, console, events, health, picks, similar, tags
@@ -41,6 +44,8 @@ from serving.settings import ServingSettings
 from serving.state import StateHolder, resolve_and_build
 
 log = logging.getLogger("serving")
+DOCS_ASSETS = "/docs-assets"
+FASTAPI_BODY_ERROR = "There was an error parsing the body"
 
 
 def limit_threads(n: int) -> None:
@@ -54,6 +59,34 @@ def limit_threads(n: int) -> None:
     import faiss
 
     faiss.omp_set_num_threads(n)
+
+
+# The docs pages may load nothing from beyond this server: ReDoc's bundle still shows a logo from
+# its vendor's CDN (an <img> that hides itself when it fails to load); the browser blocks it here.
+DOCS_POLICY = (
+    b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+    b"script-src 'self' 'unsafe-inline'; worker-src 'self' blob:; font-src 'self' data:; connect-src 'self'"
+)
+
+
+class DocsPolicyMiddleware:
+    """Adds :data:`DOCS_POLICY` (Content-Security-Policy) to the ``/docs`` and ``/redoc`` pages."""
+
+    def __init__(self, app: Any, paths: tuple[str, ...] = ("/docs", "/redoc")):
+        self.app = app
+        self.paths = paths
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+
+        async def with_policy(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"content-security-policy", DOCS_POLICY)]
+            await send(message)
+
+        await self.app(scope, receive, with_policy)
 
 
 def _json(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
@@ -128,11 +161,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: ServingSettings) -> FastAPI:
     """The application for ``settings``; the model loads when the app starts (its lifespan)."""
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI's and ReDoc's scripts served from the fastapi-offline
+    # package (under DOCS_ASSETS), not a CDN: they work on a retailer's intranet
+    app = FastAPIOffline(
         title="recsys serving",
         version="1",
         summary="Picks for members (以人找物) and audiences for products (以物找人).",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
     )
     app.state.settings = settings
     app.state.holder = StateHolder()
@@ -158,13 +194,20 @@ def create_app(settings: ServingSettings) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        return _json(exc.status_code, str(exc.detail), dict(exc.headers or {}) or None)
+        detail = str(exc.detail)
+        if exc.status_code == 400 and detail == FASTAPI_BODY_ERROR:  # FastAPI's words for a body it cannot decode
+            detail = "the request body could not be parsed: send JSON encoded as UTF-8 (Content-Type: application/json)"
+        return _json(exc.status_code, detail, dict(exc.headers or {}) or None)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _json(500, "internal error; the server log has the details")
 
+    # sizes and times bounded before anything reads a body; inside the metrics, so 413s are counted
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       read_timeout=settings.body_timeout_seconds)
+    app.add_middleware(DocsPolicyMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 

@@ -8,29 +8,15 @@ BLAS / OpenMP are pinned to one thread before numpy is imported by any worker.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import socket
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import uvicorn
 
 from recsys.errors import InputError
-
-if TYPE_CHECKING:
-    from serving.settings import ServingSettings
-
-
-class _TcpConfig(uvicorn.Config):
-    """A listener bound with ``proto=IPPROTO_TCP`` (see :func:`run_workers`); module-level so the
-    worker processes can unpickle the config."""
-
-    def bind_socket(self) -> socket.socket:
-        sock = super().bind_socket()
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto == 0:
-            sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
-            sock.set_inheritable(True)
-        return sock
+from serving.protocol import server_config
+from serving.settings import ServerSettings, ServingSettings
 
 
 def serve(
@@ -49,6 +35,7 @@ def serve(
     auth_disabled: bool = False,
     log_level: str = "info",
     access_log: bool = False,
+    bundle_roots: list[Path] | None = None,
 ) -> None:
     """Serve ``bundle`` (a folder) or the ``alias`` version of ``registered_model`` until stopped.
 
@@ -69,6 +56,9 @@ def serve(
         replica shares. Redis must answer before the server listens.
     events_dir, audit_log
         The events folder (same as a folder ``events``) and the audience-export audit trail.
+    bundle_roots
+        Folders ``POST /v1/admin/reload {"bundle": ...}`` may load from (default: the folder
+        holding ``bundle``; none for a registered model).
     access_log
         uvicorn's line per request. Off by default: ``/metrics`` counts every request by route and
         status, and writing the line cost about a fifth of the server's throughput (measured with
@@ -111,6 +101,7 @@ def serve(
         "RECSYS_AUDIT_LOG": str(Path(audit_log).resolve()) if audit_log is not None else None,
         "RECSYS_MLFLOW_TRACKING_URI": tracking_uri,
         "RECSYS_AUTH_DISABLED": "true" if auth_disabled else None,
+        "RECSYS_BUNDLE_ROOTS": json.dumps([str(Path(r).resolve()) for r in bundle_roots]) if bundle_roots else None,
     }
     for key, value in env.items():
         if value is None:
@@ -123,7 +114,6 @@ def serve(
     from pydantic import ValidationError
 
     from serving.app import create_app_from_env
-    from serving.settings import ServingSettings
 
     try:
         settings = ServingSettings()  # fail here, with the message, rather than in every worker
@@ -135,11 +125,13 @@ def serve(
     except ValidationError as exc:
         raise InputError(f"server settings: {exc.errors()[0]['msg']}") from None
 
+    # timeouts, header limits and the connection limit from settings.server (RECSYS_SERVER__*)
     if workers <= 1:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
+        uvicorn.Server(server_config(app, settings.server, host=host, port=port, log_level=log_level,
+                                     access_log=access_log)).run()
     else:
         run_workers("serving.app:create_app_from_env", host=host, port=port, workers=workers, log_level=log_level,
-                    access_log=access_log)
+                    access_log=access_log, server=settings.server)
 
 
 def check_events(settings: ServingSettings) -> None:
@@ -158,18 +150,13 @@ def check_events(settings: ServingSettings) -> None:
 
 
 def run_workers(app: str, *, host: str, port: int, workers: int, log_level: str = "info",
-                access_log: bool = True) -> None:
-    """``uvicorn.run(app, factory=True, workers=workers)`` with a TCP listener that keeps
-    ``TCP_NODELAY`` on accepted connections.
-
-    uvicorn binds the shared listener of ``--workers N`` with ``proto=0``; accepted sockets
-    inherit it and asyncio only sets ``TCP_NODELAY`` when ``proto == IPPROTO_TCP``, so every
-    keep-alive response waits for the client's delayed ACK (~40 ms on Linux; uvicorn issue #3149).
-    Measured with 16 connections: a bare endpoint fell from ~3,000 req/s to ~360 req/s.
-    """
+                access_log: bool = True, server: ServerSettings | None = None) -> None:
+    """``uvicorn.run(app, factory=True, workers=workers)`` with the server settings (timeouts,
+    limits), on a TCP listener that keeps ``TCP_NODELAY`` on accepted connections (see
+    :class:`serving.protocol.ServerConfig`)."""
     from uvicorn.supervisors import Multiprocess
 
-    config = _TcpConfig(app, factory=True, host=host, port=port, workers=workers, log_level=log_level,
-                       access_log=access_log)
+    config = server_config(app, server, factory=True, host=host, port=port, workers=workers,
+                           log_level=log_level, access_log=access_log)
     with contextlib.suppress(KeyboardInterrupt):
         Multiprocess(config, sockets=[config.bind_socket()]).run()

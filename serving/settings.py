@@ -77,6 +77,22 @@ class IndexSettings(BaseModel):
     search_threads: int = Field(1, ge=1)
 
 
+class ServerSettings(BaseModel):
+    """How uvicorn treats connections (``RECSYS_SERVER__<NAME>``; see :mod:`serving.protocol`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep_alive_seconds: float = Field(5.0, gt=0)  # an idle keep-alive connection is closed after this
+    # a request's headers must be complete this long after its first byte (or after the
+    # connection opened): a client trickling them is disconnected
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    max_header_bytes: int = Field(16_384, ge=1_024)  # request line + headers; more is a 400
+    # connections + requests in progress; past it new requests are answered 503 at once
+    limit_concurrency: int = Field(1_000, ge=1)
+    backlog: int = Field(2_048, ge=1)  # connections the OS queues before they are accepted
+    graceful_shutdown_seconds: float = Field(30.0, ge=0)  # on SIGTERM, wait this long for requests
+
+
 class ServingSettings(BaseSettings):
     """Everything the server needs to start; see the module docstring for the model source."""
 
@@ -115,6 +131,11 @@ class ServingSettings(BaseSettings):
     events_max_seconds_ahead: float = Field(86_400.0, ge=0.0, le=31_536_000.0)
 
     # ---- limits
+    # request bodies: larger is a 413, decided from Content-Length before reading (or while a
+    # chunked body streams in); a body still arriving after body_timeout_seconds is a 408
+    max_body_bytes: int = Field(1_048_576, ge=1_024)
+    body_timeout_seconds: float = Field(30.0, gt=0)
+    server: ServerSettings = ServerSettings()
     max_k: int = Field(100, ge=1, le=10_000)
     max_audience: int = Field(100_000, ge=1)
     max_batch: int = Field(1_000, ge=1)

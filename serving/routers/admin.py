@@ -10,15 +10,25 @@ import anyio
 from fastapi import APIRouter, Depends, Request
 
 from recsys.errors import InputError, RecsysError
-from serving.deps import Holder, MetricsDep, State, get_caller, require
+from serving.deps import (
+    BODY,
+    KEYED,
+    Holder,
+    KeyFirstRoute,
+    MetricsDep,
+    State,
+    errors,
+    get_caller,
+    require,
+)
 from serving.errors import ConflictError
 from serving.keys import PERMISSIONS, Principal
 from serving.memory import release_memory
-from serving.schemas import ErrorResponse, ModelResponse, ReloadRequest, ReloadResponse, WhoAmI
+from serving.schemas import ModelResponse, ReloadRequest, ReloadResponse, WhoAmI
 from serving.settings import ServingSettings
 from serving.state import resolve_and_build
 
-router = APIRouter(tags=["operations"], responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
+router = APIRouter(tags=["operations"], responses=errors(*KEYED), route_class=KeyFirstRoute)
 
 
 def bundle_path(settings: ServingSettings, raw: str) -> Path:
@@ -65,7 +75,7 @@ async def model_info(state: State, _: Annotated[Principal, Depends(require("mode
 @router.post(
     "/v1/admin/reload",
     summary="Load, validate and index another bundle, then swap it in; the old one serves until then",
-    responses={409: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses=errors(*BODY, 409),
 )
 async def reload_model(
     request: Request,

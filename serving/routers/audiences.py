@@ -12,19 +12,18 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
-from serving.deps import Audit, MetricsDep, State, require
+from serving.deps import BODY, KEYED, Audit, KeyFirstRoute, MetricsDep, State, errors, require
 from serving.keys import Principal
 from serving.schemas import (
     AudienceOptions,
     AudienceRequest,
     AudienceResponse,
-    ErrorResponse,
     ExportRecord,
     ExportsResponse,
 )
 from serving.service import audiences as audience_service
 
-router = APIRouter(tags=["audiences"], responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
+router = APIRouter(tags=["audiences"], responses=errors(*KEYED), route_class=KeyFirstRoute)
 Caller = Annotated[Principal, Depends(require("audiences"))]
 CSV_CHUNK_ROWS = 5_000
 
@@ -33,7 +32,7 @@ CSV_CHUNK_ROWS = 5_000
     "/v1/audiences",
     summary="The members most likely to buy a product, with a profile of the audience",
     response_model=AudienceResponse,
-    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses=errors(*BODY, 404),
 )
 def audiences(state: State, caller: Caller, body: AudienceRequest) -> Response:
     # a def handler: a 100,000-member audience is tens of milliseconds of numpy, kept off the loop.
@@ -62,8 +61,7 @@ def _csv_rows(result: audience_service.AudienceResult) -> Iterator[bytes]:
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/csv": {}}, "description": "member_id,score,rank with a header row"},
-        404: {"model": ErrorResponse},
-        422: {"model": ErrorResponse},
+        **errors(*BODY, 404),
     },
 )
 def export_audience(

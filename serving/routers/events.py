@@ -6,18 +6,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header
 
-from serving.deps import MetricsDep, State, require
+from serving.deps import BODY, KEYED, KeyFirstRoute, MetricsDep, State, errors, require
 from serving.keys import Principal
 from serving.schemas import ErrorResponse, EventsResponse, PurchaseEvent
 from serving.service import events as event_service
 
-router = APIRouter(tags=["events"], responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
+router = APIRouter(tags=["events"], responses=errors(*KEYED), route_class=KeyFirstRoute)
 
 
 @router.post(
     "/v1/events",
     summary="Record purchases (durable before the answer, once per event_id); picks reflect them at once",
     responses={
+        **errors(*BODY),
         404: {"model": ErrorResponse, "description": "A product is not in the model's catalogue"},
         409: {"model": ErrorResponse, "description": "An event_id was recorded before for a different purchase"},
         422: {"model": ErrorResponse, "description": "An event is not a plausible purchase (ids, ts window, ...)"},

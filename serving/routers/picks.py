@@ -36,20 +36,30 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from recsys.errors import InputError
-from serving.deps import SECURITY, MetricsDep, State, authorize, current_state, require
+from serving.deps import (
+    BODY,
+    KEYED,
+    SECURITY,
+    KeyFirstRoute,
+    MetricsDep,
+    State,
+    authorize,
+    current_state,
+    errors,
+    require,
+)
 from serving.keys import Principal
 from serving.metrics import Metrics
 from serving.schemas import (
     BatchPicksRequest,
     BatchPicksResponse,
-    ErrorResponse,
     MemberProfile,
     PicksQuery,
     PicksResponse,
 )
 from serving.service import members, picks
 
-router = APIRouter(tags=["picks"], responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
+router = APIRouter(tags=["picks"], responses=errors(*KEYED), route_class=KeyFirstRoute)
 Caller = Annotated[Principal, Depends(require("picks"))]
 
 LIST_PARAMS = frozenset({"category", "exclude"})
@@ -110,7 +120,7 @@ def _json(body: Any) -> Response:
     "/v1/members/{member_id}/picks",
     summary="Top-k products for a member, each with a reason",
     response_model=PicksResponse,
-    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses=errors(404),
     openapi_extra={"parameters": query_parameters(PicksQuery), "security": SECURITY},
 )
 async def member_picks(request: Request, member_id: Annotated[str, Path(min_length=1, max_length=200)]) -> Response:
@@ -131,7 +141,7 @@ async def member_picks(request: Request, member_id: Annotated[str, Path(min_leng
     "/v1/picks:batch",
     summary="Picks for many members in one call",
     response_model=BatchPicksResponse,
-    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses=errors(*BODY, 404),
 )
 def batch_picks(state: State, metrics: MetricsDep, caller: Caller, body: BatchPicksRequest) -> Response:
     if len(body.member_ids) > state.settings.max_batch:
@@ -148,7 +158,7 @@ def batch_picks(state: State, metrics: MetricsDep, caller: Caller, body: BatchPi
 @router.get(
     "/v1/members/{member_id}/profile",
     summary="A member's tags, top categories and last purchase (for a store clerk's member view)",
-    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses=errors(404),
 )
 def member_profile(
     state: State, caller: Caller, member_id: Annotated[str, Path(min_length=1, max_length=200)]

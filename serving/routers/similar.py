@@ -8,19 +8,19 @@ import orjson
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 
-from serving.deps import State, get_caller, require
+from serving.deps import KEYED, KeyFirstRoute, State, errors, get_caller, require
 from serving.keys import Principal
-from serving.schemas import ErrorResponse, ProductSearchResponse, SimilarResponse
+from serving.schemas import ProductSearchResponse, SimilarResponse
 from serving.service import products, similar
 
-router = APIRouter(tags=["similar"], responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
+router = APIRouter(tags=["similar"], responses=errors(*KEYED), route_class=KeyFirstRoute)
 
 
 @router.get(
     "/v1/products/{product_id}/similar",
     summary="Products most similar to a product (active products only)",
     response_model=SimilarResponse,
-    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses=errors(404),
 )
 async def similar_products(
     state: State,
@@ -35,7 +35,6 @@ async def similar_products(
 @router.get(
     "/v1/products",
     summary="Find products by id or name (substring, any case) and/or category; most bought first",
-    responses={422: {"model": ErrorResponse}},
 )
 async def search_products(
     state: State,
