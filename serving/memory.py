@@ -10,10 +10,16 @@ measurement (``experiments/bench_robustness.py`` repeats it over 100 reloads of 
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import gc
 import logging
+import time
+import weakref
+from typing import Any
+
+import anyio
 
 log = logging.getLogger("serving.memory")
 
@@ -41,3 +47,17 @@ def release_memory() -> bool:
     except OSError:  # pragma: no cover - a libc without the symbol after all
         log.debug("malloc_trim failed", exc_info=True)
         return False
+
+
+async def release_when_dropped(ref: weakref.ref[Any] | None, within: float) -> bool:
+    """Wait (up to ``within`` seconds) until the object behind ``ref`` -- a replaced state -- is
+    no longer referenced, then :func:`release_memory` in a worker thread; returns whether it was
+    gone by then. Requests in flight and the events tail (which waits on the state it follows for
+    up to a poll interval) may hold the old state a moment after the swap: trimming before they let
+    go would return nothing."""
+    deadline = time.monotonic() + within
+    while ref is not None and ref() is not None and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    gone = ref is None or ref() is None
+    await anyio.to_thread.run_sync(release_memory)  # cycles collected there too
+    return gone

@@ -222,17 +222,18 @@ def test_reload_from_a_folder_is_off_without_roots_for_a_registry_model(serving_
 
 
 # ------------------------------------------------------------------ memory (issue 12, item 1)
-def test_a_replaced_state_is_freed_at_once(serving_client: Callable[..., Any]) -> None:
-    # the events tail held the state it last applied events to across its sleep, so a reload's
-    # old model (arrays, FAISS indexes) stayed in memory past the swap
+def test_a_replaced_state_is_freed_by_the_time_the_reload_answers(serving_client: Callable[..., Any]) -> None:
+    # the events tail held the state it last applied events to after the swap, so the memory a
+    # reload trimmed did not include the old model (arrays, FAISS indexes) yet
     import gc
     import time
     import weakref
 
     with serving_client("als", events_poll_seconds=1.0) as c:
-        time.sleep(1.3)  # the tail has run once and sleeps until its next pass
+        time.sleep(1.3)  # the tail follows the state it has, waiting up to a second for events
         old = weakref.ref(c.app.state.holder.state)
         assert c.post("/v1/admin/reload", headers=auth("admin")).status_code == 200
+        # the reload answers once the tail has let go of the old state (and its memory is trimmed)
         gc.collect()
         assert c.app.state.holder.state is not None and old() is None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +24,7 @@ from serving.deps import (
 )
 from serving.errors import ConflictError
 from serving.keys import PERMISSIONS, Principal
-from serving.memory import release_memory
+from serving.memory import release_when_dropped
 from serving.schemas import ModelResponse, ReloadRequest, ReloadResponse, WhoAmI
 from serving.settings import ServingSettings
 from serving.state import resolve_and_build
@@ -105,12 +106,14 @@ async def reload_model(
             metrics.reloads.labels(outcome="failed").inc()
             raise
         new.sync_events()  # anything appended while the new state was being built
+        old = weakref.ref(holder.state) if holder.state is not None else None
         holder.state, holder.error = new, None  # the swap: one reference assignment
         metrics.set_model(new.info.version, new.info.model, new.info.run_id)
         metrics.reloads.labels(outcome="swapped").inc()
         version, seconds = new.info.version, round(time.perf_counter() - start, 3)
         del new
-        await anyio.to_thread.run_sync(release_memory)  # the old state's pages back to the OS
+        # the old state's pages back to the OS, once the events tail has let go of it
+        await release_when_dropped(old, within=settings.events_poll_seconds + 1.0)
         return ReloadResponse(previous_version=previous, model_version=version, seconds=seconds)
     finally:
         holder.reload_lock.release()
