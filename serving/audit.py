@@ -1,7 +1,9 @@
-"""The audit trail of audience exports: one JSON line per export, appended and fsync-ed.
+"""The audit trail of member lists that leave the server: one JSON line per answer, appended
+and fsync-ed. Audiences as JSON (``POST /v1/audiences``) and CSV (``/v1/audiences/export``), and
+batch picks (``POST /v1/picks:batch``) are written here; ``route`` and ``format`` say which.
 
-Each line: ``time`` (UTC), ``key_id`` (the API key's public id), ``scope`` (the key's member
-scope, or null), ``product_id`` or
+Each audience line: ``time`` (UTC), ``key_id`` (the API key's public id), ``scope`` (the key's
+member scope, or null), ``route``, ``format``, ``product_id`` or
 ``attributes``, ``filters``, ``exclude_bought_within_days``, ``size`` (asked), ``rows``
 (returned), ``model_version``. No member data: the members themselves are only in the response.
 """

@@ -125,7 +125,10 @@ class AudienceRequest(Strict):
 
 class AudienceMember(BaseModel):
     member_id: str
-    score: float
+    score: float = Field(description="The model's ranking score (not a probability; the CSV export carries it too)")
+    probability: float | None = Field(
+        None, description="Calibrated probability that the member buys the product, when the model provides one"
+    )
 
 
 class AudienceBaseline(BaseModel):
@@ -206,10 +209,12 @@ class AudienceOptions(BaseModel):
 
 
 class ExportRecord(BaseModel):
-    """One audience export from the audit trail (no member data)."""
+    """One audience from the audit trail (no member data): a JSON answer or a CSV export."""
 
     time: str | None = None
     key_id: str | None = None
+    route: str | None = Field(None, description="/v1/audiences (JSON) or /v1/audiences/export (CSV)")
+    format: str | None = Field(None, description="json or csv (entries before this field: csv)")
     product_id: str | None = None
     attributes: dict[str, object] | None = None
     filters: dict[str, list[str]] | None = None
@@ -252,7 +257,11 @@ class LastPurchase(BaseModel):
     name: str | None = None
     category: str | None = None
     date: str | None = Field(None, description="ISO date, when purchase dates are known")
-    days_ago: int | None = None
+    days_ago: int | None = Field(None, description="Days from the purchase to counted_from")
+    counted_from: str | None = Field(
+        None, description="The day days_ago counts from: the date the model's data ends (as of), or today for a "
+        "purchase received live since"
+    )
 
 
 class MemberProfile(BaseModel):
@@ -267,6 +276,7 @@ class MemberProfile(BaseModel):
     products_bought: int
     top_categories: list[CategoryShare]
     last_purchase: LastPurchase | None = None
+    as_of: str | None = Field(None, description="The date the model's data ends (its history is before it)")
 
 
 # --------------------------------------------------------------------------- events

@@ -130,6 +130,13 @@ def check_result_matches(page: Any, body: dict[str, Any]) -> None:
     shown = page.eval_on_selector_all("[data-testid=audience-members] tbody tr td:nth-child(2)",
                                       "els => els.map(e => e.textContent)")
     assert shown == [m["member_id"] for m in body["members"]][:15]
+    # merchandisers see each member's purchase probability, not the raw model score
+    assert "购买概率" in page.inner_text("[data-testid=audience-members] thead")
+    values = page.eval_on_selector_all("[data-testid=audience-members] tbody tr td:nth-child(3)",
+                                       "els => els.map(e => [e.dataset.value, e.textContent])")
+    members = body["members"][:15]
+    assert [float(v) for v, _ in values] == pytest.approx([m["probability"] for m in members], rel=1e-12)
+    assert all(text.endswith("%") for _, text in values)
 
 
 def test_merchandiser_builds_an_audience_downloads_it_and_sees_the_export(page: Any, server: str) -> None:
@@ -268,6 +275,9 @@ def test_member_view_shows_tags_and_picks_with_reasons(page: Any, server: str) -
     last = profile["last_purchase"]
     assert last is not None and last["product_id"] == "p0"
     assert f"{last['name']}（p0）" in page.inner_text("[data-testid=last-purchase]")
+    # days counted from the model's data as-of date, and the page says so
+    assert f"数据截至 {last['counted_from']} 前 {last['days_ago']} 天" in page.inner_text("[data-testid=last-purchase]")
+    assert "模型数据截止日" in page.inner_text("[data-testid=last-purchase]")
     assert bars(page, "[data-testid=top-categories]") == {"dairy": 4.0}
 
     for mode in ("discover", "replenish"):

@@ -121,7 +121,7 @@ def test_audience_for_a_product(client: Any) -> None:
     assert body["profile"]["counts"]["region"] == {"北京": 1, "上海": 2}
     assert body["profile"]["expected_buyers"] is None
     assert body["reference_products"] == ["p0"]
-    assert set(body["members"][0]) == {"member_id", "score"}  # ids and scores only
+    assert set(body["members"][0]) == {"member_id", "score", "probability"}  # ids, scores, probabilities only
 
 
 def test_audience_tag_filters(client: Any) -> None:
@@ -333,3 +333,40 @@ def test_not_ready_until_loaded_then_ready(serving_client: Callable[..., Any], t
         assert c.get("/health/live").status_code == 200
         r = c.get("/v1/members/m0/picks", headers=auth("app"))
         assert r.status_code == 503 and "no model loaded yet" in r.json()["detail"]
+
+
+def test_every_member_list_that_leaves_is_audited(client: Any, serving_settings: Callable[..., Any]) -> None:
+    # POST /v1/audiences returned the whole audience as JSON (28,610 members in the outside test)
+    # and wrote no audit line; batch picks are members' data in bulk too
+    audit_path: Path = serving_settings().audit_log
+    r = client.post("/v1/audiences", json={"product_id": "p0", "size": 100_000}, headers=auth("merchandiser"))
+    assert r.status_code == 200 and len(r.json()["members"]) == 6
+    r = client.post("/v1/picks:batch", json={"member_ids": ["m0", "m1", "nobody"], "k": 2}, headers=auth("app"))
+    assert r.status_code == 200
+    client.post("/v1/audiences/export", json={"product_id": "p1", "size": 2}, headers=auth("admin"))
+    client.post("/v1/audiences", json={"product_id": "nope"}, headers=auth("merchandiser"))  # 404: nothing left
+    entries = [json.loads(line) for line in audit_path.read_text().splitlines()]
+    got = [(e["route"], e["format"], e["key_id"], e["rows"]) for e in entries]
+    assert got == [
+        ("/v1/audiences", "json", "merchandiser-key", 6),
+        ("/v1/picks:batch", "json", "app-key", 3),
+        ("/v1/audiences/export", "csv", "admin-key", 2),
+    ]
+    assert entries[0]["product_id"] == "p0" and entries[0]["size"] == 100_000
+    assert entries[1]["k"] == 2 and entries[1]["mode"] == "replenish"
+    assert not any(m in audit_path.read_text() for m in ("m0", "m1", "nobody"))  # no member ids in the trail
+    # the console's list of past audiences shows both audience answers, not the batch picks
+    past = client.get("/v1/audiences/exports", headers=auth("merchandiser")).json()["exports"]
+    assert [(e["route"], e["format"]) for e in past] == [("/v1/audiences/export", "csv"), ("/v1/audiences", "json")]
+
+
+def test_audience_members_carry_their_purchase_probability(serving_client: Callable[..., Any]) -> None:
+    # the console showed raw model scores (e.g. -1.39) to merchandisers
+    with serving_client("dated") as c:
+        members = c.post("/v1/audiences", json={"product_id": "p0", "size": 3}, headers=auth("merchandiser")).json()["members"]
+        # DatedTopFrequency: probability = score / (1 + score); m0 bought p0 three times
+        assert [(m["member_id"], m["score"], m["probability"]) for m in members][0] == ("m0", 3.0, 0.75)
+        assert all(m["probability"] == pytest.approx(m["score"] / (1 + m["score"])) for m in members)
+    with serving_client() as c:  # a model without calibrated probabilities says so: null
+        members = c.post("/v1/audiences", json={"product_id": "p0", "size": 3}, headers=auth("merchandiser")).json()["members"]
+        assert members and all(m["probability"] is None for m in members)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -167,7 +168,7 @@ def test_member_profile_tags_categories_and_last_purchase(dated: Any) -> None:
     assert body["top_categories"] == [{"category": "dairy", "purchases": 4}]
     assert body["last_purchase"] == {
         "product_id": "p0", "name": "鲜牛奶", "category": "dairy",
-        "date": (today - timedelta(days=1)).isoformat(), "days_ago": 1,
+        "date": (today - timedelta(days=1)).isoformat(), "days_ago": 1, "counted_from": today.isoformat(),
     }
     body = dated.get("/v1/members/m5/profile", headers=auth("merchandiser")).json()
     assert body["tags"]["value_segment"] is None
@@ -190,3 +191,25 @@ def test_member_profile_without_purchase_dates_has_no_last_purchase(client: Any)
     body = client.get("/v1/members/m0/profile", headers=auth("app")).json()
     # without the model's counts hook the history is what is known: one per product bought
     assert body["purchases"] == 2 and body["products_bought"] == 2 and body["last_purchase"] is None
+
+
+def test_days_since_the_last_purchase_count_from_the_data_as_of_date(
+    tmp_path: Path, serving_client: Callable[..., Any]
+) -> None:
+    # the member page said "最近购买 2001-01-25, 9441 天前": counted from today, not the data's end
+    from conftest import TRAIN_AS_OF, DatedTopFrequency, serving_bundle
+
+    from recsys.bundle import save_bundle
+
+    path = save_bundle(tmp_path / "dated-2001", serving_bundle(DatedTopFrequency.name, as_of=TRAIN_AS_OF))
+    with serving_client(path) as c:
+        body = c.get("/v1/members/m0/profile", headers=auth("app")).json()
+        # m0 last bought p0 one day before as_of (2001-02-01)
+        assert body["as_of"] == "2001-02-01"
+        assert body["last_purchase"]["date"] == "2001-01-31"
+        assert body["last_purchase"]["days_ago"] == 1 and body["last_purchase"]["counted_from"] == "2001-02-01"
+        # a purchase received live since counts from today
+        c.post("/v1/events", json=[{"member_id": "m0", "product_id": "p4"}], headers=auth("admin"))
+        last = c.get("/v1/members/m0/profile", headers=auth("app")).json()["last_purchase"]
+        assert last["product_id"] == "p4" and last["days_ago"] == 0
+        assert last["counted_from"] == datetime.now(UTC).date().isoformat()

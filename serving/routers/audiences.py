@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
+from serving.audit import AuditLog
 from serving.deps import BODY, KEYED, Audit, KeyFirstRoute, MetricsDep, State, errors, require
 from serving.keys import Principal
 from serving.schemas import (
@@ -34,12 +35,35 @@ CSV_CHUNK_ROWS = 5_000
     response_model=AudienceResponse,
     responses=errors(*BODY, 404),
 )
-def audiences(state: State, caller: Caller, body: AudienceRequest) -> Response:
+def audiences(state: State, caller: Caller, audit: Audit, body: AudienceRequest) -> Response:
     # a def handler: a 100,000-member audience is tens of milliseconds of numpy, kept off the loop.
     # The body is encoded once with orjson: as 10,000 pydantic members validated again by FastAPI
     # it cost more than finding them (response_model documents it; the tests validate it)
     result = audience_service.audience(state, body, scope=caller.scope)
+    audit_audience(audit, caller, body, result, "/v1/audiences", "json")  # a member list leaves: audited
     return Response(orjson.dumps(result.as_dict()), media_type="application/json")
+
+
+AUDIENCE_ROUTES = ("/v1/audiences", "/v1/audiences/export")
+
+
+def audit_audience(audit: AuditLog, caller: Principal, body: AudienceRequest,
+                   result: audience_service.AudienceResult, route: str, fmt: str) -> None:
+    """One audit line for an audience that leaves the server, as JSON or CSV: who asked, what,
+    and how many members it carried (never the members themselves)."""
+    audit.write({
+        "key_id": caller.key_id,
+        "scope": caller.scope_dict(),
+        "route": route,
+        "format": fmt,
+        "product_id": body.product_id,
+        "attributes": body.attributes.model_dump() if body.attributes else None,
+        "filters": body.filters,
+        "exclude_bought_within_days": body.exclude_bought_within_days,
+        "size": body.size,
+        "rows": len(result.member_ids),
+        "model_version": result.model_version,
+    })
 
 
 def _csv_rows(result: audience_service.AudienceResult) -> Iterator[bytes]:
@@ -68,17 +92,7 @@ def export_audience(
     state: State, caller: Caller, audit: Audit, metrics: MetricsDep, body: AudienceRequest
 ) -> StreamingResponse:
     result = audience_service.audience(state, body, scope=caller.scope)
-    audit.write({
-        "key_id": caller.key_id,
-        "scope": caller.scope_dict(),
-        "product_id": body.product_id,
-        "attributes": body.attributes.model_dump() if body.attributes else None,
-        "filters": body.filters,
-        "exclude_bought_within_days": body.exclude_bought_within_days,
-        "size": body.size,
-        "rows": len(result.member_ids),
-        "model_version": result.model_version,
-    })
+    audit_audience(audit, caller, body, result, "/v1/audiences/export", "csv")
     metrics.exports.inc()
     target = body.product_id or f"new-{body.attributes.category if body.attributes else 'product'}"
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in target)[:80]
@@ -97,7 +111,7 @@ async def audience_options(state: State, caller: Caller) -> AudienceOptions:
     return audience_service.audience_options(state, caller.scope)
 
 
-@router.get("/v1/audiences/exports", summary="Past audience exports from the audit trail, newest first")
+@router.get("/v1/audiences/exports", summary="Past audiences (JSON and CSV) from the audit trail, newest first")
 def past_exports(
     caller: Caller,
     audit: Audit,
@@ -106,6 +120,8 @@ def past_exports(
 ) -> ExportsResponse:
     records: list[ExportRecord] = []
     for entry in audit.newest_first(caller.key_id if mine else None):
+        if entry.get("route", "/v1/audiences/export") not in AUDIENCE_ROUTES:  # e.g. batch picks
+            continue
         try:
             records.append(ExportRecord.model_validate(entry))
         except ValidationError:  # a hand-edited or older line: skipped, never a 500

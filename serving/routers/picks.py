@@ -40,6 +40,7 @@ from serving.deps import (
     BODY,
     KEYED,
     SECURITY,
+    Audit,
     KeyFirstRoute,
     MetricsDep,
     State,
@@ -143,7 +144,7 @@ async def member_picks(request: Request, member_id: Annotated[str, Path(min_leng
     response_model=BatchPicksResponse,
     responses=errors(*BODY, 404),
 )
-def batch_picks(state: State, metrics: MetricsDep, caller: Caller, body: BatchPicksRequest) -> Response:
+def batch_picks(state: State, metrics: MetricsDep, caller: Caller, audit: Audit, body: BatchPicksRequest) -> Response:
     if len(body.member_ids) > state.settings.max_batch:
         raise InputError(f"at most {state.settings.max_batch} member_ids per call; got {len(body.member_ids)}")
     results = picks.picks(
@@ -152,6 +153,13 @@ def batch_picks(state: State, metrics: MetricsDep, caller: Caller, body: BatchPi
     )
     assert results is not None
     _count(metrics, results)
+    # members' picks in bulk leave the server: audited like audiences (who, what, how many members)
+    audit.write({
+        "key_id": caller.key_id, "scope": caller.scope_dict(), "route": "/v1/picks:batch", "format": "json",
+        "k": body.k, "mode": body.mode,
+        "category": body.category, "exclude": len(body.exclude or ()), "segment": body.segment,
+        "rows": len(results), "model_version": state.info.version,
+    })
     return _json({"model_version": state.info.version, "results": [picks.picks_dict(state, r) for r in results]})
 
 

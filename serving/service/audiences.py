@@ -90,14 +90,17 @@ class AudienceResult:
     scores: list[float]
     profile: AudienceProfile
     notes: list[str]
+    probabilities: list[float] | None = None  # calibrated purchase probabilities, when the model has them
 
     def as_dict(self) -> dict[str, Any]:
         """The response body as plain JSON-able values (same fields, same order)."""
+        probs = self.probabilities if self.probabilities is not None else [None] * len(self.scores)
         return {
             "model_version": self.model_version,
             "product_id": self.product_id,
             "reference_products": self.reference_products,
-            "members": [{"member_id": m, "score": s} for m, s in zip(self.member_ids, self.scores, strict=True)],
+            "members": [{"member_id": m, "score": s, "probability": q}
+                        for m, s, q in zip(self.member_ids, self.scores, probs, strict=True)],
             "profile": self.profile.model_dump(),
             "notes": self.notes,
         }
@@ -159,7 +162,17 @@ def audience(state: ServingState, req: AudienceRequest, scope: Scope | None = No
         scores=scores.tolist(),
         profile=result,
         notes=notes,
+        probabilities=_probabilities(state, scores),
     )
+
+
+def _probabilities(state: ServingState, scores: np.ndarray) -> list[float] | None:
+    """Each member's calibrated purchase probability (what merchandisers read), when the model
+    provides the ``purchase_probability`` hook; None otherwise."""
+    hook = getattr(state.bundle.model, "purchase_probability", None)
+    if not callable(hook):
+        return None
+    return np.asarray(hook(scores), dtype=np.float64).tolist() if len(scores) else []
 
 
 def member_activity(state: ServingState) -> np.ndarray:

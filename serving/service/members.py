@@ -32,12 +32,13 @@ def member_profile(state: ServingState, member_id: str, top: int = 5, scope: Sco
         per_category[cat] = per_category.get(cat, 0.0) + c
     top_categories = sorted(per_category.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
     last: LastPurchase | None = None
-    today = datetime.now(UTC).date()
-    if live_last:
+    if live_last:  # a purchase received live: counted from today
         p, ts = max(live_last.items(), key=lambda kv: (kv[1], -kv[0]))
         day = datetime.fromtimestamp(ts, UTC).date()
+        today = max(datetime.now(UTC).date(), day)
         last = LastPurchase(product_id=str(state.products.external_ids[p]), name=product_name(state, p),
-                            category=product_category(state, p), date=day.isoformat(), days_ago=(today - day).days)
+                            category=product_category(state, p), date=day.isoformat(), days_ago=(today - day).days,
+                            counted_from=today.isoformat())
     elif state.last_age is not None and 0 <= row < state.last_age.shape[0]:
         ages = state.last_age.getrow(row).tocoo()
         pos = ages.data > 0
@@ -45,9 +46,12 @@ def member_profile(state: ServingState, member_id: str, top: int = 5, scope: Sco
             cols, vals = ages.col[pos], ages.data[pos]
             i = int(np.lexsort((cols, vals))[0])
             p = int(cols[i])
+            # the model's history ends at its as-of date: days are counted from there, not from
+            # today (a 2001 bundle said "9441 days ago")
             day = state.as_of - timedelta(days=int(vals[i]))
             last = LastPurchase(product_id=str(state.products.external_ids[p]), name=product_name(state, p),
-                                category=product_category(state, p), date=day.isoformat(), days_ago=(today - day).days)
+                                category=product_category(state, p), date=day.isoformat(), days_ago=int(vals[i]),
+                                counted_from=state.as_of.isoformat())
     return MemberProfile(
         member_id=member_id,
         model_version=state.info.version,
@@ -57,4 +61,5 @@ def member_profile(state: ServingState, member_id: str, top: int = 5, scope: Sco
         products_bought=len(bought),
         top_categories=[CategoryShare(category=c, purchases=v) for c, v in top_categories],
         last_purchase=last,
+        as_of=state.as_of.isoformat(),
     )

@@ -231,13 +231,21 @@ export function renderResult(result, req, resp) {
     }));
 
   const top = resp.members.slice(0, 15);
+  // merchandisers read the purchase probability; the raw model score stays in the CSV export
+  const calibrated = top.length > 0 && top.every((m) => m.probability !== null && m.probability !== undefined);
+  const valueHead = calibrated ? "购买概率 Purchase probability" : "排序得分 Ranking score (not a probability)";
   const members = h("div", { class: "card" },
     h("h3", {}, `会员名单（前 ${top.length} 名） Members (top ${top.length} of ${resp.members.length})`),
     h("table", { class: "table compact", "data-testid": "audience-members" },
-      h("thead", {}, h("tr", {}, h("th", {}, "排名 Rank"), h("th", {}, "会员 Member"), h("th", {}, "得分 Score"))),
+      h("thead", {}, h("tr", {}, h("th", {}, "排名 Rank"), h("th", {}, "会员 Member"), h("th", {}, valueHead))),
       h("tbody", {}, ...top.map((m, i) => h("tr", {},
         h("td", { class: "num" }, i + 1),
         h("td", {}, h("a", { href: `#member?id=${encodeURIComponent(m.member_id)}` }, m.member_id)),
-        h("td", { class: "num" }, fmt(m.score, 4)))))));
+        calibrated
+          ? h("td", { class: "num", "data-value": m.probability }, `${fmt(100 * m.probability, 1)}%`)
+          : h("td", { class: "num", "data-value": m.score }, fmt(m.score, 4)))))),
+    h("p", { class: "muted small" }, calibrated
+      ? "购买概率由模型校准；导出的 CSV 另含模型原始得分。 Probabilities are the model's calibrated estimates; the CSV export also carries the raw model score."
+      : "当前模型未提供校准概率：得分只用于排序。 The model gives no calibrated probabilities: the score only ranks members."));
   result.append(head, compare, charts, members);
 }

@@ -61,7 +61,9 @@ async function show(out, id, mode) {
           h("span", { "data-testid": "purchases" }, `${fmt(profile.purchases, 0)}（${profile.products_bought} 种商品 products）`)),
         h("div", { class: "tag-row", "data-testid": "last-purchase" }, h("span", { class: "tag-name" }, "最近购买 Last purchase"),
           last ? h("span", {}, `${last.name || last.product_id}（${last.product_id}）`,
-            last.date ? h("span", { class: "muted" }, ` ${last.date}，${last.days_ago} 天前 days ago`) : null)
+            last.date ? h("span", { class: "muted", "data-testid": "last-purchase-when" },
+              ` ${last.date}，数据截至 ${last.counted_from} 前 ${last.days_ago} 天 — ${last.days_ago} days before ${last.counted_from}`
+              + (last.counted_from === profile.as_of ? "（模型数据截止日 the model's data as-of date）" : "（今天 today）")) : null)
             : h("span", { class: "muted" }, "—"))),
       h("div", { "data-testid": "top-categories" }, h("h3", {}, "常购类目 Top categories"),
         profile.top_categories.length
