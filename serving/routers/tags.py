@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from serving.deps import State, get_caller
+from serving.deps import State, errors, get_caller
 from serving.keys import Principal
-from serving.schemas import ErrorResponse, TagsResponse
+from serving.schemas import TagsResponse
 from serving.service import tags as tag_service
 
-router = APIRouter(tags=["tags"], responses={401: {"model": ErrorResponse}})
+router = APIRouter(tags=["tags"], responses=errors(401, 503))
 
 
 @router.get("/v1/tags", summary="Member and product tags of the served model: names, labels, values (any key)")
