@@ -6,6 +6,7 @@ truth is what members known at the cutoff bought in the test window.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -78,6 +79,8 @@ def evaluate_audiences(
     min_buyers_known: int = 5,
     min_buyers_new: int = 3,
     reference: Recommender | np.ndarray | None = None,
+    progress: Callable[..., None] | None = None,
+    batch: int = 500,
 ) -> dict[str, float]:
     """Product -> person: for every product bought in the test window by enough known members,
     rank all members; recall@N is the share of its test buyers inside the top N.
@@ -85,7 +88,8 @@ def evaluate_audiences(
     Reported separately for products sold before the cutoff (``known_``) and never sold before
     (``new_``), with lift over a random audience (N / n_members) and, when ``reference`` is given
     (a model, or a fixed member ranking such as the most active members first), over that
-    audience.
+    audience. ``progress(done, total)`` is called as products are scored, ``batch`` at a time
+    (the audiences are the same whatever the batch).
     """
     buyers = sp.csc_matrix(truth)
     n_buyers = np.diff(buyers.indptr)
@@ -98,11 +102,21 @@ def evaluate_audiences(
     truth_t = sp.csr_matrix(buyers.T)  # products x members
     out: dict[str, float] = {}
     nmax = min(max(sizes), n_members)
+    total = sum(len(p) for p in groups.values())
+    done = 0
+    if progress is not None:
+        progress(0, total)
     for group, products in groups.items():
         out[f"audience_{group}_n_products"] = float(len(products))
         if len(products) == 0:
             continue
-        top, _ = model.audience(products, n=nmax)
+        parts = []
+        for start in range(0, len(products), batch):
+            parts.append(model.audience(products[start : start + batch], n=nmax)[0])
+            done += len(parts[-1])
+            if progress is not None:
+                progress(done, total)
+        top = np.concatenate(parts)
         ref_top = None
         if isinstance(reference, Recommender):
             ref_top = reference.audience(products, n=nmax)[0]

@@ -26,6 +26,7 @@ from recsys.precompute import DEFAULT_N, PreRanked, pre_rank
 from training.config import TrainConfig
 from training.data import DataPaths, load_split, snapshot_tags
 from training.evaluate import evaluate_audiences, evaluate_picks
+from training.progress import Reporter
 
 # beside every tag of the snapshot (recsys.tags), the bundle's member and product tables carry these
 BUNDLE_MEMBER_COLUMNS = ("recency_days", "frequency", "monetary", "last_purchase", "top_categories")
@@ -106,13 +107,20 @@ def fit_and_evaluate(
     ``timings``: ``evaluate_s`` is the wall time from the fitted model to every metric of the
     split (pre-ranking included when asked); the parts, which overlap, have their own keys."""
     console = console or Console(stderr=True)
+    with Reporter(console) as progress:
+        return _fit_and_evaluate(cfg, progress, on_iteration, rank_all, nbr_job)
+
+
+def _fit_and_evaluate(
+    cfg: TrainConfig, progress: Reporter, on_iteration: Any, rank_all: bool, nbr_job: ChildRun | None,
+) -> TrainResult:
     timings: dict[str, float] = {}
     paths = DataPaths(cfg.data.canonical, cfg.data.features)
     ev = cfg.evaluation
     if nbr_job is None:
         nbr_job = start_next_basket(cfg)
     t0 = time.perf_counter()
-    with console.status("loading the split"):
+    with progress.stage("loading the split"):
         data, split = load_split(paths, cfg.data.cutoff, cfg.data.test_end)
     timings["load_s"] = time.perf_counter() - t0
     params = cfg.model_params()
@@ -121,7 +129,8 @@ def fit_and_evaluate(
         model.on_iteration = on_iteration
     start_spark(cfg)
     t0 = time.perf_counter()
-    with console.status(f"fitting {cfg.model.name} on {data.n_members:,} members x {data.n_products:,} products"):
+    with progress.stage(f"fitting {cfg.model.name} on {data.n_members:,} members x {data.n_products:,} products "
+                        f"({len(data.interactions.member):,} purchase occasions)"):
         model.fit(data)
     timings["fit_s"] = time.perf_counter() - t0
 
@@ -140,21 +149,26 @@ def fit_and_evaluate(
     # else, and both spend their time in NumPy / SciPy / LightGBM calls that release the GIL: two
     # threads keep both cores busy once the next-basket process is done.
     t0 = time.perf_counter()
-    what = f"ranking every member's top {DEFAULT_N} picks and evaluating audiences" if rank_all else "evaluating audiences"
-    with console.status(what), ThreadPoolExecutor(2 if rank_all else 1) as pool:
-        ranked = pool.submit(timed, "pre_rank_s", pre_rank, model) if rank_all else None
+    def staged(key: str, name: str, total: int | None, unit: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        with progress.stage(name, total=total, unit=unit) as update:  # in the thread that does the work
+            return timed(key, fn, *args, progress=update, **kwargs)
+
+    with ThreadPoolExecutor(2 if rank_all else 1) as pool:
+        ranked = pool.submit(staged, "pre_rank_s", f"ranking every member's top {DEFAULT_N} picks", data.n_members,
+                             "members", pre_rank, model) if rank_all else None
         audiences = pool.submit(
-            timed, "evaluate_audiences_s", evaluate_audiences, model, truth, seen,
-            sizes=tuple(ev.audience_sizes), min_buyers_known=ev.min_buyers_known,
+            staged, "evaluate_audiences_s", "evaluating audiences", None, "products", evaluate_audiences, model,
+            truth, seen, sizes=tuple(ev.audience_sizes), min_buyers_known=ev.min_buyers_known,
             min_buyers_new=ev.min_buyers_new, reference=reference,
         )
         lists = ranked.result() if ranked is not None else None
-        metrics = timed("evaluate_picks_s", evaluate_picks, model, truth, seen, ks=tuple(ev.ks), pre_ranked=lists)
+        with progress.stage("evaluating picks"):
+            metrics = timed("evaluate_picks_s", evaluate_picks, model, truth, seen, ks=tuple(ev.ks), pre_ranked=lists)
         metrics.update(audiences.result())
     timings["evaluate_s"] = time.perf_counter() - t0  # wall time of the three together
     if ev.next_basket:
         t0 = time.perf_counter()
-        with console.status("next-basket protocol"):
+        with progress.stage("next-basket protocol (its own process, started with the run)"):
             nbr_metrics, timings["next_basket_s"] = (
                 nbr_job.result() if nbr_job is not None else next_basket_run(cfg.model_dump(mode="json"))
             )
@@ -284,7 +298,7 @@ def run_training(cfg: TrainConfig, config_path: Path | None = None, tracking_uri
         with tempfile.TemporaryDirectory() as tmp:
             bundle_dir = build_bundle(cfg, result, Path(tmp) / "bundle", tracker.run_id)
             if cfg.mlflow.register:
-                with console.status("registering the model"):
+                with Reporter(console) as progress, progress.stage("registering the model"):
                     mv = log_bundle_model(tracker, bundle_dir, cfg.mlflow.registered_model)
                 result.version = str(mv.version)
                 primary = result.metrics.get(cfg.evaluation.primary_metric, float("nan"))
