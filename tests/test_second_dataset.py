@@ -297,3 +297,16 @@ def test_bad_noise_options_are_one_line_errors(tmp_path: Path) -> None:
     result = runner.invoke(app, ["data", "synth", "--raw", "--out", str(tmp_path / "y"),
                                  "--dirty-lines", "-1"])
     assert result.exit_code == 2 and "dirty_lines must be an integer >= 0" in result.output
+
+
+def test_training_reports_its_stages_in_the_log(run: SimpleNamespace) -> None:
+    # not a terminal (as in CI or nohup): a timestamped line per stage start and end, with counts
+    import re
+
+    lines = [line for line in run.outputs["train"].splitlines() if re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line)]
+    text = "\n".join(lines)
+    for stage in ("loading the split", "fitting simple_blend", "evaluating audiences", "evaluating picks"):
+        assert re.search(rf"{stage}.* \.\.\.$", text, re.M), stage
+        assert re.search(rf"{stage}.*: .*done in \d", text), stage
+    assert re.search(r"evaluating audiences: [\d,]+ products done in", text)
+    assert re.search(r"ranking every member.s top 100 picks: [\d,]+ members done in", text)
