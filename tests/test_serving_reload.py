@@ -268,5 +268,7 @@ def test_release_memory_returns_freed_pages() -> None:
     freed = rss_mb()  # glibc gives back only what lies at the top of a heap by itself
     assert release_memory() is True  # glibc
     after = rss_mb()
-    assert after - base < 0.2 * (peak - base), (base, peak, freed, after)  # the rest handed back now
+    # the trim handed pages back (glibc alone returned only what lay at the top of a heap), and
+    # what the blocks took is mostly gone (the process's other memory moves a little meanwhile)
+    assert after < freed - 20 and after - base < 0.5 * (peak - base), (base, peak, freed, after)
     assert len(pin) == 1
