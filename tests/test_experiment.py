@@ -7,6 +7,7 @@ trial scores do not move when February changes); the report command writes every
 
 from __future__ import annotations
 
+import json
 import shutil
 import tomllib
 from datetime import date, datetime
@@ -292,6 +293,7 @@ def tiny_report_config(shop: Path, tmp_path: Path) -> Path:
     raw = tomllib.loads((REPO / "experiments" / "configs" / "report.toml").read_text())
     raw["data"].update(dataset="shop", data_dir=shop.as_posix())
     raw["evaluation"].update(audience_sizes=[20, 50, 100])
+    raw["user_split"] = {"folds": 2, "seed": 0}  # the protocol's folds, fewer of them
     if "next_basket_process" in EvaluationConfig.model_fields:
         raw["evaluation"]["next_basket_process"] = False  # a spawned interpreter per row costs more than a tiny row
     for row in raw["rows"]:
@@ -340,18 +342,51 @@ def test_report_writes_every_row_of_every_table(shop: Path, tmp_path: Path, stor
         rows = plain(table_rows(section(f"Product → person: audiences for products {group}")))
         assert rows == [RANDOM, MOST_ACTIVE, *labels("audiences")]
     assert "Skipped (config not found): sweep best, hybrid, swept." in text  # optional rows without their config
-    # the rows marked for it, again on the validation window, beside their test figures
-    val = section("The same rows on the validation window")
+    # the rows marked for it, again on each validation window, with their mean, beside their test figures
+    val = section("The same rows on the validation windows")
     want = [r.label for r in cfg.rows if r.validation and not r.optional]
-    assert len(want) >= 3 and plain(table_rows(val)) == want
-    for line in [x for x in val.splitlines() if x.startswith("| ")][2:]:
-        cells = [c.strip() for c in line.split("|")[2:-1]]
-        assert len(cells) == 8 and all(np.isfinite(float(c)) for c in cells[:4]), line
+    assert len(want) >= 3 and [w.label for w in cfg.validation] == ["2000-12", "2001-01"]
+    subtables = val.split("\n**")[1:]
+    assert [t.split("**")[0] for t in subtables] == [
+        "Recall@10", "NDCG@10", "known products: lift vs most-active@50", "never-sold products: lift vs most-active@50"]
+    for sub in subtables:
+        assert plain(table_rows(sub)) == want
+        for line in [x for x in sub.splitlines() if x.startswith("| ")][2:]:
+            cells = [float(c.strip()) for c in line.split("|")[2:-1]]
+            assert len(cells) == 4 and all(np.isfinite(cells)), line
+            assert cells[2] == pytest.approx((cells[0] + cells[1]) / 2, abs=0.0051)  # the mean of the two
+    for line in [x for x in subtables[0].splitlines() if x.startswith("| ")][2:]:
         label = line.split("|")[1].strip()
         if plain([label])[0] in labels("picks"):  # Recall@10 on the test window: the picks table's
             test_row = next(x for x in section("Person → product: temporal split").splitlines()
                             if x.startswith(f"| {label} |"))
-            assert cells[1] == test_row.split("|")[2].strip()
+            assert line.split("|")[5].strip() == test_row.split("|")[2].strip()
+    # the published user split: every row asked for it, mean ± sd over the folds
+    us = section("Person → product: next-basket protocol, the published user split")
+    assert plain(table_rows(us)) == labels("user_split")
+    assert "TIFUKNN" in labels("user_split") and "±" in us
+    # quality.json: every figure as records, the same numbers as the tables
+    quality = json.loads((out.parent / "results" / "quality.json").read_text())
+    recs = quality["records"]
+    hybrid_feb = next(r for r in recs if r["protocol"] == "temporal" and r["window"] == "2001-02"
+                      and r["model"] == "hybrid")
+    feb_row = next(x for x in section("Person → product: temporal split").splitlines() if x.startswith("| hybrid "))
+    assert f"{hybrid_feb['recall@10']:.3f}" == feb_row.split("|")[2].strip()
+    windows = {r["window"] for r in recs if r["protocol"] == "temporal" and r["model"] == "hybrid"}
+    assert windows == {"2000-12", "2001-01", "2001-02", "validation_mean"}
+    mean = next(r for r in recs if r["protocol"] == "temporal" and r["window"] == "validation_mean"
+                and r["model"] == "hybrid")
+    per = [r["recall@10"] for r in recs if r["protocol"] == "temporal" and r["model"] == "hybrid"
+           and r["window"] in ("2000-12", "2001-01")]
+    assert mean["recall@10"] == pytest.approx(sum(per) / 2)
+    kinds = {(r["model"], r["kind"]) for r in recs if r["protocol"] == "audience" and r["window"] == "2001-02"}
+    assert {("hybrid", "sold"), ("hybrid", "never_sold"), (MOST_ACTIVE, "sold"), ("category buyers", "never_sold")} <= kinds
+    active = next(r for r in recs if r["protocol"] == "audience" and r["model"] == MOST_ACTIVE and r["kind"] == "sold"
+                  and r["window"] == "2001-02")
+    assert active["lift_most_active"] == pytest.approx(1.0)
+    assert {r["model"] for r in recs if r["protocol"] == "user_split"} == set(labels("user_split"))
+    assert all("recall@10_sd" in r and r["folds"] == 2 for r in recs if r["protocol"] == "user_split")
+    assert {r["model"] for r in recs if r["protocol"] == "next_basket"} == set(labels("next_basket"))
     targets = section("Targets")
     for t in cfg.targets:
         assert t.text in targets
@@ -376,7 +411,7 @@ def test_report_writes_every_row_of_every_table(shop: Path, tmp_path: Path, stor
     test_runs = [r.data.tags["report.row"] for r in rows if "report.window" not in r.data.tags]
     val_runs = [r.data.tags["report.row"] for r in rows if r.data.tags.get("report.window") == "validation"]
     assert sorted(test_runs) == sorted(r.label for r in cfg.rows if not r.optional)
-    assert sorted(val_runs) == sorted(want)
+    assert sorted(val_runs) == sorted(want * 2)  # once per validation window
 
 
 def test_report_rows_option_and_unknown_rows(shop: Path, tmp_path: Path, store: str) -> None:
@@ -398,4 +433,13 @@ def test_validation_rows_need_a_validation_window(tmp_path: Path) -> None:
     path = tmp_path / "report.toml"
     path.write_text(dumps_toml(raw))
     with pytest.raises(InputError, match=r"validation = true need a \[validation\] window"):
+        ReportConfig.from_toml(path)
+
+
+def test_validation_windows_must_end_before_the_test_window(tmp_path: Path) -> None:
+    raw = tomllib.loads((REPO / "experiments" / "configs" / "report.toml").read_text())
+    raw["validation"].append({"cutoff": date(2001, 2, 1), "end": date(2001, 3, 1)})
+    path = tmp_path / "report.toml"
+    path.write_text(dumps_toml(raw))
+    with pytest.raises(InputError, match=r"ends after the test window starts"):
         ReportConfig.from_toml(path)

@@ -26,25 +26,39 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from rich.console import Console
 
 from recsys.errors import InputError
 from training.config import DataConfig, EvaluationConfig, ModelConfig, TrainConfig, load_toml
+from training.windows import (
+    VALIDATION_MEAN,
+    Window,
+    as_windows,
+    check_windows,
+    ensure_features,
+    validation_mean,
+)
 
-Table = Literal["picks", "next_basket", "audiences"]
+Table = Literal["picks", "next_basket", "user_split", "audiences"]
 RANDOM, MOST_ACTIVE = "random", "most-active members"
 
 PROTOCOLS = {
     "picks": "temporal split: train before {cutoff}, test [{cutoff}, {end}) of members known at the cutoff; "
              "replenish mode; Recall@k = hits / min(k, |truth|), NDCG binary gains with ideal over min(k, |truth|)",
     "next_basket": "next-basket protocol: basket = member + day, members with 3-50 baskets, last basket is the "
-                   "target, products in < 3 history baskets removed; Recall@k = hits / |target|, NDCG ideal over "
-                   "the whole target, PHR = hit rate",
+                   "target, products in < 3 history baskets removed, each member's history aged as of the day after "
+                   "their last history basket (nothing of the target's date or items reaches a model); "
+                   "Recall@k = hits / |target|, NDCG ideal over the whole target, PHR = hit rate",
+    "user_split": "the same baskets, the published user split: members shuffled into {train:.0%} / {val:.0%} / "
+                  "{test:.0%} train / validation / test in each of {folds} folds (fixed seeds); models learn from "
+                  "every member's history and the train members' full sequences; metrics over the test members, "
+                  "mean ± sd over the folds; NDCG with the ideal over the whole target (the paper's) and capped "
+                  "at min(k, |target|)",
     "audiences": "temporal split as for picks; every product bought in the test window by >= {known} known "
                  "members (never sold before the cutoff: >= {new}) ranks all training members; recall@N = share "
                  "of its test buyers in the top N; lifts over a random audience (N / members) and over the N "
@@ -75,7 +89,7 @@ class ReportRow(_Strict):
 
 
 class Published(_Strict):
-    table: Literal["picks", "next_basket", "audiences_known", "audiences_new"]
+    table: Literal["picks", "next_basket", "user_split", "audiences_known", "audiences_new"]
     method: str
     protocol: str  # how the published figure was measured
     ours: str | None = None  # the label of our matching row (or "random" / "most-active members")
@@ -92,6 +106,8 @@ class Target(_Strict):
     sweep: str | None = None  # kind = "sweep": the sweep's name
     min_trials: int = 50
     max_minutes: float = 30.0
+    # where the metric must hold: the test window, the validation windows' mean, or both
+    on: Literal["test", "validation_mean", "both"] = "test"
 
 
 class ReportSettings(_Strict):
@@ -102,21 +118,32 @@ class ReportSettings(_Strict):
     sweep_experiment: str | None = None  # where sweeps are looked up; default "<experiment>-sweeps"
     sweeps: list[str] = []  # sweep names whose newest finished run the report summarises
     notes: list[str] = []
+    # every figure of the report as records (protocol, window, model, metrics), beside the report
+    quality_json: str = "results/quality.json"
 
 
-class Window(_Strict):
-    cutoff: date  # train before it
-    end: date  # test on [cutoff, end)
+class UserSplitSettings(_Strict):
+    folds: int = 5
+    seed: int = 0
+    shares: tuple[float, float, float] = (0.72, 0.08, 0.20)
 
 
 class ReportConfig(_Strict):
     report: ReportSettings = ReportSettings()
     data: DataConfig
-    validation: Window | None = None  # the window sweeps tune on, for rows with validation = true
+    # the rolling-origin validation windows every choice is made on (sweeps optimise their mean),
+    # for rows with validation = true; one table or an array of tables
+    validation: list[Window] = []
     evaluation: EvaluationConfig = EvaluationConfig(ks=[1, 5, 10, 20], audience_sizes=[100, 500, 1000, 2000, 5000])
+    user_split: UserSplitSettings = UserSplitSettings()
     rows: list[ReportRow]
     published: list[Published] = []
     targets: list[Target] = []
+
+    @field_validator("validation", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return as_windows(value)
 
     @model_validator(mode="after")
     def _labels(self) -> ReportConfig:
@@ -124,8 +151,11 @@ class ReportConfig(_Strict):
         dupes = sorted({x for x in labels if labels.count(x) > 1})
         if dupes:
             raise ValueError(f"row labels must be unique; repeated: {', '.join(dupes)}")
-        if self.validation is None and any(r.validation for r in self.rows):
+        if not self.validation and any(r.validation for r in self.rows):
             raise ValueError("rows with validation = true need a [validation] window (cutoff, end)")
+        check_windows(self.validation, self.data.cutoff)
+        if any(t.on != "test" for t in self.targets) and not self.validation:
+            raise ValueError("targets on the validation mean need [[validation]] windows")
         known = set(labels) | {RANDOM, MOST_ACTIVE}
         for t in self.targets:
             if t.kind == "sweep":
@@ -167,15 +197,57 @@ class ReportResult:
     plots: list[Path]
     skipped: list[str]
     wall_s: float
-    validation: dict[str, RowResult] = field(default_factory=dict)
+    # window label -> row label -> the row fitted and evaluated on that validation window
+    validation: dict[str, dict[str, RowResult]] = field(default_factory=dict)
+    quality_path: Path | None = None
 
 
 # ----------------------------------------------------------------------------- running the rows
-def validation_config(cfg: ReportConfig, tc: TrainConfig) -> TrainConfig:
-    """A row's config moved to the validation window (picks and audiences, no next-basket run)."""
-    assert cfg.validation is not None
-    data = cfg.data.model_copy(update={"cutoff": cfg.validation.cutoff, "test_end": cfg.validation.end})
+def validation_config(cfg: ReportConfig, tc: TrainConfig, window: Window) -> TrainConfig:
+    """A row's config moved to a validation window (picks and audiences, no next-basket run)."""
+    data = cfg.data.model_copy(update={"cutoff": window.cutoff, "test_end": window.end})
     return tc.model_copy(update={"data": data, "evaluation": tc.evaluation.model_copy(update={"next_basket": False})})
+
+
+def validation_means(cfg: ReportConfig, validation: dict[str, dict[str, RowResult]]) -> dict[str, dict[str, float]]:
+    """Row label -> the mean of each metric over the validation windows (rows fitted on all of them)."""
+    labels = list(dict.fromkeys(label for per in validation.values() for label in per))
+    out = {}
+    for label in labels:
+        per = {w: rows[label].metrics for w, rows in validation.items() if label in rows}
+        if len(per) == len(cfg.validation):
+            out[label] = validation_mean(per)
+    return out
+
+
+def run_user_split(cfg: ReportConfig, rows: list[ReportRow], configs: dict[str, TrainConfig | None],
+                   console: Console) -> dict[str, tuple[dict[str, float], float]]:
+    """The published user split for ``rows``: the next-basket data loaded once, the same folds for
+    every row; per row the ``us_`` metrics (mean, ``_sd`` over folds) and the seconds it took."""
+    from recsys.models import get_model
+    from training.data import DataPaths
+    from training.next_basket import evaluate_user_split, load_next_basket, user_split_folds
+    from training.pipeline import protocol_params
+
+    paths = DataPaths(cfg.data.canonical, cfg.data.features)
+    data = load_next_basket(paths.transactions, paths.canonical / "products.parquet")
+    us = cfg.user_split
+    folds = user_split_folds(data.n_members, us.folds, us.seed, us.shares)
+    out: dict[str, tuple[dict[str, float], float]] = {}
+    for row in rows:
+        tc = configs[row.label]
+        if tc is None:
+            continue
+        params = protocol_params(tc.model_params(), last_basket=True, audiences=False)
+        cls = get_model(tc.model.name)
+        t0 = time.perf_counter()
+        console.print(f"[user split] {row.label}: {us.folds} folds", highlight=False)
+        res = evaluate_user_split(lambda cls=cls, params=params: cls(params), data, folds, tuple(cfg.evaluation.ks))
+        metrics = {f"us_{k}": v for k, v in res["mean"].items()}
+        metrics.update({f"us_{k}_sd": v for k, v in res["sd"].items()})
+        metrics["us_n_members"] = float(data.n_members)
+        out[row.label] = (metrics, time.perf_counter() - t0)
+    return out
 
 
 def row_config(cfg: ReportConfig, row: ReportRow) -> TrainConfig | None:
@@ -217,6 +289,7 @@ def run_report(
         missing = sorted(set(only) - {r.label for r in cfg.rows})
         raise InputError(f"--rows: no row named {', '.join(map(repr, missing))}; rows: {', '.join(r.label for r in cfg.rows)}")
     configs = {r.label: row_config(cfg, r) for r in wanted}  # every row checked before the first fit
+    ensure_features(cfg.data.data_dir, cfg.data.dataset, cfg.data.cutoff)
     skipped = [label for label, c in configs.items() if c is None]
     results: dict[str, RowResult] = {}
     with Tracker(cfg.report.experiment, run_name="report", tracking_uri=tracking_uri) as parent:
@@ -244,21 +317,29 @@ def run_report(
             console.print(f"      fit {t.get('fit_s', 0):.1f}s, evaluate {t.get('evaluate_s', 0):.1f}s"
                           + (f", next-basket {t['next_basket_s']:.1f}s" if "next_basket_s" in t else ""),
                           highlight=False)
-        validation: dict[str, RowResult] = {}
+        us_rows = [r for r in wanted if "user_split" in r.tables and configs[r.label] is not None]
+        if us_rows:
+            for label, (metrics, seconds) in run_user_split(cfg, us_rows, configs, console).items():
+                results[label].metrics.update(metrics)
+                results[label].timings["user_split_s"] = seconds
+        validation: dict[str, dict[str, RowResult]] = {}
         val_rows = [r for r in wanted if r.validation and configs[r.label] is not None]
-        for i, row in enumerate(val_rows, 1):
-            tc = validation_config(cfg, configs[row.label])
-            console.print(f"[validation {i}/{len(val_rows)}] {row.label} on [{tc.data.cutoff}, {tc.data.test_end})",
-                          highlight=False)
-            with Tracker(cfg.report.experiment, run_name=f"{row.label} (validation)", tracking_uri=tracking_uri,
-                         nested=True) as run:
-                run.set_tags({"report.row": row.label, "report.window": "validation",
-                              "report.parent_run": parent.run_id})
-                res = fit_and_evaluate(tc, console)
-                run.log_metrics({**res.metrics, **res.timings})
-            validation[row.label] = RowResult(row, tc.model.name, tc.model.params, res.metrics, res.timings,
-                                              res.report.get("train", {}))
-        targets = evaluate_targets(cfg, results, tracking_uri)
+        for window in cfg.validation:
+            ensure_features(cfg.data.data_dir, cfg.data.dataset, window.cutoff)
+            validation[window.label] = {}
+            for i, row in enumerate(val_rows, 1):
+                tc = validation_config(cfg, configs[row.label], window)
+                console.print(f"[validation {window.label} {i}/{len(val_rows)}] {row.label} on "
+                              f"[{tc.data.cutoff}, {tc.data.test_end})", highlight=False)
+                with Tracker(cfg.report.experiment, run_name=f"{row.label} (validation {window.label})",
+                             tracking_uri=tracking_uri, nested=True) as run:
+                    run.set_tags({"report.row": row.label, "report.window": "validation",
+                                  "report.window_label": window.label, "report.parent_run": parent.run_id})
+                    res = fit_and_evaluate(tc, console)
+                    run.log_metrics({**res.metrics, **res.timings})
+                validation[window.label][row.label] = RowResult(row, tc.model.name, tc.model.params, res.metrics,
+                                                                res.timings, res.report.get("train", {}))
+        targets = evaluate_targets(cfg, results, tracking_uri, validation)
         sweeps = sweep_sections(cfg, tracking_uri)
         plots_dir = out.parent / cfg.report.plots_dir
         plots = write_plots(cfg, results, plots_dir)
@@ -268,13 +349,16 @@ def run_report(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(markdown)
         parent.log_file(out)
+        quality_path = out.parent / cfg.report.quality_json
+        write_quality(quality_path, cfg, results, validation, git)
+        parent.log_file(quality_path)
         for p in plots:
             parent.log_file(p, artifact_path="plots")
         parent.log_dict(_jsonable({"rows": {k: {"model": r.model, "params": r.params, "tables": r.row.tables,
                                                 "metrics": r.metrics, "timings": r.timings}
                                             for k, r in results.items()},
-                                   "validation": {k: {"metrics": r.metrics, "timings": r.timings}
-                                                  for k, r in validation.items()},
+                                   "validation": {w: {k: {"metrics": r.metrics, "timings": r.timings}
+                                                      for k, r in rows.items()} for w, rows in validation.items()},
                                    "targets": targets, "skipped": skipped}), "report.json")
         summary: dict[str, float] = {"wall_s": wall_s}
         for label, r in results.items():
@@ -286,7 +370,8 @@ def run_report(
             if t["holds"] is not None:
                 summary[f"target_{i}_holds"] = float(t["holds"])
         parent.log_metrics(summary)
-    return ReportResult(out, markdown, parent.run_id, results, targets, plots, skipped, wall_s, validation)
+    return ReportResult(out, markdown, parent.run_id, results, targets, plots, skipped, wall_s, validation,
+                        quality_path)
 
 
 # ----------------------------------------------------------------------------- derived rows and targets
@@ -315,34 +400,70 @@ def metric_of(results: dict[str, RowResult], label: str, metric: str) -> float |
     return None if r is None else r.metrics.get(metric)
 
 
-def evaluate_targets(cfg: ReportConfig, results: dict[str, RowResult], tracking_uri: str | None) -> list[dict[str, Any]]:
+def evaluate_targets(cfg: ReportConfig, results: dict[str, RowResult], tracking_uri: str | None,
+                     validation: dict[str, dict[str, RowResult]] | None = None) -> list[dict[str, Any]]:
+    """Each target checked from the numbers: on the test window, on the validation windows' mean
+    (each window's figure, then their mean), or on both (it holds when it holds on both)."""
     out = []
+    validation = validation or {}
     for t in cfg.targets:
         holds: bool | None
         if t.kind == "sweep":
             holds, detail = _sweep_target(cfg, t, tracking_uri)
-        elif t.kind == "beats_baselines":
-            assert t.row and t.metric
-            mine = metric_of(results, t.row, t.metric)
-            others = {r.label: r.metrics.get(t.metric) for r in results.values()
-                      if r.row.role == "baseline" and t.table in r.row.tables and r.label != t.row}
-            others = {k: v for k, v in others.items() if v is not None}
-            if mine is None or not others:
-                holds, detail = None, f"not measured ({t.row} or the baselines missing)"
+            out.append({"text": t.text, "holds": holds, "detail": detail})
+            continue
+        where = {"test": ["test"], "validation_mean": [VALIDATION_MEAN], "both": [VALIDATION_MEAN, "test"]}[t.on]
+        parts: list[tuple[bool | None, str]] = []
+        for w in where:
+            if w == "test":
+                h, d = _target_on(t, results)
+                parts.append((h, f"test {cfg.data.cutoff:%Y-%m}: {d}" if t.on == "both" else d))
+                continue
+            per = [_target_on(t, rows, value_only=True) for rows in validation.values()]
+            vals = [v for v, _ in per]
+            if not validation or any(v is None for v in vals):
+                parts.append((None, "validation mean: not measured"))
+                continue
+            mean = float(sum(vals) / len(vals))  # type: ignore[arg-type]
+            windows = ", ".join(f"{w} {v:.4f}" for w, v in zip(validation, vals, strict=True))
+            if t.kind == "beats_baselines":
+                best = [d for _, d in per]
+                holds_v = all(b is not None and v > b for v, b in zip(vals, best, strict=True))  # type: ignore[operator]
+                parts.append((holds_v, f"validation: {t.row} {t.metric} {windows} vs best baselines "
+                                       + ", ".join(f"{b:.4f}" for b in best if b is not None)))
             else:
-                best_label = max(others, key=lambda k: others[k])
-                holds = mine > others[best_label]
-                detail = f"{t.row} {t.metric} = {mine:.4f}; best baseline {best_label} = {others[best_label]:.4f}"
-        else:
-            assert t.row and t.metric and t.value is not None
-            v = metric_of(results, t.row, t.metric)
-            if v is None:
-                holds, detail = None, f"not measured ({t.row} {t.metric} missing)"
-            else:
-                holds = v >= t.value
-                detail = f"{t.row} {t.metric} = {v:.4f} (target >= {t.value:g})"
-        out.append({"text": t.text, "holds": holds, "detail": detail})
+                assert t.value is not None
+                parts.append((mean >= t.value, f"validation mean {mean:.4f} ({windows})"))
+        states = [h for h, _ in parts]
+        holds = None if any(h is None for h in states) else all(states)
+        if t.on == "both" and any(h is None for h in states) and any(h is False for h in states):
+            holds = False
+        out.append({"text": t.text, "holds": holds, "detail": "; ".join(d for _, d in parts)})
     return out
+
+
+def _target_on(t: Target, results: dict[str, RowResult], value_only: bool = False) -> tuple[Any, Any]:
+    """One target on one window's rows: ``(holds, detail)``, or with ``value_only`` ``(the row's
+    value, the best baseline's value for beats_baselines else None)``."""
+    assert t.row and t.metric
+    mine = metric_of(results, t.row, t.metric)
+    if t.kind == "beats_baselines":
+        others = {r.label: r.metrics.get(t.metric) for r in results.values()
+                  if r.row.role == "baseline" and t.table in r.row.tables and r.label != t.row}
+        others = {k: v for k, v in others.items() if v is not None}
+        if mine is None or not others:
+            return (None, None) if value_only else (None, f"not measured ({t.row} or the baselines missing)")
+        best_label = max(others, key=lambda k: others[k])
+        if value_only:
+            return mine, others[best_label]
+        return (mine > others[best_label],
+                f"{t.row} {t.metric} = {mine:.4f}; best baseline {best_label} = {others[best_label]:.4f}")
+    assert t.value is not None
+    if value_only:
+        return mine, None
+    if mine is None:
+        return None, f"not measured ({t.row} {t.metric} missing)"
+    return mine >= t.value, f"{t.row} {t.metric} = {mine:.4f} (target >= {t.value:g})"
 
 
 def latest_sweep(cfg: ReportConfig, name: str, tracking_uri: str | None) -> Any:
@@ -430,6 +551,112 @@ def sweep_sections(cfg: ReportConfig, tracking_uri: str | None) -> list[str]:
             lines += [_md_table(["model", "trials", "pruned", f"best {metric} (validation)", "its params"], rows,
                                 text_last=True), ""]
     return lines
+
+
+# ----------------------------------------------------------------------------- quality.json
+AUDIENCE_KINDS = (("sold", "known"), ("never_sold", "new"), ("never_sold_attributes", "attr"))
+
+
+def _picks_record(m: dict[str, float], ks: list[int], prefix: str = "") -> dict[str, float]:
+    keys = [f"{x}@{k}" for k in ks for x in ("recall", "ndcg", "map", "hit_rate")]
+    keys += [f"ndcg_capped@{k}" for k in ks] + [f"repeat_recall@{k}" for k in ks] + [f"new_recall@{k}" for k in ks]
+    out = {k: m[f"{prefix}{k}"] for k in keys if f"{prefix}{k}" in m}
+    if f"{prefix}n_queries" in m:
+        out["n_members"] = m[f"{prefix}n_queries"]
+    return out
+
+
+def _audience_record(rows: dict[str, RowResult], label: str, group: str, sizes: list[int]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for n in sizes:
+        for key, name in (("recall", f"recall@{n}"), ("lift_most_active", f"lift_most_active@{n}"),
+                          ("lift_random", f"lift_random@{n}"), ("expected_over_actual", f"expected_over_actual@{n}")):
+            v = metric_of(rows, label, f"audience_{group}_{key}@{n}")
+            if v is not None and math.isfinite(v):
+                out[name] = v
+    head = 1000 if 1000 in sizes else sizes[len(sizes) // 2]
+    for key in ("lift_most_active", "lift_random", "expected_over_actual"):
+        if f"{key}@{head}" in out:
+            out[key] = out[f"{key}@{head}"]
+    r = rows.get(label)
+    if r is not None and f"audience_{group}_n_products" in r.metrics:
+        out["n_products"] = r.metrics[f"audience_{group}_n_products"]
+    return out
+
+
+def quality_records(cfg: ReportConfig, results: dict[str, RowResult],
+                    validation: dict[str, dict[str, RowResult]]) -> list[dict[str, Any]]:
+    """Every figure of the report as flat records: ``protocol`` (temporal, next_basket, user_split,
+    audience), ``window`` (a month ``YYYY-MM``, ``validation_mean``, or the protocol's own name),
+    ``model`` (the row's label), the audience ``kind`` (sold, never_sold, never_sold_attributes), and
+    the metrics."""
+    ks = sorted(cfg.evaluation.ks)
+    sizes = sorted(cfg.evaluation.audience_sizes)
+    windows = {**validation, f"{cfg.data.cutoff:%Y-%m}": results}
+    per_window: list[dict[str, Any]] = []
+    for w, rows in windows.items():
+        for label, r in rows.items():
+            base = {"window": w, "model": label, "model_name": r.model, "role": r.row.role}
+            if "picks" in r.row.tables:
+                per_window.append({"protocol": "temporal", **base, **_picks_record(r.metrics, ks)})
+            if "audiences" in r.row.tables:
+                for kind, group in AUDIENCE_KINDS:
+                    rec = _audience_record(rows, label, group, sizes)
+                    if any(k.startswith("recall@") for k in rec):
+                        per_window.append({"protocol": "audience", **base, "kind": kind, **rec})
+        if any("audiences" in r.row.tables for r in rows.values()):
+            for label in (MOST_ACTIVE, RANDOM):
+                for kind, group in AUDIENCE_KINDS:
+                    rec = _audience_record(rows, label, group, sizes)
+                    if any(k.startswith("recall@") for k in rec):
+                        per_window.append({"protocol": "audience", "window": w, "model": label, "model_name": label,
+                                           "role": "reference", "kind": kind, **rec})
+    out = list(per_window)
+    # the validation windows' mean of every record measured on all of them
+    val = [w for w in validation]
+    if val:
+        groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        for rec in per_window:
+            if rec["window"] in val:
+                groups.setdefault((rec["protocol"], rec["model"], rec.get("kind")), []).append(rec)
+        for (protocol, model, kind), recs in groups.items():
+            if len(recs) != len(val):
+                continue
+            nums = [k for k, v in recs[0].items() if isinstance(v, float | int) and not isinstance(v, bool)]
+            mean = {k: float(sum(r[k] for r in recs) / len(recs)) for k in nums if all(k in r for r in recs)}
+            rec = {"protocol": protocol, "window": VALIDATION_MEAN, "model": model,
+                   "model_name": recs[0]["model_name"], "role": recs[0]["role"], "windows": val}
+            if kind is not None:
+                rec["kind"] = kind
+            out.append({**rec, **mean})
+    for label, r in results.items():
+        base = {"model": label, "model_name": r.model, "role": r.row.role}
+        if "next_basket" in r.row.tables and any(k.startswith("nbr_") for k in r.metrics):
+            out.append({"protocol": "next_basket", "window": "last_basket", **base, **_picks_record(r.metrics, ks, "nbr_")})
+        if "user_split" in r.row.tables and "us_n_queries" in r.metrics:
+            rec = _picks_record(r.metrics, ks, "us_")
+            rec.update({f"{k}_sd": r.metrics[f"us_{k}_sd"] for k in list(rec) if f"us_{k}_sd" in r.metrics})
+            out.append({"protocol": "user_split", "window": f"{cfg.user_split.folds}_folds", **base,
+                        "folds": cfg.user_split.folds, **rec})
+    return out
+
+
+def write_quality(path: Path, cfg: ReportConfig, results: dict[str, RowResult],
+                  validation: dict[str, dict[str, RowResult]], git: dict[str, str] | None = None) -> Path:
+    """``quality.json``: :func:`quality_records` with what produced them."""
+    doc = {
+        "generated": datetime.now().isoformat(timespec="minutes"),
+        "code": (git or {}).get("git.commit"),
+        "dataset": cfg.data.dataset,
+        "test_window": {"label": f"{cfg.data.cutoff:%Y-%m}", "cutoff": cfg.data.cutoff.isoformat(),
+                        "end": cfg.data.test_end.isoformat() if cfg.data.test_end else None},
+        "validation_windows": [{"label": w.label, "cutoff": w.cutoff.isoformat(), "end": w.end.isoformat()}
+                               for w in cfg.validation],
+        "records": quality_records(cfg, results, validation),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_jsonable(doc), indent=1, ensure_ascii=False) + "\n")
+    return path
 
 
 # ----------------------------------------------------------------------------- plots
@@ -538,7 +765,7 @@ def _protocol(cfg: ReportConfig, table: str) -> str:
 
 def render(cfg: ReportConfig, results: dict[str, RowResult], targets: list[dict[str, Any]], plots: list[Path],
            out: Path, run_id: str, wall_s: float, skipped: list[str], config_path: Path | None,
-           sweeps: list[str] | None = None, validation: dict[str, RowResult] | None = None,
+           sweeps: list[str] | None = None, validation: dict[str, dict[str, RowResult]] | None = None,
            git: dict[str, str] | None = None) -> str:
     from training.tracking import git_state
 
@@ -617,6 +844,8 @@ def render(cfg: ReportConfig, results: dict[str, RowResult], targets: list[dict[
                 f"repeat_recall@{k1}", f"new_recall@{k1}")), _f(r.timings.get("next_basket_s"), 1)])
         lines += [_md_table(header, rows), ""]
 
+    lines += user_split_section(cfg, results, ks)
+
     # ---- audiences
     aud = [r for r in results.values() if "audiences" in r.row.tables]
     if aud:
@@ -650,6 +879,7 @@ def render(cfg: ReportConfig, results: dict[str, RowResult], targets: list[dict[
                   "the tables above (same run).", ""]
         for table, title in (("picks", "Temporal split, person → product"),
                              ("next_basket", "Next-basket protocol"),
+                             ("user_split", "Next-basket protocol, the published user split"),
                              ("audiences_known", "Audiences, known products"),
                              ("audiences_new", "Audiences, never-sold products")):
             pubs = [p for p in cfg.published if p.table == table]
@@ -658,6 +888,8 @@ def render(cfg: ReportConfig, results: dict[str, RowResult], targets: list[dict[
             metrics = list(dict.fromkeys(k for p in pubs for k in p.metrics))
             our_protocol = {"picks": "ours: same temporal split and definitions",
                             "next_basket": "ours: the same protocol on all qualifying members",
+                            "user_split": f"ours: mean of {cfg.user_split.folds} folds of our own split of the same "
+                                          "baskets",
                             "audiences_known": "ours: same split, products with >= "
                                                f"{cfg.evaluation.min_buyers_known} test buyers",
                             "audiences_new": "ours: same split, never-sold products with >= "
@@ -693,33 +925,70 @@ def render(cfg: ReportConfig, results: dict[str, RowResult], targets: list[dict[
     return "\n".join(lines)
 
 
-def validation_section(cfg: ReportConfig, results: dict[str, RowResult], validation: dict[str, RowResult],
-                       k: int, n: int) -> list[str]:
-    """The rows fitted on the validation window beside their test-window figures."""
-    if not validation or cfg.validation is None:
+def validation_section(cfg: ReportConfig, results: dict[str, RowResult],
+                       validation: dict[str, dict[str, RowResult]], k: int, n: int) -> list[str]:
+    """The rows fitted on each validation window and their mean, beside their test-window figures."""
+    if not validation or not cfg.validation:
         return []
-    v = cfg.validation
-    lines = [f"## The same rows on the validation window (train before {v.cutoff}, test [{v.cutoff}, {v.end}))", "",
-             "Sweeps tune on this window and never see the test window. Whatever in the default model was chosen "
-             "by hand while looking at the test window has to hold here too: a gain that appears only in the test "
-             "columns is a choice fitted to the test window.", ""]
-    header = ["model", f"Recall@{k} validation", f"Recall@{k} test", f"NDCG@{k} validation", f"NDCG@{k} test",
-              f"known products: lift vs most-active@{n}, validation", "test",
-              f"never-sold: lift vs most-active@{n}, validation", "test"]
-    rows = []
-    for label, val in validation.items():
-        test = results.get(label)
-        tm = test.metrics if test is not None else {}
-        rows.append([_name(val), _f(val.metrics.get(f"recall@{k}")), _f(tm.get(f"recall@{k}")),
-                     _f(val.metrics.get(f"ndcg@{k}")), _f(tm.get(f"ndcg@{k}")),
-                     *(_f(m.get(f"audience_{g}_lift_most_active@{n}"), 2) for g in ("known", "new")
-                       for m in (val.metrics, tm))])
-    lines += [_md_table(header, rows), ""]
-    any_val = next(iter(validation.values()))
-    lines += [f"Validation window: {int(any_val.metrics.get('n_queries', 0)):,} members with a purchase in it; "
-              f"{_count(any_val.metrics.get('audience_known_n_products'), 'sold product')} and "
-              f"{_count(any_val.metrics.get('audience_new_n_products'), 'never-sold product')} with enough buyers "
-              "to be scored.", ""]
+    means = validation_means(cfg, validation)
+    spans = "; ".join(f"{w.label}: train before {w.cutoff}, test [{w.cutoff}, {w.end})" for w in cfg.validation)
+    lines = [f"## The same rows on the validation windows ({spans})", "",
+             "Every choice of the default model is made on the mean of these windows (the sweeps optimise it) and "
+             "never on the test window, which is scored once, after. A gain that appears only in the test column is "
+             "a choice fitted to the test window.", ""]
+    labels = [w.label for w in cfg.validation]
+    test = f"{cfg.data.cutoff:%Y-%m} (test)"
+    for title, key, digits in ((f"Recall@{k}", f"recall@{k}", 3), (f"NDCG@{k}", f"ndcg@{k}", 3),
+                               (f"known products: lift vs most-active@{n}", f"audience_known_lift_most_active@{n}", 2),
+                               (f"never-sold products: lift vs most-active@{n}", f"audience_new_lift_most_active@{n}", 2)):
+        rows = []
+        for label in means:
+            per = [validation[w].get(label) for w in labels]
+            if all(r is None or key not in r.metrics for r in per):
+                continue
+            row = next(r for r in per if r is not None)
+            tm = results[label].metrics if label in results else {}
+            rows.append([_name(row), *(_f(r.metrics.get(key) if r else None, digits) for r in per),
+                         _f(means[label].get(key), digits), _f(tm.get(key), digits)])
+        if rows:
+            lines += [f"**{title}**", "", _md_table(["model", *labels, "validation mean", test], rows), ""]
+    for w in labels:
+        any_val = next(iter(validation[w].values()))
+        lines.append(f"- {w}: {int(any_val.metrics.get('n_queries', 0)):,} members with a purchase in it; "
+                     f"{_count(any_val.metrics.get('audience_known_n_products'), 'sold product')} and "
+                     f"{_count(any_val.metrics.get('audience_new_n_products'), 'never-sold product')} with enough "
+                     "buyers to be scored.")
+    lines.append("")
+    return lines
+
+
+def user_split_section(cfg: ReportConfig, results: dict[str, RowResult], ks: list[int]) -> list[str]:
+    """The published user split: mean ± sd over the folds."""
+    rows = [r for r in results.values() if "user_split" in r.row.tables and "us_n_queries" in r.metrics]
+    if not rows:
+        return []
+    us = cfg.user_split
+    k1 = 10 if 10 in ks else ks[len(ks) // 2]
+    k2 = 20 if 20 in ks else ks[-1]
+    n_q = rows[0].metrics.get("us_n_queries")
+    lines = [f"## Person → product: next-basket protocol, the published user split "
+             f"({int(rows[0].metrics.get('us_n_members', 0)):,} members, ~{int(n_q or 0):,} test members per fold)", "",
+             f"Protocol: {PROTOCOLS['user_split'].format(train=us.shares[0], val=us.shares[1], test=us.shares[2], folds=us.folds)}.",
+             ""]
+
+    def pm(m: dict[str, float], key: str) -> str:
+        v, sd = m.get(f"us_{key}"), m.get(f"us_{key}_sd")
+        return "—" if v is None else f"{v:.3f} ± {sd:.3f}" if sd is not None else f"{v:.3f}"
+
+    header = ["model", f"Recall@{k1}", f"NDCG@{k1}", f"NDCG@{k1} capped", f"PHR@{k1}", f"Recall@{k2}",
+              f"NDCG@{k2}", f"NDCG@{k2} capped", "wall s"]
+    body = [[_name(r), *(pm(r.metrics, x) for x in (f"recall@{k1}", f"ndcg@{k1}", f"ndcg_capped@{k1}",
+                                                      f"hit_rate@{k1}", f"recall@{k2}", f"ndcg@{k2}",
+                                                      f"ndcg_capped@{k2}")),
+             _f(r.timings.get("user_split_s"), 1)] for r in rows]
+    lines += [_md_table(header, body), "",
+              "NDCG: the ideal DCG over the whole target basket (the paper's); *capped*: over min(k, |target|) "
+              "(the temporal split's convention).", ""]
     return lines
 
 
@@ -730,7 +999,7 @@ def _count(n: float | None, noun: str) -> str:
 
 def _short(metric: str) -> str:
     return (metric.replace("audience_known_", "").replace("audience_new_", "").replace("nbr_", "")
-            .replace("recall", "R").replace("ndcg", "NDCG"))
+            .replace("us_", "").replace("hit_rate", "PHR").replace("recall", "R").replace("ndcg", "NDCG"))
 
 
 def _short_value(v: Any) -> str:

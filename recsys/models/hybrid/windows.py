@@ -25,8 +25,11 @@ def label_windows(x: Interactions, p: HybridParams) -> list[tuple[Interactions, 
     holidays = [h for h in p.holidays]
     offset = 0
     max_age = int(x.age_days.max(initial=0))
-    while len(out) < p.label_windows and (offset + 1) * p.label_days < max_age:
-        lo, hi = offset * p.label_days, (offset + 1) * p.label_days  # ages in (lo, hi]
+    # a history no longer than one window (one month of data and 31-day windows) learns from a
+    # window of half the history rather than from none
+    days = p.label_days if p.label_days < max_age else max(max_age // 2, 1)
+    while len(out) < p.label_windows and (offset + 1) * days < max_age:
+        lo, hi = offset * days, (offset + 1) * days  # ages in (lo, hi]
         start, end = x.as_of - timedelta(days=hi), x.as_of - timedelta(days=lo)
         offset += 1
         margin = timedelta(days=p.holiday_margin_days)
