@@ -205,6 +205,29 @@ def test_the_sweep_never_reads_the_test_window(shop: Path, tmp_path: Path) -> No
     assert scores[0] == scores[1]
 
 
+def test_a_trial_on_two_validation_windows_scores_their_mean(shop: Path, tmp_path: Path) -> None:
+    from training.experiment.windows import WindowsRunner
+
+    two = sweep_config(tmp_path, shop).read_text().replace(
+        "[validation]\ncutoff = 2001-01-01\nend = 2001-02-01",
+        "[[validation]]\ncutoff = 2000-12-01\nend = 2001-01-01\n\n[[validation]]\ncutoff = 2001-01-01\nend = 2001-02-01")
+    (tmp_path / "two.toml").write_text(two)
+    cfg = SweepConfig.from_toml(tmp_path / "two.toml")
+    assert [w.label for w in cfg.validation] == ["2000-12", "2001-01"]
+    runner = WindowsRunner(cfg, tmp_path / "work")  # builds December's missing features snapshot
+    assert (shop / "shop" / "features" / "2000-12-01" / "manifest.json").exists()
+    out = TrialOutcome("top_frequency", {})
+    value = runner.run(optuna.trial.FixedTrial({}), "top_frequency", {}, out)
+    alone = []
+    for i in range(2):  # each window on its own gives that window's figure
+        one = TrialOutcome("top_frequency", {})
+        alone.append(TrialRunner(cfg.for_window(i), tmp_path / f"one{i}").run(optuna.trial.FixedTrial({}),
+                                                                             "top_frequency", {}, one))
+        assert out.metrics[f"{cfg.validation[i].label}.recall@10"] == one.metrics["recall@10"]
+    assert alone[0] != alone[1]
+    assert value == pytest.approx((alone[0] + alone[1]) / 2) == out.metrics["recall@10"]
+
+
 def test_a_validation_window_reaching_into_the_test_window_is_refused(shop: Path, tmp_path: Path) -> None:
     path = sweep_config(tmp_path, shop)
     path.write_text(path.read_text().replace("end = 2001-02-01", "end = 2001-02-15"))

@@ -535,7 +535,7 @@ def sweep_sections(cfg: ReportConfig, tracking_uri: str | None) -> list[str]:
             f"**Sweep `{name}`** (run `{run.info.run_id[:8]}`, {when}): {int(m.get('n_trials', 0))} trials "
             f"({int(m.get('n_pruned', 0))} pruned early, {int(m.get('n_failed', 0))} failed; "
             f"{int(m.get('n_repeats_skipped', 0))} repeated proposals skipped) in {m.get('wall_s', 0) / 60:.1f} min. "
-            f"{metric} tuned on [{p.get('validation.cutoff')}, {p.get('validation.end')}). Best: "
+            f"{metric} tuned on {_tuned_on(p)}. Best: "
             f"`{tags.get('best.model')}` with {metric} {m.get('best_value', float('nan')):.4f} on the validation window"
             + (f" and {m[test_key]:.4f} on the test window" if test_key in m else "")
             + (f" (`{tags['best.config']}`)." if "best.config" in tags else "."),
@@ -990,6 +990,14 @@ def user_split_section(cfg: ReportConfig, results: dict[str, RowResult], ks: lis
               "NDCG: the ideal DCG over the whole target basket (the paper's); *capped*: over min(k, |target|) "
               "(the temporal split's convention).", ""]
     return lines
+
+
+def _tuned_on(params: dict[str, str]) -> str:
+    """The validation window(s) a sweep run logged."""
+    windows = params.get("validation.windows")
+    if windows and " and " in windows:
+        return f"the mean of the windows {windows}"
+    return f"[{params.get('validation.cutoff')}, {params.get('validation.end')})"
 
 
 def _count(n: float | None, noun: str) -> str:

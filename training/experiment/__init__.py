@@ -1,20 +1,22 @@
 """Hyperparameter sweeps: ``recsys experiment run experiments/configs/sweep_<name>.toml``.
 
 An optuna study searches over models and their params (the interaction weighting included); each
-trial is an MLflow run nested under the sweep's parent run. Trials are tuned on a *validation
-window* — train before ``[validation] cutoff``, score on ``[cutoff, end)`` — that must end where
-the test window starts, so the sweep never reads the test window. The best config is written as a
+trial is an MLflow run nested under the sweep's parent run. Trials are tuned on *validation
+windows* — each trains before its ``cutoff`` and scores ``[cutoff, end)``, and must end where the
+test window starts, so the sweep never reads the test window. With several windows (an array of
+``[[validation]]`` tables: the rolling-origin protocol of :mod:`training.windows`) a trial is
+fitted on each and its value is the mean over them. The best config is written as a
 TOML that ``recsys train --config`` accepts unchanged (its ``[data]`` is the sweep's test window),
 and is then fitted and reported once on that test window.
 
 Trials are cheap by construction:
 
-* the validation split (and, when the metric needs it, the next-basket data cut at the validation
-  end) is loaded once and shared by every trial;
+* each window's validation split (and, when the metric needs it, the next-basket data cut at the
+  window's end) is loaded once and shared by every trial;
 * only the protocol the metric belongs to is evaluated (picks, audiences or next-basket), plus
   any listed in ``[sweep] extra_protocols``;
-* hopeless trials stop early: the metric is first computed on a fixed subsample of validation
-  members (of products, for audience metrics) and handed to the pruner; ALS and BPR also report
+* hopeless trials stop early: the metric is first computed on a fixed subsample of the first
+  window's members (of products, for audience metrics) and handed to the pruner; ALS and BPR also report
   it every ``prune_every_iterations`` iterations while they fit;
 * seeds are fixed (sampler, subsample, and the models' ``seed`` param).
 

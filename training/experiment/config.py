@@ -10,7 +10,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from recsys.errors import InputError
 from training.config import (
@@ -186,26 +186,44 @@ class ValidationWindow(_Strict):
     cutoff: date
     end: date
 
+    @property
+    def label(self) -> str:
+        return f"{self.cutoff:%Y-%m}"
+
 
 class SweepConfig(_Strict):
     sweep: SweepSettings
     pruner: PrunerSettings = PrunerSettings()
-    validation: ValidationWindow
+    # the rolling-origin validation windows (one table or an array of tables): a trial is fitted
+    # and scored on each, and its value is the mean over them (:mod:`training.windows`)
+    validation: list[ValidationWindow]
     data: DataConfig  # the test window: where the best config is reported, and what `recsys train` uses
     evaluation: EvaluationConfig = EvaluationConfig()
     mlflow: MlflowConfig = MlflowConfig()
     models: dict[str, dict[str, Any]]
 
+    @field_validator("validation", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        from training.windows import as_windows
+
+        return as_windows(value)
+
     @model_validator(mode="after")
     def _windows(self) -> SweepConfig:
-        v = self.validation
-        if v.end <= v.cutoff:
-            raise ValueError(f"validation.end {v.end} must be after validation.cutoff {v.cutoff}")
-        if v.end > self.data.cutoff:
-            raise ValueError(
-                f"the validation window ends {v.end}, after the test window starts ({self.data.cutoff}): "
-                "tuning would read test purchases; end the validation window at data.cutoff or before"
-            )
+        if not self.validation:
+            raise ValueError("no [validation] window: a sweep tunes on at least one")
+        for v in self.validation:
+            if v.end <= v.cutoff:
+                raise ValueError(f"validation.end {v.end} must be after validation.cutoff {v.cutoff}")
+            if v.end > self.data.cutoff:
+                raise ValueError(
+                    f"the validation window ends {v.end}, after the test window starts ({self.data.cutoff}): "
+                    "tuning would read test purchases; end the validation window at data.cutoff or before"
+                )
+        labels = [v.label for v in self.validation]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"validation windows must start in different months; got {', '.join(labels)}")
         if not self.models:
             raise ValueError("no [models.<name>] table: nothing to search")
         return self
@@ -225,8 +243,20 @@ class SweepConfig(_Strict):
         first = metric_protocol(self.sweep.metric)
         return [first, *(p for p in dict.fromkeys(self.sweep.extra_protocols) if p != first)]
 
+    def window(self, i: int = 0) -> ValidationWindow:
+        return self.validation[i]
+
+    def describe_windows(self) -> str:
+        """``2000-12-01 .. 2001-01-01 and 2001-01-01 .. 2001-02-01`` (for messages)."""
+        return " and ".join(f"{v.cutoff} .. {v.end}" for v in self.validation)
+
+    def for_window(self, i: int) -> SweepConfig:
+        """This config with its ``i``-th validation window only (what one window's trials read)."""
+        return self.model_copy(update={"validation": [self.validation[i]]})
+
     def validation_config(self, name: str = "", params: dict[str, Any] | None = None) -> TrainConfig:
-        data = self.data.model_copy(update={"cutoff": self.validation.cutoff, "test_end": self.validation.end})
+        v = self.validation[0]
+        data = self.data.model_copy(update={"cutoff": v.cutoff, "test_end": v.end})
         return TrainConfig(data=data, model=ModelConfig(name=name or next(iter(self.models)), params=params or {}),
                            evaluation=self.evaluation, mlflow=self.mlflow)
 

@@ -34,7 +34,8 @@ from training.experiment.bookkeeping import (
 from training.experiment.config import ModelSpace, SweepConfig
 from training.experiment.pruning import make_pruner
 from training.experiment.toml_writer import write_train_config
-from training.experiment.trials import TrialOutcome, TrialRunner
+from training.experiment.trials import TrialOutcome
+from training.experiment.windows import WindowsRunner
 
 
 @dataclass
@@ -52,7 +53,8 @@ class SweepResult:
     test_metrics: dict[str, float] = field(default_factory=dict)
     per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
     trials: list[dict[str, Any]] = field(default_factory=list)
-    validation_window: tuple[date, date] | None = None
+    validation_window: tuple[date, date] | None = None  # the first (or only) validation window
+    validation_windows: list[tuple[date, date]] = field(default_factory=list)
 
 
 def _sampler(cfg: SweepConfig) -> Any:
@@ -84,15 +86,18 @@ def run_sweep(
     with tempfile.TemporaryDirectory() as tmp, \
             Tracker(cfg.experiment, run_name=f"sweep-{cfg.sweep.name}", tracking_uri=tracking_uri) as parent:
         parent.set_tags({"recsys.sweep": "true", "sweep.name": cfg.sweep.name, "sweep.metric": metric})
-        parent.log_params({"sweep": cfg.sweep, "pruner": cfg.pruner, "validation": cfg.validation,
+        parent.log_params({"sweep": cfg.sweep, "pruner": cfg.pruner,
+                           "validation": {"cutoff": cfg.window().cutoff, "end": cfg.window().end,
+                                          "windows": cfg.describe_windows()},
                            "data": cfg.data, "evaluation": cfg.evaluation})
         parent.log_dict(jsonable(cfg.models), "search_space.json")
         if config_path is not None:
             parent.log_file(config_path)
-        runner = TrialRunner(cfg, Path(tmp), console)
+        runner = WindowsRunner(cfg, Path(tmp), console)
         parent.log_metrics({"load_s": runner.load_s})
-        console.print(f"sweep [bold]{cfg.sweep.name}[/]: {metric} ({cfg.sweep.direction}) on the validation window "
-                      f"{cfg.validation.cutoff} .. {cfg.validation.end}; models {', '.join(names)}; "
+        mean = "the mean over the validation windows" if len(cfg.validation) > 1 else "the validation window"
+        console.print(f"sweep [bold]{cfg.sweep.name}[/]: {metric} ({cfg.sweep.direction}) on {mean} "
+                      f"{cfg.describe_windows()}; models {', '.join(names)}; "
                       f"{cfg.sweep.n_trials} trials" + (f", at most {cfg.sweep.timeout_minutes:g} min"
                                                          if cfg.sweep.timeout_minutes else ""), highlight=False)
         study = optuna.create_study(direction=cfg.sweep.direction, sampler=_sampler(cfg), pruner=make_pruner(cfg),
@@ -120,7 +125,8 @@ def run_sweep(
         write_train_config(best_cfg, best_path, header=[
             f"Best of sweep {cfg.sweep.name!r} ({config_path or 'config'}): trial #{best.number} ({counts['trials']} trials run), "
             f"{datetime.now().isoformat(timespec='seconds')}",
-            f"{metric} = {best.value:.4f} on the validation window {cfg.validation.cutoff} .. {cfg.validation.end} "
+            f"{metric} = {best.value:.4f} on the validation window{'s (mean)' if len(cfg.validation) > 1 else ''} "
+            f"{cfg.describe_windows()} "
             f"(MLflow run {parent.run_id}, experiment {cfg.experiment!r})",
             f"Reported on the test window {cfg.data.cutoff} .. {cfg.data.test_end}: `recsys train --config {best_path}`",
         ])
@@ -149,10 +155,11 @@ def run_sweep(
         parent.log_metrics({"wall_s": wall_s})
         return SweepResult(cfg.sweep.name, metric, float(best.value), best_name, best_params, best.number, best_path,
                            counts, wall_s, parent.run_id, test_metrics, per_model, trials,
-                           (cfg.validation.cutoff, cfg.validation.end))
+                           (cfg.window().cutoff, cfg.window().end),
+                           [(v.cutoff, v.end) for v in cfg.validation])
 
 
-def _objective(cfg: SweepConfig, spaces: dict[str, ModelSpace], runner: TrialRunner, parent: Any,
+def _objective(cfg: SweepConfig, spaces: dict[str, ModelSpace], runner: WindowsRunner, parent: Any,
                tracking_uri: str | None, console: Console) -> Callable[[Any], float]:
     from training.tracking import Tracker
 
@@ -254,7 +261,8 @@ def sweep_summary(result: SweepResult, cfg: SweepConfig) -> list[Any]:
             lines.append(f"  {name} #{e['trial']}: {params or 'defaults'}")
     best = Table(title=f"best: {result.best_model} (trial #{result.best_trial}) -> {result.best_config}")
     best.add_column("metric")
-    best.add_column(f"validation {cfg.validation.cutoff}..{cfg.validation.end}", justify="right")
+    label = "validation mean" if len(cfg.validation) > 1 else f"validation {cfg.window().cutoff}..{cfg.window().end}"
+    best.add_column(label, justify="right")
     best.add_column(f"test {cfg.data.cutoff}..{cfg.data.test_end}", justify="right")
     trial = next((t for t in result.trials if t["number"] == result.best_trial), {})
     val_metrics = trial.get("metrics") or {}

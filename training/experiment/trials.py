@@ -69,7 +69,7 @@ class TrialRunner:
         self.protocols = cfg.protocols()
         vcfg = cfg.validation_config()
         self.paths = DataPaths(vcfg.data.canonical, vcfg.data.features)
-        self.window = (cfg.validation.cutoff, cfg.validation.end)
+        self.window = (cfg.window().cutoff, cfg.window().end)
         rng = np.random.default_rng(cfg.sweep.seed)
         t0 = time.perf_counter()
         self.data = self.split = self.nbr = None
