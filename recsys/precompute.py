@@ -2,10 +2,10 @@
 
 Scoring a member live costs what the model costs (the hybrid model's LightGBM ranker: ~4 ms a
 member), which a web server answering thousands of requests a second cannot pay per request.
-:func:`pre_rank` ranks every member's products in both modes ahead of time -- in batches, the
-model's scoring hook (``_score_candidates``, else ``_score_items``) called once per batch for both
-modes, then ranked the way ``Recommender.recommend`` ranks -- and :class:`PreRanked` travels in
-the serving bundle (:mod:`recsys.bundle`, file ``pre_ranked.npz``).
+:func:`pre_rank` ranks every member's products in both modes ahead of time -- in batches, each
+scored once for both modes (:meth:`~recsys.models.base.Recommender.recommend_modes`, which ranks
+the way ``Recommender.recommend`` ranks) -- and :class:`PreRanked` travels in the serving bundle
+(:mod:`recsys.bundle`, file ``pre_ranked.npz``).
 
 What a list holds, per member and mode, is exactly the head of ``model.recommend(members, N,
 mode=mode)`` without filters: products best first, ties broken by the lower index, ``-1`` /
@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys.models.base import NEG_INF, Recommender, topk_rows, topk_sparse
+from recsys.models.base import NEG_INF, Recommender
 
 MODES: tuple[str, ...] = ("replenish", "discover")
 DEFAULT_N = 100
@@ -151,10 +151,6 @@ class PreRanked:
         return cls(indices=arrays["products"], scores=arrays["scores"], meta=dict(meta or {}))
 
 
-def _uses_base_recommend(model: Recommender) -> bool:
-    return type(model).recommend is Recommender.recommend
-
-
 def pre_rank(
     model: Recommender,
     n: int = DEFAULT_N,
@@ -184,7 +180,7 @@ def pre_rank(
     PreRankError
         When a verified member's list differs from ``model.recommend``.
     """
-    model._check_fitted()
+    model.check_fitted()
     for mode in modes:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
@@ -228,31 +224,10 @@ def rank_members(
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """One block of members' top-``n`` lists in each of ``modes``, as :func:`pre_rank` ranks every
     block: ``mode -> (int32 product indices, float32 scores)``, each ``(len(batch), n)``. The
-    model's scoring hook is called once for both modes (the batch jobs on Spark call this too)."""
-    batch = np.asarray(batch, dtype=np.int64)
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    fast = _uses_base_recommend(model)
-    cand = model._score_candidates(batch) if fast else None
-    if cand is not None:
-        # what Recommender.recommend does for a model that ranks candidates, scored once for
-        # both modes: the candidates' scores, (discover) what they bought dropped, top-n
-        for mode in modes:
-            idx, sc = topk_sparse(model._filter_candidates(cand, batch, None, mode), n)  # type: ignore[arg-type]
-            out[mode] = idx.astype(np.int32), sc
-    elif fast:
-        # ... and for a model that scores every product: dense scores, (discover) mask, top-n
-        block = np.array(model._score_items(batch), dtype=np.float32, copy=True)
-        for mode in sorted(modes, key=lambda m: m != "replenish"):  # replenish before masking
-            if mode == "discover":
-                seen = model.history[batch].tocoo()
-                block[seen.row, seen.col] = NEG_INF
-            idx, sc = topk_rows(block, n)
-            out[mode] = idx.astype(np.int32), sc
-    else:  # the model ranks its own way: ask it
-        for mode in modes:
-            idx, sc = model.recommend(batch, n, mode=mode)  # type: ignore[arg-type]
-            out[mode] = idx.astype(np.int32), sc
-    return {mode: out[mode] for mode in modes}
+    model scores the block once for both modes (:meth:`~recsys.models.base.Recommender.recommend_modes`;
+    the batch jobs on Spark call this too)."""
+    ranked = model.recommend_modes(np.asarray(batch, dtype=np.int64), n, modes)
+    return {mode: (idx.astype(np.int32), sc) for mode, (idx, sc) in ranked.items()}
 
 
 def _verify(model: Recommender, indices: dict[str, np.ndarray], scores: dict[str, np.ndarray], n: int,

@@ -1,11 +1,12 @@
 """The scorer layer: the one thing routes ask for scores, whatever the model is.
 
-* :class:`VectorScorer` — models with member and product vectors (``user_factors`` /
-  ``item_factors``: ALS, BPR, and any model of the same shape). Picks, audiences and similar
-  products are FAISS searches (:mod:`serving.index`); a live purchase folds the member's vector
-  in again (:func:`als_fold_in`), so the next request already reflects it.
+* :class:`VectorScorer` — models that declare member and product vectors
+  (:attr:`~recsys.models.base.Capability.VECTORS`: ALS, BPR, Spark ALS, any model of the same
+  shape). Picks, audiences and similar products are FAISS searches (:mod:`serving.index`); a live
+  purchase folds the member's vector in again by the model's own equations
+  (:attr:`~recsys.models.base.Capability.FOLD_IN`), so the next request already reflects it.
 * :class:`ModelScorer` — every other :class:`~recsys.models.base.Recommender`: the model's own
-  ``recommend`` / ``audience`` / ``similar_items``, which score densely.
+  ``recommend`` / ``audience`` / ``member_scores`` / ``similar_items``, which score densely.
 
 Both answer in internal indices with ``-1`` / ``-inf`` padding, and both take the same inputs: a
 mask of allowed products and, per member, the products to leave out (what they bought, in
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.models.base import NEG_INF, Recommender, topk_rows
+from recsys.models.base import NEG_INF, Capability, Recommender, topk_rows
 from serving.index import VectorIndex, _sort_candidates
 from serving.settings import IndexSettings
 
@@ -41,33 +42,6 @@ def drop_seen(
         idx = np.where(hit, -1, idx)
         sc = np.where(hit, NEG_INF, sc)
     return _sort_candidates(idx, sc, k)
-
-
-def als_fold_in(
-    item_factors: np.ndarray,
-    yty: np.ndarray,
-    products: np.ndarray,
-    confidence: np.ndarray,
-    regularization: float,
-) -> np.ndarray:
-    """One member's ALS vector from the products they bought, the other factors held fixed.
-
-    Solves ``(YᵀY + λI + Yᵀ(C−I)Y) x = YᵀCp`` with ``C = diag(confidence)`` over the bought
-    products and ``p = 1`` on them — the same normal equations implicit's ALS solves for a user
-    (``recalculate_user``), where ``confidence = alpha * weight``.
-
-    Examples
-    --------
-    >>> y = np.eye(2, dtype=np.float32)
-    >>> als_fold_in(y, y.T @ y, np.array([0]), np.array([3.0]), 0.0).round(3).tolist()
-    [1.0, 0.0]
-    """
-    y = np.asarray(item_factors[products], dtype=np.float64)
-    c = np.asarray(confidence, dtype=np.float64)
-    a = np.asarray(yty, dtype=np.float64) + regularization * np.eye(yty.shape[0])
-    a += (y.T * (c - 1.0)) @ y
-    b = y.T @ c
-    return np.linalg.solve(a, b).astype(np.float32)
 
 
 class Scorer(ABC):
@@ -91,12 +65,10 @@ class Scorer(ABC):
 
     @abstractmethod
     def audience(
-        self, products: np.ndarray, n: int, member_mask: np.ndarray | None, vector: np.ndarray | None = None
+        self, products: np.ndarray, n: int, member_mask: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``n`` members for the product group ``products`` (one product, or the reference
-        products of a product not yet sold) among ``member_mask``; shapes ``(n,)``. ``vector`` is a
-        model-made product vector (the ``virtual_item_vector`` hook), used when the scorer has
-        vectors."""
+        products of a product not yet sold) among ``member_mask``; shapes ``(n,)``."""
 
     @abstractmethod
     def similar(self, product: int, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -108,7 +80,7 @@ class Scorer(ABC):
 
     def fold_in(self, member: int, products: np.ndarray, weights: np.ndarray) -> bool:
         """Recompute (or add, when ``member == n_members``) a member's vector from what they
-        bought; False when the model has no member vectors to update."""
+        bought; False when the model has no member vectors to fold in."""
         return False
 
     def describe(self) -> dict[str, Any]:
@@ -116,10 +88,10 @@ class Scorer(ABC):
 
 
 def _vectors(model: Recommender) -> tuple[np.ndarray, np.ndarray] | None:
-    users = getattr(model, "user_factors", None)
-    items = getattr(model, "item_factors", None)
-    if items is None:
-        items = model._item_vectors()
+    """The model's member and product vectors when it declares them and they fit its shape."""
+    if not model.has(Capability.VECTORS):
+        return None
+    users, items = model.factor_vectors()
     if not isinstance(users, np.ndarray) or not isinstance(items, np.ndarray):
         return None
     if users.ndim != 2 or items.ndim != 2 or users.shape[1] != items.shape[1]:
@@ -142,10 +114,7 @@ class VectorScorer(Scorer):
         self.member_index = VectorIndex(users, exact_max=settings.exact_max_members, settings=settings)
         self.product_index = VectorIndex(self.items, exact_max=settings.exact_max_products, settings=settings)
         self.similar_index = VectorIndex(self.items_unit, exact_max=settings.exact_max_products, settings=settings)
-        self.yty = self.items.T.astype(np.float64) @ self.items.astype(np.float64)
-        params = model.params
-        self.regularization = float(getattr(params, "regularization", 0.01))
-        self.alpha = float(getattr(params, "alpha", 1.0))
+        self.folds_in = model.has(Capability.FOLD_IN)
 
     @property
     def n_members(self) -> int:
@@ -160,10 +129,10 @@ class VectorScorer(Scorer):
         return drop_seen(idx, sc, seen, k, len(self.items))
 
     def audience(
-        self, products: np.ndarray, n: int, member_mask: np.ndarray | None, vector: np.ndarray | None = None
+        self, products: np.ndarray, n: int, member_mask: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        if vector is None:  # one product's vector, or the mean of the reference products'
-            vector = self.items[np.asarray(products, dtype=np.int64)].mean(axis=0)
+        # one product's vector, or the mean of the reference products'
+        vector = self.items[np.asarray(products, dtype=np.int64)].mean(axis=0)
         idx, sc = self.member_index.search(np.asarray(vector, np.float32)[None, :], n, member_mask)
         return idx[0], sc[0]
 
@@ -177,12 +146,10 @@ class VectorScorer(Scorer):
         return self.items_unit[np.asarray(a, np.int64)] @ self.items_unit[np.asarray(b, np.int64)].T
 
     def fold_in(self, member: int, products: np.ndarray, weights: np.ndarray) -> bool:
+        if not self.folds_in:
+            return False
         products = np.asarray(products, dtype=np.int64)
-        hook = getattr(self.model, "fold_in_member", None)
-        if callable(hook):
-            vector = np.asarray(hook(products, np.asarray(weights, np.float32)), dtype=np.float32)
-        else:
-            vector = als_fold_in(self.items, self.yty, products, self.alpha * np.asarray(weights), self.regularization)
+        vector = np.asarray(self.model.fold_in_member(products, np.asarray(weights, np.float32)), dtype=np.float32)
         self.member_index.set(member, vector)
         return True
 
@@ -205,7 +172,7 @@ class ModelScorer(Scorer):
         history = sp.csc_matrix(model.history, dtype=np.float32)
         self._buyers = history
         self._buyer_norms = np.sqrt(np.asarray(history.multiply(history).sum(axis=0)).ravel()) + 1e-9
-        vectors = model._item_vectors()
+        vectors = model.item_vectors() if model.has(Capability.ITEM_VECTORS) else None
         self._unit = None
         self._vecs: np.ndarray | None = None
         if vectors is not None:
@@ -228,17 +195,17 @@ class ModelScorer(Scorer):
         return drop_seen(idx, sc, seen, k, self.model.n_products)
 
     def audience(
-        self, products: np.ndarray, n: int, member_mask: np.ndarray | None, vector: np.ndarray | None = None
+        self, products: np.ndarray, n: int, member_mask: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
         products = np.asarray(products, dtype=np.int64)
         mask = None if member_mask is None else member_mask[: self.model.n_members]
         if len(products) == 1:
             idx, sc = self.model.audience(products, n, member_mask=mask)
             return idx[0], sc[0]
-        # a product not yet sold: the mean of its reference products' scores (the base hook)
+        # a product not yet sold: the mean of its reference products' scores
         total = np.zeros((1, self.model.n_members), dtype=np.float64)
         for start in range(0, len(products), 8):  # bounded memory: 8 dense member rows at a time
-            chunk = np.asarray(self.model._score_members(products[start : start + 8]), dtype=np.float64)
+            chunk = np.asarray(self.model.member_scores(products[start : start + 8]), dtype=np.float64)
             total += np.where(np.isfinite(chunk), chunk, 0.0).sum(axis=0, keepdims=True)
         scores = (total / len(products)).astype(np.float32)
         if mask is not None:

@@ -36,7 +36,7 @@ from recsys.bundle import Bundle, BundleError, load_bundle
 from recsys.columns import Col
 from recsys.errors import RecsysError
 from recsys.idmap import IdMap
-from recsys.models.base import Tag
+from recsys.models.base import Capability, Recommender, Tag
 from recsys.tags import SEGMENT_TAG, MultiTag, TagRegistry  # noqa: F401  (SEGMENT_TAG re-exported)
 from serving.events import (
     Cursor,
@@ -446,17 +446,18 @@ def _popular_orders(
     return order, (buyers[order] / top).astype(np.float32), seg_order, seg_scores
 
 
-def _model_matrix(model: Any, name: str, shape: tuple[int, int]) -> sp.spmatrix | None:
-    """An optional members x products matrix the model carries, as an attribute of the model or
-    of its ``state``: ``last_age`` (days before as_of of the last purchase, 0 = never, as
-    :meth:`recsys.interactions.Interactions.last_age`) or ``counts`` (purchase days)."""
-    for holder in (model, getattr(model, "state", None)):
-        value = getattr(holder, name, None) if holder is not None else None
-        if value is not None and sp.issparse(value):
-            if value.shape != shape:
-                raise BundleError(f"model.{name} has shape {value.shape}; the history is {shape}; re-export it")
-            return value
-    return None
+def _model_matrix(model: Recommender, capability: Capability, shape: tuple[int, int]) -> sp.spmatrix | None:
+    """A members x products matrix the model declares: its purchase ages (days before as_of of
+    the last purchase, 0 = never, as :meth:`recsys.interactions.Interactions.last_age`) or its
+    purchase counts (purchase days); None when it declares neither."""
+    if not model.has(capability):
+        return None
+    value = model.purchase_ages() if capability is Capability.PURCHASE_AGES else model.purchase_counts()
+    if not sp.issparse(value):
+        raise BundleError(f"the model's {capability.value} are a {type(value).__name__}, not a sparse matrix; re-export it")
+    if value.shape != shape:
+        raise BundleError(f"the model's {capability.value} have shape {value.shape}; the history is {shape}; re-export it")
+    return value
 
 
 def _smoke_test(state: ServingState) -> None:
@@ -507,8 +508,8 @@ def build_state(
     registry = bundle.tag_registry
     tags = registry.only([*member_tags, *(t.name for t in registry.of("product") if t.name in ptable.column_names)])
     history = sp.csr_matrix(model.history, dtype=np.float32)
-    last_age = _model_matrix(model, "last_age", history.shape)
-    counts = _model_matrix(model, "counts", history.shape)
+    last_age = _model_matrix(model, Capability.PURCHASE_AGES, history.shape)
+    counts = _model_matrix(model, Capability.PURCHASE_COUNTS, history.shape)
     segment = member_tags.get(SEGMENT_TAG)
     pop_o, pop_s, seg_o, seg_s = _popular_orders(history, segment if isinstance(segment, Tag) else None)
     active.setflags(write=False)  # handed to searches as the default product mask, never changed

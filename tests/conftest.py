@@ -22,6 +22,7 @@ from recsys.bundle import Bundle, save_bundle
 from recsys.idmap import IdMap
 from recsys.interactions import Interactions
 from recsys.models import Tag, TrainData, get_model
+from recsys.models.base import Capability
 from recsys.models.baselines import TopFrequency
 from recsys.tags import TagDef, TagRegistry, values, with_seen_values
 
@@ -70,18 +71,22 @@ STAFF_KEYS = {"staff-s01": ("staff-s01-secret", {"store": ["S01"]}),
 
 
 class DatedTopFrequency(TopFrequency):
-    """TopFrequency that also carries the serving hooks: ``last_age`` (days before as_of of each
-    member's last purchase of each product), ``counts`` and calibrated ``purchase_probability``."""
+    """TopFrequency that also declares the capabilities serving uses beyond the contract:
+    purchase ages (days before as_of of each member's last purchase of each product), purchase
+    counts and calibrated purchase probabilities."""
 
     name = "serving_test_dated_top_frequency"
+    capabilities = frozenset({Capability.PURCHASE_AGES, Capability.PURCHASE_COUNTS, Capability.PROBABILITIES})
 
     def _fit(self, data: TrainData) -> None:
         super()._fit(data)
         self.last_age = data.interactions.last_age()
 
-    @property
-    def counts(self) -> sp.csr_matrix:
-        """Purchase days per member and product (the serving hook for "bought it N times")."""
+    def purchase_ages(self) -> sp.csr_matrix:
+        return self.last_age
+
+    def purchase_counts(self) -> sp.csr_matrix:
+        """Purchase days per member and product ("bought it N times")."""
         return self.freq
 
     def purchase_probability(self, scores: np.ndarray) -> np.ndarray:
@@ -136,7 +141,7 @@ def serving_bundle(model_name: str, as_of: date = TRAIN_AS_OF, **params: Any) ->
 
 @pytest.fixture(scope="session")
 def serving_bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Saved bundles: ``top_frequency`` (exact answers), ``als`` (vectors), ``dated`` (hooks,
+    """Saved bundles: ``top_frequency`` (exact answers), ``als`` (vectors), ``dated`` (capabilities,
     as_of = today so purchase ages are days before today)."""
     root = tmp_path_factory.mktemp("serving-bundles")
     today = datetime.now(UTC).date()

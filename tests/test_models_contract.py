@@ -11,6 +11,7 @@ do not depend on the filter, and says far more than "the results are inside the 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,8 @@ from pydantic import ValidationError
 
 import recsys.models  # noqa: F401  (registers every model)
 from recsys.models import MODELS, Recommender, TrainData
+from recsys.models.base import CAPABILITY_METHODS, Capability, CapabilityError
+from recsys.models.baselines import TopFrequency
 
 PARAMS: dict[str, dict[str, Any]] = {
     "als": {"factors": 8, "iterations": 5, "num_threads": 1, "seed": 3},
@@ -39,6 +42,11 @@ SAMPLE = np.arange(0, N_MEMBERS, 9)  # 23 members spread over the data
 
 def params_for(name: str) -> dict[str, Any]:
     return dict(PARAMS.get(name, {}))
+
+
+def names_with(capability: Capability) -> list[str]:
+    """The registered models that declare ``capability``."""
+    return [n for n in NAMES if MODELS[n].has(capability)]
 
 
 def names_for(check: str) -> list[Any]:
@@ -320,3 +328,216 @@ def test_unfitted_model_refuses_to_answer(name):
 def test_unknown_parameter_is_an_error(name):
     with pytest.raises(ValidationError):
         MODELS[name]({"no_such_parameter": 1})
+
+
+# ------------------------------------------------------------------------------ the public API every model has
+@pytest.mark.parametrize("name", NAMES)
+def test_recommend_modes_is_recommend_in_each_mode(fitted, name):
+    model = fitted[name]
+    members = np.arange(0, N_MEMBERS, 4)
+    both = model.recommend_modes(members, 12)
+    assert list(both) == ["replenish", "discover"]
+    for mode, (idx, sc) in both.items():
+        want_i, want_s = model.recommend(members, 12, mode=mode)
+        np.testing.assert_array_equal(idx, want_i)
+        np.testing.assert_array_equal(sc, want_s)
+    only = model.recommend_modes(members, 5, ("discover",))
+    assert list(only) == ["discover"]
+    np.testing.assert_array_equal(only["discover"][0], model.recommend(members, 5, mode="discover")[0])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_member_scores_are_what_audiences_rank(fitted, name):
+    model = fitted[name]
+    products = np.array([0, 7, COLD_PRODUCT])
+    scores = np.asarray(model.member_scores(products), dtype=np.float32)
+    assert scores.shape == (len(products), N_MEMBERS)
+    idx, sc = model.audience(products, n=N_MEMBERS)
+    for j in range(len(products)):
+        real = idx[j] >= 0
+        np.testing.assert_array_equal(sc[j, real], scores[j, idx[j, real]])
+        finite = np.isfinite(scores[j])
+        assert real.sum() == finite.sum()  # every member with a score, and no other, comes back
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_warm_products_are_the_products_with_purchases(fitted, data, name):
+    warm = fitted[name].warm_products()
+    assert warm.dtype == bool and warm.shape == (N_PRODUCTS,)
+    sold = np.diff(data.interactions.matrix("binary").tocsc().indptr) > 0
+    np.testing.assert_array_equal(warm, sold)
+    assert not warm[COLD_PRODUCT]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_training_summary_and_activity_are_declared(fitted, name):
+    model = fitted[name]
+    assert isinstance(model.training_summary, dict)
+    json.dumps(model.training_summary)  # logged with the run as JSON
+    if model.activity is not None:  # the audiences' tie-breaker, one per member
+        assert model.activity.shape == (N_MEMBERS,) and np.isfinite(model.activity).all()
+
+
+# ------------------------------------------------------------------------------ capabilities
+def test_every_capability_is_declared_by_a_registered_model():
+    # a capability nobody declares is a hook nobody implements: remove it or implement it
+    for cap in Capability:
+        assert names_with(cap), f"no registered model declares Capability.{cap.name}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_undeclared_capabilities_refuse_by_name(fitted, name):
+    model = fitted[name]
+    calls = {
+        "purchase_probability": (np.zeros(3, np.float32),), "factor_vectors": (), "item_vectors": (),
+        "fold_in_member": (np.array([0]), np.array([1.0], np.float32)), "purchase_ages": (),
+        "purchase_counts": (), "watch_iterations": (None,), "planned_iterations": (), "snapshot": (),
+    }
+    assert set(calls) == {m for methods in CAPABILITY_METHODS.values() for m in methods}
+    for cap, methods in CAPABILITY_METHODS.items():
+        if model.has(cap):
+            continue
+        for method in methods:
+            with pytest.raises(CapabilityError, match=cap.name):
+                getattr(model, method)(*calls[method])
+
+
+def test_a_capability_is_implemented_exactly_when_it_is_declared():
+    with pytest.raises(TypeError, match="does not declare Capability.PROBABILITIES"):
+        class Probing(TopFrequency):  # implements a capability's method without declaring it
+            def purchase_probability(self, scores: np.ndarray) -> np.ndarray:
+                return scores
+
+    with pytest.raises(TypeError, match="does not implement purchase_ages"):
+        class Boasting(TopFrequency):  # declares one without implementing it
+            capabilities = frozenset({Capability.PURCHASE_AGES})
+
+    with pytest.raises(TypeError, match="without Capability.VECTORS"):
+        class Folding(TopFrequency):  # fold-in means nothing without member vectors
+            capabilities = frozenset({Capability.FOLD_IN})
+
+            def fold_in_member(self, products: np.ndarray, weights: np.ndarray) -> np.ndarray:
+                return np.zeros(2, np.float32)
+
+
+@pytest.mark.parametrize("name", names_with(Capability.PROBABILITIES))
+def test_purchase_probabilities_are_probabilities_in_the_scores_order(fitted, name):
+    model = fitted[name]
+    scores = np.asarray(model.member_scores(np.arange(N_PRODUCTS)), dtype=np.float32)
+    p = np.asarray(model.purchase_probability(scores), dtype=np.float64)
+    assert p.shape == scores.shape and ((p >= 0) & (p <= 1)).all()
+    order = np.argsort(scores.ravel(), kind="stable")
+    assert (np.diff(p.ravel()[order]) >= 0).all()  # a higher score is never a lower probability
+    np.testing.assert_array_equal(model.purchase_probability(scores[3]), p[3])  # elementwise
+
+
+def test_the_hybrids_probabilities_are_calibrated(fitted, data):
+    # the expected buyers of every (member, product) pair over a period as long as the hybrid's
+    # label window are close to the pairs that bought in the last such period
+    model = fitted["hybrid"]
+    p = model.purchase_probability(model.member_scores(np.arange(N_PRODUCTS)))
+    x = data.interactions
+    last = x.age_days <= model.params.label_days
+    bought = len(np.unique(x.member[last].astype(np.int64) * N_PRODUCTS + x.product[last]))
+    assert 0.67 < p.sum() / bought < 1.5, (p.sum(), bought)
+
+
+@pytest.mark.parametrize("name", names_with(Capability.VECTORS))
+def test_factor_vectors_give_the_models_scores(fitted, name):
+    model = fitted[name]
+    users, items = model.factor_vectors()
+    assert users.shape[0] == N_MEMBERS and items.shape[0] == N_PRODUCTS and users.shape[1] == items.shape[1]
+    idx, sc = model.recommend(SAMPLE, k=10, mode="replenish")
+    want = np.einsum("ij,ikj->ik", users[SAMPLE], items[idx])
+    np.testing.assert_allclose(sc, want, rtol=1e-5, atol=1e-6)
+    a_idx, a_sc = model.audience(np.array([2, COLD_PRODUCT]), n=20)
+    np.testing.assert_allclose(a_sc, np.einsum("ij,ikj->ik", items[[2, COLD_PRODUCT]], users[a_idx]),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", names_with(Capability.FOLD_IN))
+def test_fold_in_gives_a_member_vector_that_ranks_their_purchases_first(fitted, data, name):
+    model = fitted[name]
+    users, items = model.factor_vectors()
+    before = model.recommend(SAMPLE, k=10)
+    none = model.fold_in_member(np.array([], np.int64), np.array([], np.float32))
+    assert none.shape == (users.shape[1],)
+    np.testing.assert_allclose(none, 0.0, atol=1e-6)  # nothing bought: no preference at all
+    counts = data.interactions.matrix("count").tocsr()
+    ranks = []
+    for member in range(0, N_MEMBERS, 5):
+        row = counts[member]
+        if row.nnz == 0:
+            continue
+        v = model.fold_in_member(row.indices.astype(np.int64), row.data.astype(np.float32))
+        assert v.shape == (users.shape[1],) and np.isfinite(v).all()
+        np.testing.assert_array_equal(v, model.fold_in_member(row.indices.astype(np.int64), row.data.astype(np.float32)))
+        rank = np.argsort(np.argsort(-(items @ v), kind="stable"), kind="stable")
+        ranks.append(rank[row.indices].mean() / N_PRODUCTS)
+    assert np.mean(ranks) < 0.4, np.mean(ranks)  # random vectors would place them at 0.5
+    for a, b in zip(before, model.recommend(SAMPLE, k=10), strict=True):  # folding in changes nothing
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", names_with(Capability.ITEM_VECTORS))
+def test_similar_products_are_the_nearest_item_vectors(fitted, name):
+    model = fitted[name]
+    vecs = np.asarray(model.item_vectors(), dtype=np.float64)
+    assert vecs.shape[0] == N_PRODUCTS and np.isfinite(vecs).all()
+    unit = vecs / (np.linalg.norm(vecs, axis=1, keepdims=True) + 1e-9)
+    cos = unit @ unit.T
+    idx, sc = model.similar_items(np.arange(N_PRODUCTS), k=5)
+    for j in range(N_PRODUCTS):
+        np.testing.assert_allclose(sc[j], cos[j, idx[j]], rtol=1e-4, atol=1e-5)
+        others = np.delete(cos[j], j)
+        np.testing.assert_allclose(sc[j], np.sort(others)[::-1][:5], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", names_with(Capability.PURCHASE_AGES))
+def test_purchase_ages_are_the_days_since_each_last_purchase(fitted, data, name, tmp_path):
+    model = fitted[name]
+    want = data.interactions.last_age().tocsr()
+    for m in (model, Recommender.load(model.save(tmp_path / name))):
+        got = m.purchase_ages().tocsr()
+        assert got.shape == (N_MEMBERS, N_PRODUCTS)
+        assert (got != want).nnz == 0
+
+
+@pytest.mark.parametrize("name", names_with(Capability.PURCHASE_COUNTS))
+def test_purchase_counts_are_the_purchase_days(fitted, data, name, tmp_path):
+    model = fitted[name]
+    want = data.interactions.matrix("count").tocsr()
+    for m in (model, Recommender.load(model.save(tmp_path / name))):
+        got = m.purchase_counts().tocsr()
+        assert got.shape == (N_MEMBERS, N_PRODUCTS)
+        assert (got != want).nnz == 0
+
+
+@pytest.mark.parametrize("name", names_with(Capability.ITERATIONS))
+def test_iterations_are_reported_and_can_be_scored_while_training(fitted, data, name):
+    model = MODELS[name](params_for(name))
+    seen: list[tuple[int, float]] = []
+    views: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def on_iteration(iteration: int, seconds: float, loss: float) -> None:
+        seen.append((iteration, seconds))
+        view = model.snapshot()
+        assert view.is_fitted and (view.n_members, view.n_products) == (N_MEMBERS, N_PRODUCTS)
+        views.append(view.recommend(SAMPLE, k=5, exclude=np.array([COLD_PRODUCT])))
+
+    model.watch_iterations(on_iteration)
+    model.fit(data)
+    n = model.planned_iterations()
+    assert [i for i, _ in seen] == list(range(n))
+    assert all(b >= a for (_, a), (_, b) in zip(seen, seen[1:], strict=False))
+    # the last snapshot is the fitted model (never-sold products aside: their vectors come after)
+    final = model.recommend(SAMPLE, k=5, exclude=np.array([COLD_PRODUCT]))
+    np.testing.assert_array_equal(views[-1][0], final[0])
+    np.testing.assert_allclose(views[-1][1], final[1], rtol=1e-5, atol=1e-6)
+    assert n == 1 or not np.array_equal(views[0][1], final[1])  # the first one was still learning
+    with pytest.raises(RuntimeError, match="during fit"):
+        model.snapshot()
+    model.watch_iterations(None)
+    seen.clear()
+    MODELS[name](params_for(name)).fit(data)
+    assert not seen

@@ -16,8 +16,8 @@ from conftest import auth, serving_train_data
 
 from recsys.errors import InputError
 from recsys.models import get_model
+from recsys.models.factorization import als_fold_in
 from serving.events import EventRecord, FileEventLog, check_round_trip, parse_ts, utc_iso
-from serving.scorer import als_fold_in
 
 
 def picks(c: Any, member: str, **params: Any) -> dict[str, Any]:
@@ -137,6 +137,12 @@ def test_fold_in_equals_implicits_recalculate_user() -> None:
     want = imp.recalculate_user(0, row)
     got = als_fold_in(items, items.T.astype(np.float64) @ items, products, 2.0 * weights, 0.3)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # what the server calls after a live purchase: the model's fold-in, with alpha and lambda from
+    # its params, over its served product vectors (never-sold products get attribute vectors there)
+    served = np.asarray(model.item_factors, dtype=np.float32)
+    assert not np.array_equal(served, items)  # p6 was never sold
+    np.testing.assert_array_equal(model.fold_in_member(products, weights),
+                                  als_fold_in(served, served.T.astype(np.float64) @ served, products, 2.0 * weights, 0.3))
 
 
 # --------------------------------------------------------------------------- what cannot be a purchase (issue 12, defect 4)

@@ -21,7 +21,7 @@ from rich.table import Table
 from recsys.bundle import Bundle, save_bundle
 from recsys.columns import Col
 from recsys.models import get_model
-from recsys.models.base import ModelParams, Recommender
+from recsys.models.base import Capability, ModelParams, Recommender
 from recsys.precompute import DEFAULT_N, PreRanked, pre_rank
 from training.config import TrainConfig
 from training.data import DataPaths, load_split, snapshot_tags
@@ -125,8 +125,8 @@ def _fit_and_evaluate(
     timings["load_s"] = time.perf_counter() - t0
     params = cfg.model_params()
     model = get_model(cfg.model.name)(params)
-    if on_iteration is not None and hasattr(model, "on_iteration"):
-        model.on_iteration = on_iteration
+    if on_iteration is not None and model.has(Capability.ITERATIONS):
+        model.watch_iterations(on_iteration)
     start_spark(cfg)
     t0 = time.perf_counter()
     with progress.stage(f"fitting {cfg.model.name} on {data.n_members:,} members x {data.n_products:,} products "
@@ -286,7 +286,7 @@ def run_training(cfg: TrainConfig, config_path: Path | None = None, tracking_uri
         result.run_id = tracker.run_id
         tracker.log_metrics(result.metrics)
         tracker.log_metrics(result.timings)
-        summary = getattr(result.model, "training_summary", None)
+        summary = result.model.training_summary
         engine = engine_params(summary)
         tracker.log_params(engine)
         tracker.set_tags({"engine": engine["engine"]})

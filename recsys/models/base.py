@@ -11,6 +11,14 @@ top-k, audiences with a member mask, save / load — live here once. A model imp
 A model that ranks a candidate set (a few hundred products per member) may also implement
 ``_score_candidates(members)`` returning the candidates' scores as a sparse matrix; ``recommend``
 then ranks those entries alone instead of a dense row per member (absent entries are ``-inf``).
+The hooks are the models' business: callers use the public methods (``recommend``,
+``recommend_modes``, ``audience``, ``member_scores``, ``similar_items``, ``warm_products``, ...).
+
+What a model can do beyond that is declared, not probed: its ``capabilities`` (a frozenset of
+:class:`Capability`) name the optional methods it implements, each declared here (the base
+version raises :class:`CapabilityError`). The declaration is checked once, when the class is
+created: a model that declares a capability implements its methods, and a model that implements
+them declares it. Callers ask ``model.has(Capability.X)``.
 
 Scores are float32; ``-inf`` means "never recommend". Everything is batch-first: a call takes an
 array of internal indices and returns ``(indices, scores)`` arrays with ``-1`` / ``-inf`` padding.
@@ -20,8 +28,9 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -33,6 +42,38 @@ from recsys.interactions import Interactions
 
 Mode = Literal["discover", "replenish"]
 NEG_INF = np.float32(-np.inf)
+# called after each training iteration: (iteration, seconds since the fit started, training loss)
+IterationCallback = Callable[[int, float, float], None]
+
+
+class Capability(StrEnum):
+    """What a model can do beyond the contract every model meets; :data:`CAPABILITY_METHODS`
+    names the methods each one brings (documented on :class:`Recommender`)."""
+
+    PROBABILITIES = "probabilities"  # audience scores convert to calibrated purchase probabilities
+    VECTORS = "vectors"  # member and product vectors whose dot products are the model's scores
+    FOLD_IN = "fold_in"  # a member's vector from their purchases, the product vectors fixed
+    ITEM_VECTORS = "item_vectors"  # product vectors whose cosine is product similarity
+    PURCHASE_AGES = "purchase_ages"  # each member's days since their last purchase of each product
+    PURCHASE_COUNTS = "purchase_counts"  # purchase days per member and product
+    ITERATIONS = "iterations"  # trains in iterations it reports, and can be scored between them
+
+
+CAPABILITY_METHODS: dict[Capability, tuple[str, ...]] = {
+    Capability.PROBABILITIES: ("purchase_probability",),
+    Capability.VECTORS: ("factor_vectors",),
+    Capability.FOLD_IN: ("fold_in_member",),
+    Capability.ITEM_VECTORS: ("item_vectors",),
+    Capability.PURCHASE_AGES: ("purchase_ages",),
+    Capability.PURCHASE_COUNTS: ("purchase_counts",),
+    Capability.ITERATIONS: ("watch_iterations", "planned_iterations", "snapshot"),
+}
+# a capability that only makes sense on top of another
+CAPABILITY_NEEDS: dict[Capability, Capability] = {Capability.FOLD_IN: Capability.VECTORS}
+
+
+class CapabilityError(NotImplementedError):
+    """A capability's method called on a model that does not declare it."""
 
 
 @dataclass(frozen=True)
@@ -193,15 +234,18 @@ def _batches(n: int, size: int) -> Iterator[slice]:
 
 
 class Recommender(ABC):
-    """Base class of every model. Subclasses set ``name`` and ``Params`` and implement the hooks."""
+    """Base class of every model. Subclasses set ``name`` and ``Params`` (and ``capabilities``,
+    with the methods they bring) and implement the hooks."""
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[ModelParams]] = ModelParams
     # bump when what ``_state`` writes changes, so an old saved model is refused by name
     state_version: ClassVar[int] = 1
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        _check_capabilities(cls)
         if cls.name:
             MODELS[cls.name] = cls
 
@@ -214,6 +258,11 @@ class Recommender(ABC):
         self.n_products = 0
         self.history: sp.csr_matrix | None = None  # members x products, what each member bought
         self.category: np.ndarray | None = None  # product -> category code
+        # how active each member is (higher first): every audience's tie-breaker; None: ties go
+        # to the lower member index
+        self.activity: np.ndarray | None = None
+        # JSON-able facts about the last fit (rows learnt from, engine, ...), logged with the run
+        self.training_summary: dict[str, Any] = {}
         self.is_fitted = False
 
     # ----------------------------------------------------------------- fitting
@@ -241,9 +290,59 @@ class Recommender(ABC):
         default) means the model scores every product densely with ``_score_items``."""
         return None
 
-    def _item_vectors(self) -> np.ndarray | None:
-        """Dense product vectors for similar products, when the model has them."""
-        return None
+    # ----------------------------------------------------------------- capabilities
+    @classmethod
+    def has(cls, capability: Capability) -> bool:
+        """Whether the model declares ``capability`` (and so implements its methods)."""
+        return capability in cls.capabilities
+
+    def _lacks(self, capability: Capability) -> CapabilityError:
+        return CapabilityError(f"{type(self).__name__} does not declare Capability.{capability.name}")
+
+    def purchase_probability(self, scores: np.ndarray) -> np.ndarray:
+        """PROBABILITIES: audience scores (as :meth:`audience` returns them) -> the probability
+        that the member buys the product, calibrated: an audience's expected buyers are their sum."""
+        raise self._lacks(Capability.PROBABILITIES)
+
+    def factor_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """VECTORS: ``(n_members, f)`` member and ``(n_products, f)`` product vectors whose dot
+        products are the model's picks and audience scores (a vector search can serve them)."""
+        raise self._lacks(Capability.VECTORS)
+
+    def fold_in_member(self, products: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """FOLD_IN: a member's ``(f,)`` vector from the products they bought (rows) and how often
+        (purchase occasions), the product vectors held fixed, by the model's own equations: what
+        serving computes after a live purchase, for a known or a new member."""
+        raise self._lacks(Capability.FOLD_IN)
+
+    def item_vectors(self) -> np.ndarray:
+        """ITEM_VECTORS: ``(n_products, d)`` product vectors; similar products are the nearest by
+        cosine (without them, :meth:`similar_items` uses the cosine of the buyer sets)."""
+        raise self._lacks(Capability.ITEM_VECTORS)
+
+    def purchase_ages(self) -> sp.spmatrix:
+        """PURCHASE_AGES: members x products, days before the training data's ``as_of`` of the
+        member's last purchase of the product (stored only where they bought it), as
+        :meth:`recsys.interactions.Interactions.last_age`."""
+        raise self._lacks(Capability.PURCHASE_AGES)
+
+    def purchase_counts(self) -> sp.spmatrix:
+        """PURCHASE_COUNTS: members x products, the days each member bought each product."""
+        raise self._lacks(Capability.PURCHASE_COUNTS)
+
+    def watch_iterations(self, callback: IterationCallback | None) -> None:
+        """ITERATIONS: call ``callback(iteration, seconds, loss)`` after each training iteration
+        of the next :meth:`fit` (None: stop)."""
+        raise self._lacks(Capability.ITERATIONS)
+
+    def planned_iterations(self) -> int:
+        """ITERATIONS: how many iterations a fit runs."""
+        raise self._lacks(Capability.ITERATIONS)
+
+    def snapshot(self) -> Recommender:
+        """ITERATIONS: inside an iteration callback, the model as far as it is trained, as a fitted
+        recommender that scores picks (e.g. to prune a hopeless fit early)."""
+        raise self._lacks(Capability.ITERATIONS)
 
     # ----------------------------------------------------------------- public API
     def recommend(
@@ -271,7 +370,7 @@ class Recommender(ABC):
         -------
         (indices, scores), each ``(len(members), k)``; -1 / -inf where fewer than k qualify.
         """
-        self._check_fitted()
+        self.check_fitted()
         members = np.asarray(members, dtype=np.int64)
         allowed = self._allowed_products(include, exclude, categories)
         out_i = np.empty((len(members), k), dtype=np.int64)
@@ -306,6 +405,47 @@ class Recommender(ABC):
             keep &= ~np.isin(coo.row.astype(np.int64) * n + coo.col, seen.row.astype(np.int64) * n + seen.col)
         return sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=cand.shape)
 
+    def recommend_modes(
+        self, members: np.ndarray, n: int, modes: tuple[str, ...] = ("replenish", "discover")
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Unfiltered top-``n`` of one batch of members in each of ``modes``: for every mode, what
+        ``recommend(members, n, mode=mode)`` returns, from one scoring pass for all of them (the
+        pre-ranked pick lists of :mod:`recsys.precompute` rank every member this way)."""
+        self.check_fitted()
+        members = np.asarray(members, dtype=np.int64)
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if type(self).recommend is not Recommender.recommend:  # the model ranks its own way: ask it
+            for mode in modes:
+                out[mode] = self.recommend(members, n, mode=mode)  # type: ignore[arg-type]
+            return out
+        cand = self._score_candidates(members)
+        if cand is not None:
+            # what recommend does for a model that ranks candidates, scored once for both modes:
+            # the candidates' scores, (discover) what they bought dropped, top-n
+            for mode in modes:
+                out[mode] = topk_sparse(self._filter_candidates(cand, members, None, mode), n)  # type: ignore[arg-type]
+            return out
+        # ... and for a model that scores every product: dense scores, (discover) mask, top-n
+        block = np.array(self._score_items(members), dtype=np.float32, copy=True)
+        for mode in sorted(modes, key=lambda m: m != "replenish"):  # replenish before masking
+            if mode == "discover":
+                seen = self.history[members].tocoo()
+                block[seen.row, seen.col] = NEG_INF
+            out[mode] = topk_rows(block, n)
+        return {mode: out[mode] for mode in modes}
+
+    def member_scores(self, products: np.ndarray) -> np.ndarray:
+        """Every member's audience score for each product, ``(len(products), n_members)``,
+        unfiltered (``-inf``: never)."""
+        self.check_fitted()
+        return self._score_members(np.asarray(products, dtype=np.int64))
+
+    def warm_products(self) -> np.ndarray:
+        """Products with purchases in the training data (bool per product): those whose own history
+        the model learnt from, as opposed to never-sold ones scored from their attributes."""
+        self.check_fitted()
+        return np.asarray(self.history.sum(axis=0)).ravel() > 0
+
     def audience(
         self,
         products: np.ndarray,
@@ -315,7 +455,7 @@ class Recommender(ABC):
         batch_size: int = 64,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-n members for each product (internal indices); ``member_mask`` keeps only some."""
-        self._check_fitted()
+        self.check_fitted()
         products = np.asarray(products, dtype=np.int64)
         out_i = np.empty((len(products), n), dtype=np.int64)
         out_s = np.empty((len(products), n), dtype=np.float32)
@@ -327,14 +467,14 @@ class Recommender(ABC):
             scores = np.asarray(self._score_members(products[rows]), dtype=np.float32)
             if member_mask is not None:
                 scores = np.where(member_mask[None, :], scores, NEG_INF)
-            out_i[rows], out_s[rows] = topk_rows(scores, n, tiebreak=getattr(self, "activity", None))
+            out_i[rows], out_s[rows] = topk_rows(scores, n, tiebreak=self.activity)
         return out_i, out_s
 
     def similar_items(self, products: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Top-k most similar products (cosine of the model's product vectors, or of buyers)."""
-        self._check_fitted()
+        self.check_fitted()
         products = np.asarray(products, dtype=np.int64)
-        vecs = self._item_vectors()
+        vecs = self.item_vectors() if self.has(Capability.ITEM_VECTORS) else None
         if vecs is None:  # fall back on co-purchase: cosine over the buyer sets
             x = sp.csc_matrix(self.history)
             norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel()) + 1e-9
@@ -355,7 +495,7 @@ class Recommender(ABC):
 
     def save(self, path: Path | str) -> Path:
         """Write the model to a folder: ``model.json`` (name, params, JSON state) + ``arrays.npz``."""
-        self._check_fitted()
+        self.check_fitted()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {"history": self.history, "category": self.category, **self._state()}
@@ -429,7 +569,7 @@ class Recommender(ABC):
         return model
 
     # ----------------------------------------------------------------- helpers
-    def _check_fitted(self) -> None:
+    def check_fitted(self) -> None:
         if not self.is_fitted:
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() or load() first")
 
@@ -450,6 +590,24 @@ class Recommender(ABC):
         if categories is not None:
             allowed &= np.isin(self.category, np.asarray(categories))
         return allowed
+
+
+def _check_capabilities(cls: type[Recommender]) -> None:
+    """At class creation: every declared capability is implemented and needs nothing undeclared,
+    and every capability method the class overrides is declared."""
+    for cap in cls.capabilities:
+        if not isinstance(cap, Capability):
+            raise TypeError(f"{cls.__name__}.capabilities: {cap!r} is not a Capability")
+        need = CAPABILITY_NEEDS.get(cap)
+        if need is not None and need not in cls.capabilities:
+            raise TypeError(f"{cls.__name__} declares Capability.{cap.name} without Capability.{need.name}")
+    for cap, methods in CAPABILITY_METHODS.items():
+        for method in methods:
+            implemented = getattr(cls, method) is not getattr(Recommender, method)
+            if cap in cls.capabilities and not implemented:
+                raise TypeError(f"{cls.__name__} declares Capability.{cap.name} but does not implement {method}()")
+            if implemented and cap not in cls.capabilities:
+                raise TypeError(f"{cls.__name__} implements {method}() but does not declare Capability.{cap.name}")
 
 
 def get_model(name: str) -> type[Recommender]:

@@ -1,14 +1,15 @@
 """Wrappers around the ``implicit`` library: ALS, BPR (matrix factorisation) and item-kNN.
 
 implicit trains with its own threads, so BLAS is pinned to one thread while it runs. Products
-with no purchases get a vector from their attributes (see :func:`attribute_vectors`).
+with no purchases get a vector from their attributes (see :func:`attribute_vectors`). A member's
+vector can be folded in again from their purchases (:func:`als_fold_in`): what serving does after
+a live purchase, through the contract's ``fold_in_member``.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -16,7 +17,14 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from recsys.interactions import Weighting
-from recsys.models.base import ModelParams, Recommender, Tag, TrainData
+from recsys.models.base import (
+    Capability,
+    IterationCallback,
+    ModelParams,
+    Recommender,
+    Tag,
+    TrainData,
+)
 
 
 def attribute_vectors(
@@ -75,19 +83,43 @@ class FactorizationParams(ModelParams):
     num_threads: int = 0
 
 
+def als_fold_in(
+    item_factors: np.ndarray,
+    yty: np.ndarray,
+    products: np.ndarray,
+    confidence: np.ndarray,
+    regularization: float,
+) -> np.ndarray:
+    """One member's ALS vector from the products they bought, the other factors held fixed.
+
+    Solves ``(YᵀY + λI + Yᵀ(C−I)Y) x = YᵀCp`` with ``C = diag(confidence)`` over the bought
+    products and ``p = 1`` on them — the same normal equations implicit's ALS solves for a user
+    (``recalculate_user``), where ``confidence = alpha * weight``.
+
+    Examples
+    --------
+    >>> y = np.eye(2, dtype=np.float32)
+    >>> als_fold_in(y, y.T @ y, np.array([0]), np.array([3.0]), 0.0).round(3).tolist()
+    [1.0, 0.0]
+    """
+    y = np.asarray(item_factors[products], dtype=np.float64)
+    c = np.asarray(confidence, dtype=np.float64)
+    a = np.asarray(yty, dtype=np.float64) + regularization * np.eye(yty.shape[0])
+    a += (y.T * (c - 1.0)) @ y
+    b = y.T @ c
+    return np.linalg.solve(a, b).astype(np.float32)
+
+
 class _Factorization(Recommender):
-    """Shared ALS / BPR mechanics: scores are dot products of member and product vectors."""
+    """Shared mechanics of factorisation models: scores are dot products of member and product
+    vectors (``user_factors`` / ``item_factors``), which serving searches with FAISS."""
 
     Params = FactorizationParams
-    fit_log: list[dict[str, float]]
+    capabilities = frozenset({Capability.VECTORS, Capability.FOLD_IN, Capability.ITEM_VECTORS})
 
     def __init__(self, params: Any = None, **kwargs: Any):
         super().__init__(params, **kwargs)
-        self.fit_log = []
-        self.on_iteration: Callable[[int, float, float], None] | None = None
-
-    def _make(self) -> Any:
-        raise NotImplementedError
+        self._fold_in: tuple[np.ndarray, np.ndarray] | None = None  # product vectors and YᵀY
 
     def weighted_matrix(self, data: TrainData) -> sp.csr_matrix:
         p = self.params
@@ -95,9 +127,74 @@ class _Factorization(Recommender):
             p.weighting, half_life_days=p.half_life_days, bm25_k1=p.bm25_k1, bm25_b=p.bm25_b
         )
 
+    def factor_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.user_factors, self.item_factors
+
+    def item_vectors(self) -> np.ndarray:
+        return self.item_factors
+
+    def warm_products(self) -> np.ndarray:
+        """Products with a non-zero weight in the matrix the factors were fitted on."""
+        return self.warm_items
+
+    def fold_in_member(self, products: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """implicit's ALS equations for one member (:func:`als_fold_in`), confidence ``alpha *
+        weights``: the product vectors and ``YᵀY`` are computed on the first call."""
+        if self._fold_in is None:
+            items = np.ascontiguousarray(self.item_factors, dtype=np.float32)
+            self._fold_in = items, items.T.astype(np.float64) @ items.astype(np.float64)
+        items, yty = self._fold_in
+        p = self.params
+        return als_fold_in(items, yty, np.asarray(products, dtype=np.int64), float(p.alpha) * np.asarray(weights),
+                           float(p.regularization))
+
+    def _score_items(self, members: np.ndarray) -> np.ndarray:
+        return self.user_factors[members] @ self.item_factors.T
+
+    def _score_members(self, products: np.ndarray) -> np.ndarray:
+        return self.item_factors[products] @ self.user_factors.T
+
+    def _state(self) -> dict[str, Any]:
+        return {"user_factors": self.user_factors, "item_factors": self.item_factors,
+                "warm_items": self.warm_items}
+
+    def _set_state(self, s: dict[str, Any]) -> None:
+        self.user_factors, self.item_factors = s["user_factors"], s["item_factors"]
+        self.warm_items = s["warm_items"]
+        self._fold_in = None
+
+
+class _ImplicitFactorization(_Factorization):
+    """ALS / BPR from implicit, which train in iterations: each one is reported (``fit_log``, the
+    watcher) and the factors being trained can be scored between them (``snapshot``)."""
+
+    capabilities = _Factorization.capabilities | {Capability.ITERATIONS}
+    fit_log: list[dict[str, float]]
+
+    def __init__(self, params: Any = None, **kwargs: Any):
+        super().__init__(params, **kwargs)
+        self.fit_log = []
+        self.on_iteration: IterationCallback | None = None
+        self._training: Any = None  # the implicit model while it fits
+
+    def _make(self) -> Any:
+        raise NotImplementedError
+
+    def watch_iterations(self, callback: IterationCallback | None) -> None:
+        self.on_iteration = callback
+
+    def planned_iterations(self) -> int:
+        return int(self.params.iterations)
+
+    def snapshot(self) -> Recommender:
+        if self._training is None:
+            raise RuntimeError(f"{type(self).__name__}.snapshot() is for iteration callbacks, during fit()")
+        return _FactorsSnapshot.of(self._training, self.history)
+
     def _fit(self, data: TrainData) -> None:
         matrix = self.weighted_matrix(data)
         model = self._make()
+        self._fold_in = None
         start = time.perf_counter()
 
         def callback(iteration: int, elapsed: float, *stats: float) -> None:
@@ -108,8 +205,12 @@ class _Factorization(Recommender):
             if self.on_iteration is not None:
                 self.on_iteration(iteration, entry["seconds"], float(loss))
 
-        with threadpool_limits(1, "blas"):
-            model.fit(matrix, show_progress=False, callback=callback)
+        self._training = model
+        try:
+            with threadpool_limits(1, "blas"):
+                model.fit(matrix, show_progress=False, callback=callback)
+        finally:
+            self._training = None
         self.implicit_model = model
         u = np.asarray(model.user_factors, dtype=np.float32)
         v = np.asarray(model.item_factors, dtype=np.float32)
@@ -118,25 +219,31 @@ class _Factorization(Recommender):
         self.item_factors = attribute_vectors(v, warm, data.product_tags)
         self.warm_items = warm
 
+
+class _FactorsSnapshot(Recommender):  # no ``name``: never registered
+    """The factors an implicit model holds *while it fits*, seen as a fitted recommender (picks
+    and audiences by dot product, read from the implicit model at scoring time)."""
+
+    @classmethod
+    def of(cls, inner: Any, history: sp.csr_matrix) -> _FactorsSnapshot:
+        view = cls(ModelParams())
+        view.inner = inner
+        view.n_members, view.n_products = history.shape
+        view.history, view.is_fitted = history, True
+        view.category = np.zeros(history.shape[1], np.int32)
+        return view
+
+    def _fit(self, data: Any) -> None:  # pragma: no cover - never fitted
+        raise NotImplementedError
+
     def _score_items(self, members: np.ndarray) -> np.ndarray:
-        return self.user_factors[members] @ self.item_factors.T
+        return np.asarray(self.inner.user_factors[members]) @ np.asarray(self.inner.item_factors).T
 
     def _score_members(self, products: np.ndarray) -> np.ndarray:
-        return self.item_factors[products] @ self.user_factors.T
-
-    def _item_vectors(self) -> np.ndarray:
-        return self.item_factors
-
-    def _state(self) -> dict[str, Any]:
-        return {"user_factors": self.user_factors, "item_factors": self.item_factors,
-                "warm_items": self.warm_items}
-
-    def _set_state(self, s: dict[str, Any]) -> None:
-        self.user_factors, self.item_factors = s["user_factors"], s["item_factors"]
-        self.warm_items = s["warm_items"]
+        return np.asarray(self.inner.item_factors[products]) @ np.asarray(self.inner.user_factors).T
 
 
-class ALS(_Factorization):
+class ALS(_ImplicitFactorization):
     """implicit's alternating least squares on a weighted interaction matrix."""
 
     name = "als"
@@ -152,7 +259,7 @@ class ALS(_Factorization):
         )
 
 
-class BPR(_Factorization):
+class BPR(_ImplicitFactorization):
     """implicit's Bayesian personalised ranking."""
 
     name = "bpr"

@@ -40,7 +40,7 @@ import pyarrow as pa
 from recsys.bundle import Bundle, load_bundle
 from recsys.columns import Col
 from recsys.errors import InputError, RecsysError
-from recsys.models.base import Recommender
+from recsys.models.base import Capability, Recommender
 from recsys.precompute import (
     DEFAULT_N,
     MAX_BATCH_ENTRIES,
@@ -300,9 +300,11 @@ def _member_mask(bundle: Bundle, where: dict[str, list[str]] | None) -> np.ndarr
 
 
 def member_vectors_of(model: Recommender) -> np.ndarray | None:
-    """The model's member vectors when it scores by vectors (``user_factors`` against
-    ``item_factors``); None otherwise."""
-    users, items = getattr(model, "user_factors", None), getattr(model, "item_factors", None)
+    """The model's member vectors when it scores by vectors (it declares
+    :attr:`~recsys.models.base.Capability.VECTORS`); None otherwise."""
+    if not model.has(Capability.VECTORS):
+        return None
+    users, items = model.factor_vectors()
     if isinstance(users, np.ndarray) and isinstance(items, np.ndarray) and users.ndim == 2 \
             and users.shape == (model.n_members, items.shape[1]):
         return users
@@ -408,9 +410,9 @@ def audience_export(
 
             worker = _worker_bundle(shipped)
             model = worker.model
-            activity = getattr(model, "activity", None)
+            activity = model.activity
             users = member_vectors_of(model)
-            items = getattr(model, "item_factors", None) if users is not None else None
+            items = model.factor_vectors()[1] if users is not None else None
             for rb in batches:
                 rows = rb.column(0).to_numpy().astype(np.int64)
                 if mask is not None:
@@ -423,7 +425,7 @@ def audience_export(
                     if items is not None:
                         scores = np.asarray(items[prods] @ users[rows].T, dtype=np.float32)
                     else:  # the contract scores every member; this partition keeps its own
-                        scores = np.asarray(model._score_members(prods), dtype=np.float32)[:, rows]
+                        scores = np.asarray(model.member_scores(prods), dtype=np.float32)[:, rows]
                     idx, sc = topk_rows(scores, n, tiebreak=tie)
                     keep = idx >= 0
                     prod_col = np.repeat(prods, idx.shape[1]).reshape(idx.shape)[keep]

@@ -4,12 +4,14 @@ and the expected buyers of the random and most-active baselines."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from recsys.errors import InputError
+from recsys.models.base import Capability
 from recsys.tags import tag_counts
 from serving.schemas import (
     AudienceBaseline,
@@ -51,8 +53,9 @@ def _reference_products(state: ServingState, category: str, price: float | None,
         raise InputError(f"unknown category {category!r}; categories: {listing(state.category.labels)}")
     in_cat = state.category.codes == code
     sold = np.asarray(state.history.sum(axis=0)).ravel()
-    warm = getattr(state.bundle.model, "warm_items", None)
-    warm = np.asarray(warm, dtype=bool) if warm is not None and len(warm) == state.n_products else sold > 0
+    warm = np.asarray(state.bundle.model.warm_products(), dtype=bool)
+    if len(warm) != state.n_products:
+        warm = sold > 0
     cand = in_cat & warm if (in_cat & warm).any() else in_cat
     notes = [f"scored from products of category {category!r}"]
     table = state.product_table
@@ -115,18 +118,12 @@ def audience(state: ServingState, req: AudienceRequest, scope: Scope | None = No
     if req.size > state.settings.max_audience:
         raise InputError(f"size must be between 1 and {state.settings.max_audience}; got {req.size}")
     notes: list[str] = []
-    vector = None
     if req.product_id is not None:
         reference = np.array([product_row(state, req.product_id)], dtype=np.int64)
     else:
         attrs = req.attributes
         assert attrs is not None  # the request model guarantees one of the two
         reference, notes = _reference_products(state, attrs.category, attrs.price, attrs.brand)
-        hook = getattr(state.bundle.model, "virtual_item_vector", None)
-        if callable(hook) and state.scorer.kind == "vectors":
-            vector = hook(attrs.model_dump())
-            if vector is not None:
-                notes = ["scored from the model's own vector for these attributes"]
     with state.lock:  # live events may add member rows: mask and search see the same rows
         mask = member_mask(state, req.filters, scope)
         if req.exclude_bought_within_days is not None:
@@ -141,19 +138,19 @@ def audience(state: ServingState, req: AudienceRequest, scope: Scope | None = No
                     )
                 mask = (np.ones(len(state.members), dtype=bool) if mask is None else mask) & ~recent
         whole = None
-        if callable(getattr(state.bundle.model, "purchase_probability", None)) and state.scorer.kind == "model":
+        if _probabilities(state) is not None and state.scorer.kind == "model":
             # the baselines need every pool member's score: rank the pool once and take its head
             # (the model's top-n is the head of its top-(n+1): recsys.models.base.topk_rows)
             n_rows = state.scorer.n_members
             pool = n_rows if mask is None else int(np.count_nonzero(mask[:n_rows]))
-            whole = state.scorer.audience(reference, max(pool, req.size), mask, vector)
+            whole = state.scorer.audience(reference, max(pool, req.size), mask)
             idx, sc = whole[0][: req.size], whole[1][: req.size]
         else:
-            idx, sc = state.scorer.audience(reference, req.size, mask, vector)
+            idx, sc = state.scorer.audience(reference, req.size, mask)
         ok = idx >= 0
         rows, scores = idx[ok], sc[ok]
         result = profile(state, rows, scores)
-        _add_baselines(state, result, reference, mask, vector, whole)
+        _add_baselines(state, result, reference, mask, whole)
     return AudienceResult(
         model_version=state.info.version,
         product_id=req.product_id,
@@ -162,15 +159,21 @@ def audience(state: ServingState, req: AudienceRequest, scope: Scope | None = No
         scores=scores.tolist(),
         profile=result,
         notes=notes,
-        probabilities=_probabilities(state, scores),
+        probabilities=_member_probabilities(state, scores),
     )
 
 
-def _probabilities(state: ServingState, scores: np.ndarray) -> list[float] | None:
-    """Each member's calibrated purchase probability (what merchandisers read), when the model
-    provides the ``purchase_probability`` hook; None otherwise."""
-    hook = getattr(state.bundle.model, "purchase_probability", None)
-    if not callable(hook):
+def _probabilities(state: ServingState) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The model's audience scores -> calibrated purchase probabilities, when it declares them
+    (:attr:`~recsys.models.base.Capability.PROBABILITIES`)."""
+    model = state.bundle.model
+    return model.purchase_probability if model.has(Capability.PROBABILITIES) else None
+
+def _member_probabilities(state: ServingState, scores: np.ndarray) -> list[float] | None:
+    """Each listed member's calibrated purchase probability (what merchandisers read), when the
+    model declares them; None otherwise."""
+    hook = _probabilities(state)
+    if hook is None:
         return None
     return np.asarray(hook(scores), dtype=np.float64).tolist() if len(scores) else []
 
@@ -188,7 +191,7 @@ def member_activity(state: ServingState) -> np.ndarray:
 
 def _add_baselines(
     state: ServingState, result: AudienceProfile, reference: np.ndarray, mask: np.ndarray | None,
-    vector: np.ndarray | None, whole: tuple[np.ndarray, np.ndarray] | None = None,
+    whole: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """The pool the filters keep and, when the model gives calibrated purchase probabilities, the
     expected buyers of two other ways to pick as many members from that pool: at random (size x
@@ -197,12 +200,12 @@ def _add_baselines(
     pool_mask = np.ones(n_rows, dtype=bool) if mask is None else mask[:n_rows]
     pool_size = int(pool_mask.sum())
     result.eligible = pool_size
-    hook = getattr(state.bundle.model, "purchase_probability", None)
+    hook = _probabilities(state)
     n = result.size
-    if not callable(hook) or result.expected_buyers is None or n == 0 or pool_size == 0:
+    if hook is None or result.expected_buyers is None or n == 0 or pool_size == 0:
         return
     # every pool member's score for the product: the same scorer call as the audience itself
-    idx, sc = whole if whole is not None else state.scorer.audience(reference, pool_size, mask, vector)
+    idx, sc = whole if whole is not None else state.scorer.audience(reference, pool_size, mask)
     ok = (idx >= 0) & np.isfinite(sc)
     rows = idx[ok]
     if not len(rows):
@@ -222,7 +225,7 @@ def _add_baselines(
 
 def profile(state: ServingState, rows: np.ndarray, scores: np.ndarray) -> AudienceProfile:
     """Members per tag value (``unknown`` for none) and, when the model provides calibrated
-    probabilities (a ``purchase_probability(scores)`` hook), the expected number of buyers."""
+    probabilities (:attr:`~recsys.models.base.Capability.PROBABILITIES`), the expected number of buyers."""
     counts: dict[str, dict[str, int]] = {}
     base = rows[rows < state.members.n_base]
     n_new = len(rows) - len(base)
@@ -234,10 +237,10 @@ def profile(state: ServingState, rows: np.ndarray, scores: np.ndarray) -> Audien
             c[UNKNOWN] = none + n_new
         counts[tag] = c
     expected = None
-    hook = getattr(state.bundle.model, "purchase_probability", None)
-    if callable(hook) and len(scores):
+    hook = _probabilities(state)
+    if hook is not None and len(scores):
         expected = float(np.sum(np.asarray(hook(scores), dtype=np.float64)))
-    elif callable(hook):
+    elif hook is not None:
         expected = 0.0
     return AudienceProfile(size=int(len(rows)), counts=counts, expected_buyers=expected)
 

@@ -16,6 +16,7 @@ import optuna
 import scipy.sparse as sp
 from rich.console import Console
 
+from recsys.models.base import Capability, Recommender
 from training.experiment.config import SweepConfig
 
 POST_FIT_STEP = 1000  # the optuna step of the subsample value computed after the fit
@@ -30,31 +31,6 @@ class TrialOutcome:
     timings: dict[str, float] = field(default_factory=dict)
     intermediate: list[tuple[int, float]] = field(default_factory=list)
     curve: list[dict[str, float]] = field(default_factory=list)  # per-iteration loss / seconds
-
-
-class _Factors:
-    """The factors an implicit model holds *while it fits*, seen as a recommender, so the
-    intermediate value is computed by the same :func:`training.evaluate.evaluate_picks`."""
-
-    @staticmethod
-    def view(inner: Any, history: sp.csr_matrix) -> Any:
-        from recsys.models.base import ModelParams, Recommender
-
-        class FactorsView(Recommender):  # no ``name``: never registered
-            def _fit(self, data: Any) -> None:  # pragma: no cover - never fitted
-                raise NotImplementedError
-
-            def _score_items(self, members: np.ndarray) -> np.ndarray:
-                return np.asarray(inner.user_factors[members]) @ np.asarray(inner.item_factors).T
-
-            def _score_members(self, products: np.ndarray) -> np.ndarray:
-                return np.asarray(inner.item_factors[products]) @ np.asarray(inner.user_factors).T
-
-        v = FactorsView(ModelParams())
-        v.n_members, v.n_products = history.shape
-        v.history, v.is_fitted = history, True
-        v.category = np.zeros(history.shape[1], np.int32)
-        return v
 
 
 class TrialRunner:
@@ -73,6 +49,7 @@ class TrialRunner:
         rng = np.random.default_rng(cfg.sweep.seed)
         t0 = time.perf_counter()
         self.data = self.split = self.nbr = None
+        self.sub_members = self.sub_truth_products = self.sub_nbr = None  # the subsamples scored first
         if {"picks", "audiences"} & set(self.protocols):
             with self.console.status(f"loading the validation split ({self.window[0]} .. {self.window[1]})"):
                 self.data, self.split = load_split(self.paths, *self.window)
@@ -152,32 +129,26 @@ class TrialRunner:
         model = cls(protocol_params(params, last_basket=False, audiences="audiences" in self.protocols))
         every = self.cfg.sweep.prune_every_iterations
         if trial is not None and every > 0 and self.sub_members is not None:
-            self._watch_iterations(model, trial, out, every, int(getattr(params, "iterations", 0)))
+            self._watch_iterations(model, trial, out, every)
         return model.fit(self.data)
 
-    def _watch_iterations(self, model: Any, trial: Any, out: TrialOutcome, every: int, total: int) -> None:
-        """ALS / BPR: score the factors on the member subsample every ``every`` iterations and
-        let the pruner stop the fit. Needs the wrapper's ``on_iteration`` hook and ``_make``."""
-        make = getattr(model, "_make", None)
-        if make is None or not hasattr(model, "on_iteration"):
+    def _watch_iterations(self, model: Recommender, trial: Any, out: TrialOutcome, every: int) -> None:
+        """Models that train in iterations (:attr:`~recsys.models.base.Capability.ITERATIONS`:
+        ALS, BPR): score the model as far as it is trained on the member subsample every
+        ``every`` iterations and let the pruner stop the fit."""
+        if not model.has(Capability.ITERATIONS):
             return
-        holder: dict[str, Any] = {}
-
-        def capture() -> Any:
-            holder["inner"] = inner = make()
-            return inner
+        total = model.planned_iterations()
 
         def on_iteration(iteration: int, seconds: float, loss: float) -> None:
             out.curve.append({"iteration": iteration, "seconds": seconds, "loss": loss})
             step = iteration + 1
-            if step % every or step >= total or step >= POST_FIT_STEP or "inner" not in holder:
+            if step % every or step >= total or step >= POST_FIT_STEP:
                 return
-            view = _Factors.view(holder["inner"], self.seen)
-            value = self._picks(view, members=self.sub_members)[self.cfg.sweep.metric]
+            value = self._picks(model.snapshot(), members=self.sub_members)[self.cfg.sweep.metric]
             self._report(trial, out, value, step)
 
-        model._make = capture
-        model.on_iteration = on_iteration
+        model.watch_iterations(on_iteration)
 
     def _report(self, trial: Any, out: TrialOutcome, value: float, step: int) -> None:
         out.intermediate.append((step, float(value)))
@@ -186,9 +157,7 @@ class TrialRunner:
             raise optuna.TrialPruned(f"pruned at step {step} ({self.cfg.sweep.metric} {value:.4f})")
 
     def _subsample(self, protocol: str) -> Any:
-        return {"picks": getattr(self, "sub_members", None),
-                "audiences": getattr(self, "sub_truth_products", None),
-                "next_basket": getattr(self, "sub_nbr", None)}[protocol]
+        return {"picks": self.sub_members, "audiences": self.sub_truth_products, "next_basket": self.sub_nbr}[protocol]
 
     def _picks(self, model: Any, members: np.ndarray | None = None) -> dict[str, float]:
         from training.evaluate import evaluate_picks

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from recsys.errors import RecsysError
-from recsys.models.base import Recommender, TrainData
+from recsys.models.base import Capability, Recommender, TrainData
 from recsys.models.hybrid.audiences import (
     AudienceExamples,
     audience_examples,
@@ -42,6 +42,8 @@ class Hybrid(Recommender):
     # 2: price-band and recent-category audience features; 3: product-level audience terms;
     # 4: product-line and brand / category kNN audience features
     state_version = 4
+    capabilities = frozenset({Capability.PROBABILITIES, Capability.ITEM_VECTORS, Capability.PURCHASE_AGES,
+                              Capability.PURCHASE_COUNTS})
 
     def _tags(self, data: TrainData) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Category, brand and product-line codes of every product (brand and line: ``None`` when
@@ -125,8 +127,15 @@ class Hybrid(Recommender):
         """Audience scores (logits) -> calibrated purchase probabilities in a label window."""
         return 1.0 / (1.0 + np.exp(-np.asarray(scores, dtype=np.float64)))
 
-    def _item_vectors(self) -> np.ndarray:
+    def item_vectors(self) -> np.ndarray:
+        """The ALS product vectors (never-sold products: from their attributes)."""
         return self.state.item_factors
+
+    def purchase_ages(self) -> sp.csr_matrix:
+        return self.state.last_age
+
+    def purchase_counts(self) -> sp.csr_matrix:
+        return self.state.counts
 
     # -- persistence
     def _state(self) -> dict[str, Any]:
