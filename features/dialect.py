@@ -29,6 +29,8 @@ SPARK_SHIMS: dict[str, Callable[[list[str]], str]] = {
     "ordered_list": lambda a: (f"transform(array_sort(collect_list(named_struct('k', {a[1]}, 'v', {a[0]}))), "
                                "x -> x.v)"),
     "empty_text_list": lambda a: "CAST(array() AS ARRAY<STRING>)",
+    # aggregate: a sum exact to a millionth, whatever order the lines are added in (same SQL)
+    "exact_sum": lambda a: f"CAST(SUM(CAST(round({a[0]} * 1000000) AS BIGINT)) AS DOUBLE) / 1000000",
     # aggregate: the group's non-NULL values as an ascending list of doubles
     "sorted_values": lambda a: f"array_sort(collect_list(CAST({a[0]} AS DOUBLE)))",
     # the q-quantile of an ascending list, with exactly the arithmetic of the DuckDB macro
@@ -42,7 +44,8 @@ def _interpolated_quantile(sorted_list: str, q: str) -> str:
     return (f"transform(array({sorted_list}), _s -> CASE WHEN size(_s) = 0 THEN NULL ELSE "
             f"{at('floor')} + ({at('ceil')} - {at('floor')}) * ({pos} - floor({pos})) END)[0]")
 
-ARITY = {"days_between": 2, "ordered_list": 2, "empty_text_list": 0, "sorted_values": 1, "interpolated_quantile": 2}
+ARITY = {"days_between": 2, "ordered_list": 2, "empty_text_list": 0, "sorted_values": 1, "interpolated_quantile": 2,
+         "exact_sum": 1}
 
 _CALL = re.compile(r"\b(" + "|".join(SPARK_SHIMS) + r")\s*\(", re.IGNORECASE)
 
@@ -144,6 +147,7 @@ _DUCKDB_BODIES: dict[str, Callable[[list[str]], str]] = {
     "ordered_list": lambda a: f"list({a[0]} ORDER BY {a[1]})",
     "empty_text_list": lambda a: "CAST([] AS VARCHAR[])",
     "sorted_values": lambda a: f"list_sort(list(CAST({a[0]} AS DOUBLE)) FILTER (WHERE {a[0]} IS NOT NULL))",
+    "exact_sum": lambda a: f"CAST(SUM(CAST(round({a[0]} * 1000000) AS BIGINT)) AS DOUBLE) / 1000000",
     "interpolated_quantile": lambda a: (
         f"CASE WHEN len({a[0]}) = 0 THEN NULL ELSE list_extract({a[0]}, CAST(floor(CAST({a[1]} AS DOUBLE) * "
         f"(len({a[0]}) - 1)) AS BIGINT) + 1) + (list_extract({a[0]}, CAST(ceil(CAST({a[1]} AS DOUBLE) * "

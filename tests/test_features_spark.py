@@ -125,3 +125,31 @@ def test_shims_expand_into_their_spark_spelling_nested_and_only_in_code():
         to_spark("SELECT days_between(a) FROM t")
     assert strip_comments("SELECT '--' AS a -- b") == "SELECT '--' AS a "
     assert expand("SELECT empty_text_list()", {"empty_text_list": lambda a: "[]"}) == "SELECT []"
+
+
+def test_exact_sum_adds_up_alike_in_both_engines_whatever_the_order(spark, tmp_path):
+    """A plain SUM of doubles depends, in the last bit, on the order the lines are added in (each
+    engine adds its own way, so members tied on monetary value ranked apart); exact_sum does not."""
+    from features.build import _connect
+
+    values = [0.1, 0.2, 0.3, 19.99, 0.07, 1234.56, 0.01] * 3
+    orders = [values, values[::-1], sorted(values)]
+    assert len({sum(v) for v in orders}) > 1  # the problem: the order changes a double sum
+    expected = round(sum(round(v * 1_000_000) for v in values) / 1_000_000, 6)  # 3765.69
+    sql = "SELECT g, exact_sum(v) AS s FROM t GROUP BY g ORDER BY g"
+    con = _connect("1GB", 1, tmp_path)
+    try:
+        got_duckdb, got_spark = [], []
+        for g, order in enumerate(orders):
+            con.execute("CREATE OR REPLACE TEMP TABLE t AS SELECT * FROM (VALUES " +
+                        ", ".join(f"({g}, {v!r}::DOUBLE, {i})" for i, v in enumerate(order)) +
+                        ") AS x(g, v, i) ORDER BY i")
+            got_duckdb += [s for _, s in con.execute(sql).fetchall()]
+            frame = spark.createDataFrame([(g, v) for v in order], "g INT, v DOUBLE").repartition(3)
+            frame.createOrReplaceTempView("t")
+            got_spark += [r["s"] for r in spark.sql(to_spark(sql)).collect()]
+        assert got_duckdb == got_spark == [expected] * len(orders)
+        assert con.execute("SELECT exact_sum(v) FROM (SELECT NULL::DOUBLE AS v)").fetchone() == (None,)
+    finally:
+        con.close()
+        spark.catalog.dropTempView("t")

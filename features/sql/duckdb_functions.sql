@@ -7,6 +7,7 @@
 --   days_between(s, e)    ->  datediff(CAST(e AS DATE), CAST(s AS DATE))
 --   ordered_list(v, k)    ->  transform(array_sort(collect_list(struct(k, v))), x -> x.v)
 --   empty_text_list()     ->  CAST(array() AS ARRAY<STRING>)
+--   exact_sum(v)          ->  the same SQL (it is a macro for its name: one definition)
 --   sorted_values(v)      ->  array_sort(collect_list(CAST(v AS DOUBLE)))
 --   interpolated_quantile(s, q) -> the same arithmetic with size() and element_at()
 -- (features/dialect.py holds the Spark spellings and is what a Spark build runs).
@@ -22,6 +23,12 @@ CREATE OR REPLACE TEMP MACRO ordered_list(value, sort_key) AS
 
 CREATE OR REPLACE TEMP MACRO empty_text_list() AS
     CAST([] AS VARCHAR[]);
+
+-- Aggregate: the sum of money or quantities, exact to a millionth: added as integers, so that the
+-- result does not depend on the order the engine adds the lines in (a plain SUM of doubles does,
+-- in the last bit, and members tied on monetary value would then rank differently). NULL for none.
+CREATE OR REPLACE TEMP MACRO exact_sum(value) AS
+    CAST(SUM(CAST(round(value * 1000000) AS BIGINT)) AS DOUBLE) / 1000000;
 
 -- Aggregate: the group's non-NULL values as an ascending list of doubles.
 CREATE OR REPLACE TEMP MACRO sorted_values(value) AS

@@ -8,7 +8,7 @@ purchases AS (
     SELECT
         member_id,
         COUNT(*) AS n_lines,
-        COALESCE(SUM(amount), 0) AS monetary,
+        COALESCE(exact_sum(amount), 0) AS monetary,
         MIN(ts) AS first_purchase,
         MAX(ts) AS last_purchase
     FROM lines

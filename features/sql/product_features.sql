@@ -7,8 +7,8 @@ sales AS (
     SELECT
         product_id,
         COUNT(*) AS n_lines,
-        COALESCE(SUM(quantity), 0) AS quantity,
-        COALESCE(SUM(amount), 0) AS revenue,
+        COALESCE(exact_sum(quantity), 0) AS quantity,
+        COALESCE(exact_sum(amount), 0) AS revenue,
         MIN(ts) AS first_sale,
         MAX(ts) AS last_sale,
         interpolated_quantile(sorted_values(unit_price), 0.5) AS median_unit_price
