@@ -12,7 +12,7 @@
    with DuckDB and with ``--engine spark`` (``local[2]``), wall time side by side; the snapshots
    are compared file by file.
 4. ``--dialects``: on Ta-Feng, every feature query translated to Spark SQL two ways -- the
-   hand-kept shims of ``features/dialect.py`` (what the build runs) and ``sqlglot``'s DuckDB ->
+   hand-kept shims of ``recsys/dialect.py`` (what the build runs) and ``sqlglot``'s DuckDB ->
    Spark transpilation -- each run on Spark and compared with DuckDB's result: rows that differ,
    or the error.
 
@@ -161,7 +161,7 @@ def bench_features(work: Path, lines: int) -> dict[str, Any]:
 
 
 def bench_dialects(data_dir: Path) -> dict[str, Any]:
-    """Each feature query through features.dialect.to_spark and through sqlglot, on Spark, against
+    """Each feature query through recsys.dialect.to_spark and through sqlglot, on Spark, against
     DuckDB's own result (rows in one result and not the other, both ways)."""
     from datetime import date as _date
 
@@ -169,8 +169,8 @@ def bench_dialects(data_dir: Path) -> dict[str, Any]:
 
     from features.build import _connect, _render, render_tag, sql_params
     from features.config import FeatureConfig
-    from features.dialect import to_spark, to_spark_sqlglot
     from features.engine import DuckDBEngine, SparkEngine
+    from recsys.dialect import to_spark, to_spark_sqlglot
     from recsys.spark.session import SparkSettings, get_spark
     from recsys.tags import TagRegistry
 

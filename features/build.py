@@ -208,7 +208,7 @@ def build_features(
         extended with a retailer's rule tags.
     engine
         ``duckdb`` (this machine) or ``spark``: the same SQL on Spark (through
-        :func:`features.dialect.to_spark`), the same snapshot; ``memory_limit`` / ``threads`` are
+        :func:`recsys.dialect.to_spark`), the same snapshot; ``memory_limit`` / ``threads`` are
         DuckDB's, Spark takes its settings from ``spark`` (:mod:`recsys.spark.session`).
 
     Returns

@@ -3,7 +3,7 @@
 :func:`features.build.build_features` drives the same steps through either -- define the views
 of ``features/sql``, check each tag's SQL, write each table sorted by its key, read counts back --
 with the same SQL text: DuckDB runs it as written; Spark runs it through
-:func:`features.dialect.to_spark`, the one place where the two spellings differ. Both write one
+:func:`recsys.dialect.to_spark`, the one place where the two spellings differ. Both write one
 Parquet file per table (zstd), rows in key order, so the snapshots compare file by file.
 """
 
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
-from features.dialect import quote_spark, to_spark
+from recsys.dialect import quote_spark, to_spark
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -63,10 +63,10 @@ class DuckDBEngine:
 
 
 class SparkEngine:
-    """Spark SQL over the same views, through :func:`features.dialect.to_spark`."""
+    """Spark SQL over the same views, through :func:`recsys.dialect.to_spark`."""
 
     name = "spark"
-    # DuckDB SQL -> Spark SQL (features.dialect.to_spark; the benchmark swaps in sqlglot's to compare)
+    # DuckDB SQL -> Spark SQL (recsys.dialect.to_spark; the benchmark swaps in sqlglot's to compare)
     translate = staticmethod(to_spark)
 
     def __init__(self, spark: SparkSession):

@@ -63,6 +63,12 @@ def data_ingest(
     memory_limit: Annotated[str | None, typer.Option(
         help="DuckDB's memory cap: a size (6GB) or a share of RAM (40%); beyond it ingest spills "
              "to OUT/.tmp. Default: RECSYS_INGEST_MEMORY, else 35% of RAM.")] = None,
+    engine: Annotated[str, typer.Option(help="duckdb (this machine) or spark: the same rules, the same "
+                                             "tables and report.")] = "duckdb",
+    spark_master: Annotated[str | None, typer.Option("--spark-master", help="With --engine spark: local[N], "
+                                                     "spark://..., yarn, k8s://... or sc://HOST:15002.")] = None,
+    spark_conf: Annotated[list[str] | None, typer.Option("--spark-conf", help="With --engine spark: a spark.* "
+                                                         "setting, KEY=VALUE (repeatable).")] = None,
 ) -> None:
     """Validate a retailer's export and write the canonical tables plus a validation report."""
     from recsys.data.ingest import ingest
@@ -71,7 +77,14 @@ def data_ingest(
     try:
         mapping = resolve_source(source, data_dir)
         out_dir = out or data_dir / mapping.name / "canonical"
-        report = ingest(mapping, out_dir, strict=strict, memory_limit=memory_limit)
+        if engine not in ("duckdb", "spark"):
+            raise RecsysError(f"--engine must be duckdb or spark, not {engine!r}")
+        spark = None
+        if engine == "spark":
+            from recsys.spark.session import SparkSettings
+
+            spark = SparkSettings.from_options(spark_master, spark_conf, app_name="recsys data ingest")
+        report = ingest(mapping, out_dir, strict=strict, memory_limit=memory_limit, engine=engine, spark=spark)
     except RecsysError as exc:
         _fail(exc)
     report.print(console)

@@ -1,5 +1,5 @@
 """The feature build on Spark writes the DuckDB build's snapshot: same files, rows, values and
-manifest, from the same SQL (features/dialect.py is the only difference), on an export with noise.
+manifest, from the same SQL (recsys/dialect.py is the only difference), on an export with noise.
 
 One local[2] session (the ``spark`` fixture); a synthetic retailer export of a few thousand lines.
 """
@@ -17,10 +17,10 @@ from test_features import STORE_VISITS, VIP
 
 from features.build import build_features
 from features.config import FeatureConfig
-from features.dialect import expand, strip_comments, to_spark
 from recsys.data.ingest import ingest
 from recsys.data.mapping import resolve_source
 from recsys.data.synth import SynthSpec, synthesize_retailer
+from recsys.dialect import expand, strip_comments, to_spark
 from recsys.errors import InputError
 from recsys.tags import TagDef, TagRegistry
 

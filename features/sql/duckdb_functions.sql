@@ -10,7 +10,7 @@
 --   exact_sum(v)          ->  the same SQL (it is a macro for its name: one definition)
 --   sorted_values(v)      ->  array_sort(collect_list(CAST(v AS DOUBLE)))
 --   interpolated_quantile(s, q) -> the same arithmetic with size() and element_at()
--- (features/dialect.py holds the Spark spellings and is what a Spark build runs).
+-- (recsys/dialect.py holds the Spark spellings and is what a Spark build runs).
 -- Statements are separated by ';' at the end of a line.
 
 -- Whole calendar days from the date of start_ts to the date of end_ts.

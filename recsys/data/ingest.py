@@ -20,6 +20,10 @@ Pipeline for the transactions table:
 5. write ``transactions.parquet`` (sorted by ts, member_id), ``products.parquet``,
    ``members.parquet`` and ``validation_report.json``.
 
+``engine="spark"`` runs these same statements on Spark (:mod:`recsys.spark.ingest`: the files
+read by Spark's readers, every statement through :func:`recsys.dialect.to_spark`), so the two
+engines share one copy of the rules and write the same tables and report.
+
 With ``strict=True`` nothing is written: the first bad row (lowest line number) raises
 :class:`~recsys.errors.StrictValidationError`.
 """
@@ -102,30 +106,30 @@ _REASON_COLUMN: dict[str, str] = {
 }
 
 TRANSACTION_OUTPUT: dict[str, str] = {
-    Col.MEMBER: "VARCHAR",
-    Col.PRODUCT: "VARCHAR",
+    Col.MEMBER: "STRING",
+    Col.PRODUCT: "STRING",
     Col.TS: "TIMESTAMP",
     Col.QUANTITY: "DOUBLE",
     Col.AMOUNT: "DOUBLE",
     Col.UNIT_PRICE: "DOUBLE",
     Col.COST: "DOUBLE",
-    Col.CHANNEL: "VARCHAR",
-    Col.STORE: "VARCHAR",
-    Col.BASKET: "VARCHAR",
+    Col.CHANNEL: "STRING",
+    Col.STORE: "STRING",
+    Col.BASKET: "STRING",
 }
 PRODUCT_OUTPUT: dict[str, str] = {
-    Col.PRODUCT: "VARCHAR",
-    Col.CATEGORY: "VARCHAR",
+    Col.PRODUCT: "STRING",
+    Col.CATEGORY: "STRING",
     Col.PRICE: "DOUBLE",
-    Col.BRAND: "VARCHAR",
-    Col.NAME: "VARCHAR",
+    Col.BRAND: "STRING",
+    Col.NAME: "STRING",
     Col.LAUNCHED_AT: "TIMESTAMP",
 }
 MEMBER_OUTPUT: dict[str, str] = {
-    Col.MEMBER: "VARCHAR",
+    Col.MEMBER: "STRING",
     Col.JOINED_AT: "TIMESTAMP",
-    Col.AGE_GROUP: "VARCHAR",
-    Col.REGION: "VARCHAR",
+    Col.AGE_GROUP: "STRING",
+    Col.REGION: "STRING",
 }
 
 UNKNOWN_CATEGORY = "unknown"
@@ -139,6 +143,14 @@ _WS = " \t\r\n\u00a0\ufeff"
 # DuckDB's memory cap: this share of the machine's RAM unless RECSYS_INGEST_MEMORY says otherwise.
 MEMORY_SHARE = 0.35
 MEMORY_ENV = "RECSYS_INGEST_MEMORY"
+ENGINES = ("duckdb", "spark")
+
+
+class SQLFailure(Exception):
+    """A statement the Spark engine could not run (what ``duckdb.Error`` is on DuckDB)."""
+
+
+_SQL_ERRORS: tuple[type[BaseException], ...] = (duckdb.Error, SQLFailure)
 
 
 @dataclass
@@ -161,6 +173,7 @@ class ValidationReport:
     outputs: dict[str, int] = field(default_factory=dict)
     created_at: str = ""
     seconds: float = 0.0
+    engine: str = "duckdb"
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain JSON-able data."""
@@ -228,6 +241,13 @@ class _Source:
     info: dict[str, Any]  # for the report: path, sha256, bytes
     window: tuple[str, str]  # SQL timestamp literals: the plausible [ts_min, ts_max)
     malformed: tuple[int, list[dict[str, Any]]] | None = None  # see _malformed
+    # True when _row is the file's line number itself (Spark numbers every line it reads,
+    # malformed ones included); DuckDB's reader skips malformed lines (see _line_of).
+    row_is_line = False
+
+    @staticmethod
+    def ident(name: str) -> str:
+        return _ident(name)
 
     @property
     def path(self) -> str:
@@ -270,8 +290,8 @@ class _Source:
     def raw(self, canonical: str) -> str:
         """The source column for ``canonical`` as text, or a text NULL when it is not mapped."""
         if canonical in self.columns:
-            return f"CAST({_ident(self.columns[canonical])} AS VARCHAR)"
-        return "CAST(NULL AS VARCHAR)"
+            return f"CAST({self.ident(self.columns[canonical])} AS STRING)"
+        return "CAST(NULL AS STRING)"
 
     def numbered(self, canonical: tuple[str, ...]) -> str:
         """The mapped columns as text (``r_<canonical>``) plus ``_row``, read straight off the
@@ -288,6 +308,8 @@ def ingest(
     *,
     memory_limit: str | None = None,
     threads: int | None = None,
+    engine: str = "duckdb",
+    spark: Any = None,
 ) -> ValidationReport:
     """Validate the mapped source tables and write the canonical tables plus a report.
 
@@ -305,6 +327,11 @@ def ingest(
         :func:`default_memory_limit`.
     threads
         DuckDB threads; default ``os.cpu_count()``.
+    engine
+        ``duckdb`` (this machine) or ``spark``: the same SQL (run through
+        :func:`recsys.dialect.to_spark`, :mod:`recsys.spark.ingest`), the same tables and report.
+    spark
+        With ``engine="spark"``: the :class:`recsys.spark.session.SparkSettings` (master, conf).
 
     Returns
     -------
@@ -327,6 +354,8 @@ def ingest(
     True
     """
     started = time.perf_counter()
+    if engine not in ENGINES:
+        raise InputError(f"engine must be duckdb or spark, not {engine!r}")
     out_dir = Path(out_dir)
     tmp_dir = out_dir / ".tmp"
     if tmp_dir.exists():
@@ -335,6 +364,14 @@ def ingest(
         tmp_dir.mkdir(parents=True)
     except OSError as exc:
         raise InputError(f"cannot create the output folder {out_dir}: {exc.strerror}") from None
+    if engine == "spark":
+        from recsys.spark.ingest import run_on_spark
+
+        try:
+            report = run_on_spark(spark, lambda con, opener: _run(con, mapping, out_dir, tmp_dir, strict, opener))
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+        return _finish(report, out_dir, started)
     try:
         con = _connect(tmp_dir, memory_limit, threads)
     except BaseException:
@@ -353,16 +390,23 @@ def ingest(
     finally:
         con.close()
         shutil.rmtree(tmp_dir, ignore_errors=True)
+    return _finish(report, out_dir, started)
+
+
+def _finish(report: ValidationReport, out_dir: Path, started: float) -> ValidationReport:
     report.seconds = round(time.perf_counter() - started, 2)
     (out_dir / "validation_report.json").write_text(report.to_json() + "\n", encoding="utf-8")
     return report
 
 
-def _run(con: duckdb.DuckDBPyConnection, mapping: MappingConfig, out_dir: Path, tmp_dir: Path,
-         strict: bool) -> ValidationReport:
+def _run(con: Any, mapping: MappingConfig, out_dir: Path, tmp_dir: Path,
+         strict: bool, open_source: Any = None) -> ValidationReport:
+    """The ingest on ``con``: a DuckDB connection, or :class:`recsys.spark.ingest.SparkConnection`
+    (which runs the same statements on Spark), whose sources ``open_source`` opens."""
     ts_min, ts_max = mapping.limits.window()
     window = (_ts_lit(ts_min), _ts_lit(ts_max))
-    sources = {table: _open_source(con, table, tm, tmp_dir, window)
+    open_source = open_source or _open_source
+    sources = {table: open_source(con, table, tm, tmp_dir, window)
                for table, tm in mapping.tables().items()}
     txn = sources["transactions"]
     tables: dict[str, dict[str, Any]] = {}
@@ -411,6 +455,7 @@ def _run(con: duckdb.DuckDBPyConnection, mapping: MappingConfig, out_dir: Path, 
         tables=tables,
         outputs=outputs,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        engine=getattr(con, "engine", "duckdb"),
     )
 
 
@@ -479,8 +524,10 @@ def _connect(tmp_dir: Path, memory_limit: str | None, threads: int | None) -> du
     return con
 
 
-def _open_source(con: duckdb.DuckDBPyConnection, table: str, tm: TableMapping,
-                 tmp_dir: Path, window: tuple[str, str]) -> _Source:
+def _open_source(con: Any, table: str, tm: TableMapping, tmp_dir: Path, window: tuple[str, str],
+                 describe: Any = None, source_class: type[_Source] = _Source) -> _Source:
+    """The source of ``table``, its mapped columns resolved against the file's; ``describe``
+    gives the file's column names and types (default: DuckDB's reader)."""
     path = tm.path
     if not path.exists():
         raise InputError(f"{table} file not found: {path} (check [{table}] path in the mapping; "
@@ -496,14 +543,17 @@ def _open_source(con: duckdb.DuckDBPyConnection, table: str, tm: TableMapping,
     if tm.file_format == "csv" and path.suffix.lower() == ".zip":
         read_path = _extract_single_member(path, table, tmp_dir)
         info["member"] = read_path.name.split("__", 1)[1]
-    src = _Source(table, tm, read_path, {}, set(), info, window)
+    src = source_class(table, tm, read_path, {}, set(), info, window)
 
     try:
-        described = con.execute(f"DESCRIBE SELECT * FROM {src.scan(src.rejects + '_sniff')}"
-                                ).fetchall()
-    except duckdb.Error as exc:
+        if describe is not None:
+            types = describe(src)
+        else:
+            described = con.execute(f"DESCRIBE SELECT * FROM {src.scan(src.rejects + '_sniff')}"
+                                    ).fetchall()
+            types = {row[0]: str(row[1]) for row in described}
+    except _SQL_ERRORS as exc:
         raise InputError(f"{path}: cannot read it as {tm.file_format.upper()}: {_one_line(exc)}") from None
-    types = {row[0]: str(row[1]) for row in described}
 
     by_lower: dict[str, list[str]] = {}
     for name in types:
@@ -528,7 +578,7 @@ def _open_source(con: duckdb.DuckDBPyConnection, table: str, tm: TableMapping,
     if tm.ts_format:
         try:
             con.execute(f"SELECT try_strptime('', {_lit(tm.ts_format)})").fetchall()
-        except duckdb.Error as exc:
+        except _SQL_ERRORS as exc:
             raise InputError(f"[{table}] ts_format {tm.ts_format!r} is not a valid strptime "
                              f"format: {_one_line(exc)}") from None
     return src
@@ -578,7 +628,7 @@ def _read(con: duckdb.DuckDBPyConnection, src: _Source, sql: str) -> None:
         con.execute(sql)
     except (duckdb.OutOfMemoryException, duckdb.InterruptException):
         raise
-    except duckdb.Error as exc:
+    except _SQL_ERRORS as exc:
         msg = _one_line(exc)
         if "No space left on device" in msg:
             raise RecsysError(f"no space left for ingest's spill files under "
@@ -609,7 +659,7 @@ def _malformed(con: duckdb.DuckDBPyConnection, src: _Source) -> tuple[int, list[
 def _line_of(con: duckdb.DuckDBPyConnection, src: _Source, row: int) -> int:
     """The file line of the ``row``-th row read (numbered from 2, as ``_row``): the reader's
     numbering skips malformed lines, the file's does not."""
-    if not _malformed(con, src)[0]:
+    if src.row_is_line or not _malformed(con, src)[0]:
         return row
     # Before the i-th malformed line (0-based) come line - 2 - i good rows; the row follows
     # every malformed line that has fewer good rows than it before it.
@@ -680,10 +730,11 @@ def _stage_identities(con: duckdb.DuckDBPyConnection, src: _Source, by_channel: 
         _raise_first(con, src, "id_lines", "_status")
     key = "channel, external_id" if by_channel else "external_id"
     conflict = con.execute(f"""
-        SELECT {key}, min(member_id), max(member_id) FROM id_lines WHERE _status IS NULL
-        GROUP BY {key} HAVING count(DISTINCT member_id) > 1 ORDER BY min(_row) LIMIT 1""").fetchone()
+        SELECT {key}, min(member_id), max(member_id), min(_row) AS _first FROM id_lines
+        WHERE _status IS NULL GROUP BY {key} HAVING count(DISTINCT member_id) > 1
+        ORDER BY _first LIMIT 1""").fetchone()
     if conflict:
-        *k, first, second = conflict
+        *k, first, second, _ = conflict
         acct = f"external id {k[-1]!r}" + (f" on channel {k[0]!r}" if by_channel else "")
         raise InputError(f"{src.path}: {acct} maps to two member ids ({first!r} and {second!r}); "
                          "an account can belong to one member only, fix the identities file")
@@ -731,8 +782,8 @@ def _stage_products(con: duckdb.DuckDBPyConnection, src: _Source, strict: bool) 
     rejected = _status_counts(con, "p_lines", ("missing_product_id", "duplicate_product_id"))
     repaired = dict(zip(("trimmed_id", "bad_price", "missing_category", "bad_launched_at"),
                         con.execute("""
-        SELECT count(*) FILTER (_trimmed), count(*) FILTER (_bad_price),
-               count(*) FILTER (_missing_category), count(*) FILTER (_bad_launched_at)
+        SELECT count(*) FILTER (WHERE _trimmed), count(*) FILTER (WHERE _bad_price),
+               count(*) FILTER (WHERE _missing_category), count(*) FILTER (WHERE _bad_launched_at)
         FROM p_kept""").fetchone(), strict=True))
     con.execute("DROP TABLE p_lines")
     return {**_section(rows_in, rejected, malformed, _malformed(con, src)[1]),
@@ -763,7 +814,7 @@ def _stage_members(con: duckdb.DuckDBPyConnection, src: _Source, strict: bool) -
     con.execute("CREATE TABLE m_kept AS SELECT * FROM m_lines WHERE _status IS NULL")
     rejected = _status_counts(con, "m_lines", ("missing_member_id", "duplicate_member_id"))
     repaired = dict(zip(("trimmed_id", "bad_joined_at"), con.execute(
-        "SELECT count(*) FILTER (_trimmed), count(*) FILTER (_bad_joined_at) FROM m_kept"
+        "SELECT count(*) FILTER (WHERE _trimmed), count(*) FILTER (WHERE _bad_joined_at) FROM m_kept"
     ).fetchone(), strict=True))
     con.execute("DROP TABLE m_lines")
     return {**_section(rows_in, rejected, malformed, _malformed(con, src)[1]),
@@ -799,13 +850,13 @@ def _stage_transactions(con: duckdb.DuckDBPyConnection, src: _Source, has_ident:
     # grouped too (only their count is needed). Unmapped columns are NULL on every line, so they
     # are left out of the key and added back as NULL.
     key_cols = [c for c in _TXN_KEY if c in src.columns]
-    unmapped = "".join(f", CAST(NULL AS {'DOUBLE' if c == Col.COST else 'VARCHAR'}) AS {c}"
+    unmapped = "".join(f", CAST(NULL AS {'DOUBLE' if c == Col.COST else 'STRING'}) AS {c}"
                        for c in _TXN_KEY if c not in src.columns)
     key = ", ".join(key_cols)
     # --strict also needs each group's second line (a duplicate), its first repaired cost and
     # the raw text of the value its first bad line was refused for.
-    strict_cols = ("""min(_row, 2) AS _rows2, min(_row) FILTER (_bad_cost) AS _first_bad_cost,
-                      arg_min(_bad_value, _row) FILTER (_status IS NOT NULL OR _bad_cost)
+    strict_cols = ("""min(_row, 2) AS _rows2, min(_row) FILTER (WHERE _bad_cost) AS _first_bad_cost,
+                      min_by(_bad_value, _row) FILTER (WHERE _status IS NOT NULL OR _bad_cost)
                           AS _bad_value,""" if strict else "")
     _read(con, src, f"""
         CREATE TABLE t_groups AS
@@ -838,8 +889,8 @@ def _stage_transactions(con: duckdb.DuckDBPyConnection, src: _Source, has_ident:
                    CASE WHEN _bad_cost THEN NULL ELSE cost0 END AS cost,
                    channel, store_id, basket_id, {", ".join(_TXN_ATTRS)}
             FROM s)
-        SELECT _status, count(*) AS _n, min(_row) AS _row, arg_min(_trimmed, _row) AS _trimmed,
-               arg_min(_folded, _row) AS _folded, arg_min(_bad_cost, _row) AS _bad_cost,
+        SELECT _status, count(*) AS _n, min(_row) AS _row, min_by(_trimmed, _row) AS _trimmed,
+               min_by(_folded, _row) AS _folded, min_by(_bad_cost, _row) AS _bad_cost,
                {strict_cols} {key}{unmapped}
         FROM l
         GROUP BY _status, {key}""")
@@ -859,7 +910,8 @@ def _stage_transactions(con: duckdb.DuckDBPyConnection, src: _Source, has_ident:
     counts["duplicate"] = counts.pop(None, 0) - rows_kept
     counts["malformed_row"] = malformed
     repaired = dict(zip(REPAIR_REASONS, con.execute("""
-        SELECT count(*) FILTER (_trimmed), count(*) FILTER (_folded), count(*) FILTER (_bad_cost)
+        SELECT count(*) FILTER (WHERE _trimmed), count(*) FILTER (WHERE _folded),
+               count(*) FILTER (WHERE _bad_cost)
         FROM t_kept""").fetchone(), strict=True))
     return {"rows_in": rows_read + malformed, "rows_kept": rows_kept, "rejected": counts,
             "repaired": repaired, "malformed_rows": _malformed(con, src)[1]}
@@ -907,8 +959,8 @@ def _raise_first_transaction(con: duckdb.DuckDBPyConnection, src: _Source,
             WHERE _status IS NULL AND _first_bad_cost IS NOT NULL)
         ORDER BY line LIMIT 1""").fetchone()
     dup = con.execute("""
-        SELECT _rows2[2], _rows2[1] FROM t_groups WHERE _status IS NULL AND _n > 1
-        ORDER BY _rows2[2] LIMIT 1""").fetchone()
+        SELECT list_extract(_rows2, 2), list_extract(_rows2, 1) FROM t_groups
+        WHERE _status IS NULL AND _n > 1 ORDER BY list_extract(_rows2, 2) LIMIT 1""").fetchone()
     first = min((r[0] for r in (dup, bad) if r is not None), default=None)
     _strict_malformed(con, src, None if first is None else _line_of(con, src, first))
     if dup is not None and (bad is None or dup[0] < bad[0]):
@@ -1013,10 +1065,11 @@ def _copy(con: duckdb.DuckDBPyConnection, query: str, path: Path) -> None:
 def _mode(key: str, attr: str) -> str:
     """Per ``key``, the most frequent non-NULL ``attr`` on kept lines (ties: smallest value)."""
     return f"""
-        SELECT {key}, first({attr} ORDER BY n DESC, {attr}) AS v
-        FROM (SELECT {key}, {attr}, count(*) AS n FROM t_kept
-              WHERE {attr} IS NOT NULL GROUP BY ALL)
-        GROUP BY {key}"""
+        SELECT {key}, {attr} AS v FROM (
+            SELECT {key}, {attr}, row_number() OVER (PARTITION BY {key} ORDER BY n DESC, {attr}) AS _rk
+            FROM (SELECT {key}, {attr}, count(*) AS n FROM t_kept
+                  WHERE {attr} IS NOT NULL GROUP BY ALL) AS counted) AS ranked
+        WHERE _rk = 1"""
 
 
 # --------------------------------------------------------------------------------------------
@@ -1054,7 +1107,7 @@ def _table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
 def _cleaned(src: _Source, canonical: tuple[str, ...]) -> str:
     """``k_<c>``: each mapped ``r_<c>`` trimmed of whitespace, empty as NULL (unmapped: NULL)."""
     return ", ".join(
-        f"{_clean('r_' + c) if c in src.columns else 'CAST(NULL AS VARCHAR)'} AS k_{c}"
+        f"{_clean('r_' + c) if c in src.columns else 'CAST(NULL AS STRING)'} AS k_{c}"
         for c in canonical)
 
 
@@ -1063,8 +1116,8 @@ def _clean(column: str) -> str:
     # trim() with a character set is several times slower than a look at the two ends, and
     # almost no value needs it. Plain comparisons: an IN list here would plan as a join.
     ends = " OR ".join(
-        f"{column}[{i}] <= ' '" if ch == " " else f"{column}[{i}] = {_lit(ch)}"
-        for i in (1, -1) for ch in (" ", "\u00a0", "\ufeff"))
+        f"{end}({column}, 1) <= ' '" if ch == " " else f"{end}({column}, 1) = {_lit(ch)}"
+        for end in ("left", "right") for ch in (" ", "\u00a0", "\ufeff"))
     return (f"CASE WHEN {ends} THEN NULLIF(trim({column}, {_lit(_WS)}), '') "
             f"WHEN {column} = '' THEN NULL ELSE {column} END")
 

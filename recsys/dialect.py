@@ -1,6 +1,7 @@
-"""The one place where the feature SQL's DuckDB spelling and Spark SQL's differ.
+"""The one place where the DuckDB spelling of the project's SQL and Spark SQL's differ.
 
-Every feature definition (``features/sql/*.sql``, the tags' SQL in :mod:`recsys.tags`) is written
+The ingest's SQL (:mod:`recsys.data.ingest`: cleaning, the rejection rules, deduplication, the
+canonical tables) and every feature definition (``features/sql/*.sql``, the tags' SQL in :mod:`recsys.tags`) is written
 once, for DuckDB, in the subset of SQL both engines share plus a few engine shims that
 ``duckdb_functions.sql`` defines as DuckDB macros. :func:`to_spark` turns such SQL into Spark SQL by
 expanding each shim into its Spark spelling (:data:`SPARK_SHIMS`), and nothing else: the shared
@@ -14,6 +15,13 @@ constructs the features rely on into something else -- ``list(v ORDER BY k)`` in
 approximate ``PERCENTILE_APPROX``, and ``len(list)`` into the string ``LENGTH`` -- each a silent
 change of the outputs. :func:`to_spark_sqlglot` is kept for that comparison; :func:`to_spark`
 is what the Spark feature build runs.
+
+The ingest's SQL is plain DuckDB (no macros): its Spark spellings here are for DuckDB built-ins --
+``isfinite``, ``trim(s, characters)``, ``try_strptime`` (its strptime format becomes a Java
+pattern), ``median`` (spelt out with DuckDB's arithmetic, the mean of the two middle values, where
+Spark's ``median`` interpolates and can differ in the last bit), ``min(v, n)`` (the n smallest as a
+list), ``list_extract`` (1-based) and ``read_parquet``. A call of a name with no spelling for the
+engine asked for is left as it is.
 """
 
 from __future__ import annotations
@@ -35,6 +43,14 @@ SPARK_SHIMS: dict[str, Callable[[list[str]], str]] = {
     "sorted_values": lambda a: f"array_sort(collect_list(CAST({a[0]} AS DOUBLE)))",
     # the q-quantile of an ascending list, with exactly the arithmetic of the DuckDB macro
     "interpolated_quantile": lambda a: _interpolated_quantile(a[0], a[1]),
+    # DuckDB built-ins the ingest uses
+    "isfinite": lambda a: f"(NOT isnan({a[0]}) AND abs({a[0]}) < double('infinity'))",
+    "trim": lambda a: f"btrim({a[0]}, {a[1]})" if len(a) == 2 else f"trim({a[0]})",
+    "try_strptime": lambda a: f"try_to_timestamp({a[0]}, {java_pattern(a[1])})",
+    "median": lambda a: _median(a[0]),
+    "min": lambda a: f"slice(array_sort(collect_list({a[0]})), 1, {a[1]})" if len(a) == 2 else f"min({a[0]})",
+    "list_extract": lambda a: f"element_at({a[0]}, {a[1]})",
+    "read_parquet": lambda a: f"parquet.{quote_spark(_unquote(a[0]))}",
 }
 
 
@@ -44,8 +60,66 @@ def _interpolated_quantile(sorted_list: str, q: str) -> str:
     return (f"transform(array({sorted_list}), _s -> CASE WHEN size(_s) = 0 THEN NULL ELSE "
             f"{at('floor')} + ({at('ceil')} - {at('floor')}) * ({pos} - floor({pos})) END)[0]")
 
-ARITY = {"days_between": 2, "ordered_list": 2, "empty_text_list": 0, "sorted_values": 1, "interpolated_quantile": 2,
-         "exact_sum": 1}
+def _median(value: str) -> str:
+    """DuckDB's ``median`` of doubles: the middle value, or the mean of the two middle ones."""
+    n = "size(_s)"
+    half = f"CAST({n} / 2 AS INT)"
+    return (f"transform(array(array_sort(collect_list(CAST({value} AS DOUBLE)))), _s -> CASE WHEN {n} = 0 "
+            f"THEN NULL WHEN {n} % 2 = 1 THEN element_at(_s, {half} + 1) ELSE "
+            f"(element_at(_s, {half}) + element_at(_s, {half} + 1)) / 2 END)[0]")
+
+
+def _unquote(literal: str) -> str:
+    if not (len(literal) >= 2 and literal[0] == literal[-1] == "'"):
+        raise ValueError(f"expected a string literal, got {literal}")
+    return literal[1:-1].replace("''", "'")
+
+
+# strptime directive -> the Java DateTimeFormatter letters Spark's to_timestamp reads
+STRPTIME_TO_JAVA = {"Y": "yyyy", "y": "yy", "m": "MM", "d": "dd", "H": "HH", "I": "hh", "M": "mm", "S": "ss",
+                    "f": "SSSSSS", "p": "a", "b": "MMM", "B": "MMMM", "j": "DDD"}
+
+
+def java_pattern(literal: str) -> str:
+    """A strptime format as an SQL literal (``'%Y-%m-%d %H:%M:%S'``) -> the literal of the Java
+    pattern Spark's ``to_timestamp`` reads (``'yyyy-MM-dd HH:mm:ss'``); other text is quoted.
+
+    >>> java_pattern("'%Y年%m月%d日 %H:%M:%S'")
+    "'yyyy''年''MM''月''dd''日 ''HH'':''mm'':''ss'"
+    """
+    fmt, out, text = _unquote(literal), [], []
+    q = "'"
+
+    def flush() -> None:
+        if text:  # Java quotes literal text with '...' ('' for a quote); SQL doubles every '
+            out.append(q * 2 + "".join(text).replace(q, q * 4) + q * 2)
+            text.clear()
+    i = 0
+    while i < len(fmt):
+        if fmt[i] == "%" and i + 1 < len(fmt):
+            d = fmt[i + 1]
+            if d == "%":
+                text.append("%")
+            elif d in STRPTIME_TO_JAVA:
+                flush()
+                out.append(STRPTIME_TO_JAVA[d])
+            else:
+                raise ValueError(f"the strptime directive %{d} has no Spark spelling; these have: "
+                                 + " ".join("%" + k for k in STRPTIME_TO_JAVA))
+            i += 2
+            continue
+        text.append(fmt[i])
+        i += 1
+    flush()
+    return q + "".join(out) + q
+
+
+# How many arguments each shim takes (any of these).
+ARITY: dict[str, tuple[int, ...]] = {
+    "days_between": (2,), "ordered_list": (2,), "empty_text_list": (0,), "sorted_values": (1,),
+    "interpolated_quantile": (2,), "exact_sum": (1,), "isfinite": (1,), "trim": (1, 2), "try_strptime": (2,),
+    "median": (1,), "min": (1, 2), "list_extract": (2,), "read_parquet": (1,),
+}
 
 _CALL = re.compile(r"\b(" + "|".join(SPARK_SHIMS) + r")\s*\(", re.IGNORECASE)
 
@@ -167,10 +241,15 @@ def expand(sql: str, shims: dict[str, Callable[[list[str]], str]]) -> str:
             continue  # inside a call already expanded, or inside a string / quoted name
         name = match.group(1).lower()
         args, end = _arguments(sql, match.end())
-        if len(args) != ARITY[name]:
-            raise ValueError(f"{name}() takes {ARITY[name]} argument(s), got {len(args)}: {sql[match.start():end]}")
+        if len(args) not in ARITY[name]:
+            wanted = " or ".join(map(str, ARITY[name]))
+            raise ValueError(f"{name}() takes {wanted} argument(s), got {len(args)}: {sql[match.start():end]}")
         out.append(sql[pos : match.start()])
-        out.append(shims[name]([expand(a, shims) for a in args]))
+        expanded = [expand(a, shims) for a in args]
+        if name in shims:
+            out.append(shims[name](expanded))
+        else:  # no spelling for this engine: the call as written, its arguments expanded
+            out.append(f"{sql[match.start():match.end()]}{', '.join(expanded)})")
         pos = end
     out.append(sql[pos:])
     return "".join(out)
