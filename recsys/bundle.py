@@ -12,6 +12,11 @@ Layout::
                        product tag of ``tags``
     pre_ranked.npz     optional: every member's top-N products per mode, ranked offline
                        (:mod:`recsys.precompute`); ``bundle.json`` describes it under ``pre_ranked``
+    indexes/           optional: FAISS indexes over the model's vectors (``members.faiss``, and
+                       ``products.faiss`` / ``similar.faiss`` for a large catalogue), built when
+                       the bundle was made (:mod:`recsys.ann`); ``bundle.json`` describes each
+                       under ``indexes`` (kind, size, cells, calibrated nprobe and recall, build
+                       time, file size)
 
 ``bundle.json`` lists every other file under ``files`` with its size and SHA-256, and
 :func:`load_bundle` checks them before reading anything: a truncated download or a flipped byte
@@ -31,6 +36,13 @@ The tags are optional in the same way: a bundle written before tags were recorde
 read from its tables (every text column a tag, labelled where a built-in tag has its name, values
 as found; see :func:`recsys.tags.registry_of_table`). A bundle that has ``tags`` must carry a
 column for each.
+
+The indexes are optional in the same way: a bundle without them (older bundles, models without
+vectors, vectors small enough to search exactly) loads as before and a server builds what it needs
+at load; with them, a server memory-maps them and is ready without building an index (at ten
+million members that is minutes of k-means and cell assignment). They change how fast a server is
+ready, never what it answers beyond the approximate index's measured recall. ``recsys bundle index
+DIR`` adds them to an existing bundle.
 """
 
 from __future__ import annotations
@@ -50,6 +62,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recsys.ann import INDEX_DIR, INDEX_NAMES, AnnIndex, load_index, save_index
 from recsys.columns import Col
 from recsys.errors import RecsysError
 from recsys.idmap import IdMap
@@ -80,6 +93,7 @@ class Bundle:
     meta: dict[str, Any] = field(default_factory=dict)
     pre_ranked: PreRanked | None = None  # offline pick lists (recsys.precompute), when computed
     tags: TagRegistry | None = None  # the snapshot's tags; None: read from the tables (older bundles)
+    indexes: dict[str, AnnIndex] = field(default_factory=dict)  # FAISS indexes built with the bundle (recsys.ann)
 
     @property
     def tag_registry(self) -> TagRegistry:
@@ -112,17 +126,21 @@ def save_bundle(path: Path | str, bundle: Bundle) -> Path:
         bundle.pre_ranked.check(len(bundle.members), len(bundle.products))
     if bundle.tags is not None:
         _check_tag_columns(bundle.tags, bundle.member_table, bundle.product_table)
+    for name, ann in bundle.indexes.items():
+        _check_index(name, ann.meta, len(bundle.members), len(bundle.products))
     if path.exists():  # only once the new bundle is known to be consistent
         shutil.rmtree(path)
     path.mkdir(parents=True)
     bundle.model.save(path / "model")
     pq.write_table(bundle.member_table, path / "members.parquet")
     pq.write_table(bundle.product_table, path / "products.parquet")
-    meta = {k: v for k, v in bundle.meta.items() if k not in ("pre_ranked", "tags")}  # this bundle's own
+    meta = {k: v for k, v in bundle.meta.items() if k not in ("pre_ranked", "tags", "indexes")}  # this bundle's own
     if bundle.pre_ranked is not None:
         bundle.pre_ranked.save(path / PRE_RANKED_FILE)
         meta["pre_ranked"] = {**bundle.pre_ranked.meta, "file": PRE_RANKED_FILE, "n": bundle.pre_ranked.n,
                               "modes": list(bundle.pre_ranked.modes)}
+    if bundle.indexes:
+        meta["indexes"] = write_indexes(path, bundle.indexes)
     meta = {
         **meta,
         "format_version": FORMAT_VERSION,
@@ -223,6 +241,7 @@ def load_bundle(path: Path | str) -> Bundle:
         tags = TagRegistry.from_json(meta["tags"], "bundle.json: tags") if "tags" in meta else None
         if tags is not None:
             _check_tag_columns(tags, member_table, product_table)
+        indexes = part("indexes", lambda: _load_indexes(path, meta, model.n_members, model.n_products))
     except ModelStateVersionError as exc:
         raise BundleError(str(exc)) from None
     except (ValueError, RecsysError) as exc:  # the tag registry and the tables disagree
@@ -241,7 +260,7 @@ def load_bundle(path: Path | str) -> Bundle:
             pre_ranked.check(model.n_members, model.n_products)
         except ValueError as exc:
             raise BundleError(f"{path}: {exc}; re-export the bundle") from None
-    return Bundle(model, members, products, member_table, product_table, meta, pre_ranked, tags)
+    return Bundle(model, members, products, member_table, product_table, meta, pre_ranked, tags, indexes)
 
 
 def _check_tag_columns(tags: TagRegistry, member_table: pa.Table, product_table: pa.Table) -> None:
@@ -266,3 +285,61 @@ def _load_pre_ranked(path: Path, meta: dict[str, Any]) -> PreRanked | None:
     if not isinstance(info, dict):
         raise ValueError("bundle.json: 'pre_ranked' must be an object")
     return PreRanked.load(path / _pre_ranked_name(meta), info)
+
+
+def write_indexes(path: Path, indexes: dict[str, AnnIndex]) -> dict[str, dict[str, Any]]:
+    """Write ``indexes`` into the bundle folder ``path`` (``indexes/NAME.faiss``); returns what
+    ``bundle.json`` says of them."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, ann in indexes.items():
+        if name not in INDEX_NAMES:
+            raise ValueError(f"unknown index {name!r}; indexes: {', '.join(INDEX_NAMES)}")
+        rel = f"{INDEX_DIR}/{name}.faiss"
+        out[name] = {**save_index(ann, path / rel), "file": rel}
+    return out
+
+
+def add_indexes(path: Path | str, indexes: dict[str, AnnIndex]) -> dict[str, dict[str, Any]]:
+    """Add (or replace) the indexes of an existing bundle folder: the files first, then
+    ``bundle.json`` replaced in one rename, so a reader sees the old bundle or the new one."""
+    path = Path(path)
+    meta_path = path / "bundle.json"
+    meta = json.loads(meta_path.read_text())
+    for name, ann in indexes.items():
+        _check_index(name, ann.meta, int(meta["n_members"]), int(meta["n_products"]))
+    described = {**(meta.get("indexes") or {}), **write_indexes(path, indexes)}
+    meta["indexes"] = described
+    if "files" in meta:  # the list of files the loader verifies includes the new ones
+        meta["files"] = file_manifest(path)
+    tmp = meta_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=1, default=str))
+    tmp.replace(meta_path)
+    return described
+
+
+def _check_index(name: str, meta: dict[str, Any], n_members: int, n_products: int) -> None:
+    if name not in INDEX_NAMES:
+        raise ValueError(f"unknown index {name!r}; indexes: {', '.join(INDEX_NAMES)}")
+    want = n_members if name == "members" else n_products
+    if int(meta.get("n", -1)) != want:
+        raise ValueError(f"the {name} index holds {meta.get('n')} vectors; the model has {want}")
+
+
+def _load_indexes(path: Path, meta: dict[str, Any], n_members: int, n_products: int) -> dict[str, AnnIndex]:
+    """The bundle's indexes when ``bundle.json`` names them, memory-mapped (ValueError / OSError
+    when one is missing, unreadable or does not fit the model: the bundle is then incomplete)."""
+    info = meta.get("indexes")
+    if not info:
+        return {}
+    if not isinstance(info, dict):
+        raise ValueError("bundle.json: 'indexes' must be an object")
+    out: dict[str, AnnIndex] = {}
+    for name, desc in info.items():
+        if not isinstance(desc, dict):
+            raise ValueError(f"bundle.json: indexes.{name} must be an object")
+        _check_index(name, desc, n_members, n_products)
+        file = path / str(desc.get("file", f"{INDEX_DIR}/{name}.faiss"))
+        if not file.is_file():
+            raise OSError(f"{file.relative_to(path)} is missing")
+        out[name] = load_index(file, desc)
+    return out

@@ -19,6 +19,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from recsys.ann import IndexSettings  # noqa: F401  (the index settings: how vectors are searched)
+
 Role = Literal["app", "merchandiser", "admin", "staff"]
 ScopeValues = Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(min_length=1, max_length=1000)]
 
@@ -46,35 +48,6 @@ class ApiKeySpec(BaseModel):
                 f"key {self.id!r}: a staff key needs a scope, the members it serves, e.g. scope = {{ store = [\"S01\"] }}"
             )
         return self
-
-
-class IndexSettings(BaseModel):
-    """When vectors are searched exactly and how the approximate (HNSW) index is built."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # exact inner-product search (IndexFlatIP) up to this many vectors; HNSW above it
-    exact_max_members: int = Field(200_000, ge=1)
-    exact_max_products: int = Field(200_000, ge=1)
-    hnsw_m: int = Field(32, ge=4, le=128)
-    hnsw_ef_construction: int = Field(200, ge=8)
-    hnsw_ef_search: int = Field(256, ge=8)
-    # ... at least this many candidates per result wanted: efSearch = max(hnsw_ef_search, 10 k)
-    hnsw_ef_per_k: int = Field(10, ge=1)
-    # an approximate index answers requests for at most this many results; larger requests
-    # (big audiences) are searched exactly: HNSW's recall falls with k (0.77 at k=1,000 on 1M
-    # members) and an exact scan of 1M vectors is ~20 ms
-    hnsw_max_k: int = Field(100, ge=1)
-    # ... and only filters that keep at least this share of the rows: a restrictive filter (a tag)
-    # leaves HNSW walking neighbours it must skip (recall 0.41 at k=1,000 for a 10 % segment of 1M
-    # members); the kept rows are scanned exactly instead
-    hnsw_min_filter_share: float = Field(0.9, ge=0.0, le=1.0)
-    # threads FAISS may use while building indexes (0: all cores)
-    build_threads: int = Field(0, ge=0)
-    # threads one search may use: 1, because the server's own concurrency (workers, thread pool)
-    # already fills the cores; measured: an OpenMP flat search of 20k products took 10 ms with 2
-    # threads and 0.3 ms with 1
-    search_threads: int = Field(1, ge=1)
 
 
 class ServerSettings(BaseModel):

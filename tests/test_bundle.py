@@ -180,3 +180,52 @@ def test_a_bundle_without_tags_reads_them_from_its_text_columns(tmp_path: Path) 
     assert registry.get("value_segment").zh == "价值分层"  # the built-in tag's labels
     assert set(registry.get("value_segment").value_names) == {s for s in SEGMENTS if s}
     assert registry.names("product") == ("category",)
+
+
+def test_indexes_travel_in_the_bundle_and_load_memory_mapped(tmp_path: Path) -> None:
+    import faiss
+
+    from recsys.ann import IndexSettings, build_indexes
+
+    bundle = tiny_bundle("als")
+    model = bundle.model
+    # thresholds of 1: every vector set gets its approximate index (tiny data, one IVF cell)
+    settings = IndexSettings(exact_max_members=1, exact_max_products=1)
+    bundle.indexes = build_indexes(model.user_factors, model.item_factors, settings)
+    assert set(bundle.indexes) == {"members", "products", "similar"}
+    path = save_bundle(tmp_path / "b", bundle)
+    meta = json.loads((path / "bundle.json").read_text())["indexes"]
+    assert meta["members"]["file"] == "indexes/members.faiss" and meta["members"]["n"] == len(MEMBERS)
+    assert meta["members"]["nprobe"] and meta["members"]["bytes"] == (path / "indexes/members.faiss").stat().st_size
+    loaded = load_bundle(path)
+    members = loaded.indexes["members"]
+    assert isinstance(faiss.downcast_InvertedLists(members.index.invlists), faiss.OnDiskInvertedLists)
+    _, want = bundle.indexes["members"].search(model.item_factors, 3, nprobe=1)
+    _, got = members.search(model.item_factors, 3, nprobe=1)
+    np.testing.assert_array_equal(got, want)
+    # saved again elsewhere: the mapped file is copied, not referenced
+    again = save_bundle(tmp_path / "c", loaded)
+    assert (again / "indexes/members.faiss").read_bytes() == (path / "indexes/members.faiss").read_bytes()
+    # a bundle without indexes still loads (older bundles): nothing to map
+    assert load_bundle(save_bundle(tmp_path / "d", tiny_bundle("als"))).indexes == {}
+
+
+def test_a_named_index_that_is_missing_or_does_not_fit_is_refused(tmp_path: Path) -> None:
+    from recsys.ann import IndexSettings, build_indexes
+
+    bundle = tiny_bundle("als")
+    bundle.indexes = build_indexes(bundle.model.user_factors, bundle.model.item_factors,
+                                   IndexSettings(exact_max_members=1), names=("members",))
+    path = save_bundle(tmp_path / "b", bundle)
+    meta = json.loads((path / "bundle.json").read_text())
+    (path / "indexes/members.faiss").rename(path / "elsewhere.faiss")
+    with pytest.raises(BundleError, match="indexes/members.faiss is missing"):
+        load_bundle(path)
+    (path / "elsewhere.faiss").rename(path / "indexes/members.faiss")
+    meta["indexes"]["members"]["n"] = 99
+    (path / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="holds 99 vectors; the model has"):
+        load_bundle(path)
+    with pytest.raises(ValueError, match="the members index holds 4 vectors"):
+        bundle.indexes["members"].meta["n"] = 4
+        save_bundle(tmp_path / "c", bundle)
