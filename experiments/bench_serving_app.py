@@ -20,10 +20,11 @@ only here, adds:
     serialised by FastAPI (what the route did before it read its query with one model);
   - ``GET /bench/picks-live/{member_id}``: the production route with the pre-ranked lists ignored
     (every member scored live by the model);
-  - ``GET /bench/recall?k=&queries=&seed=&value_segment=``: recall of the loaded member index
-    against exact search, queried with product vectors as audiences are -- the index as served
-    (HNSW, or exact search where the index routes a large ``k`` or a restrictive filter) and the
-    HNSW graph alone -- measured on the server's own index, so a 1M-member graph is built once;
+  - ``GET /bench/recall?k=&queries=&seed=&filter=``: recall of the loaded member index against
+    exact search, queried with product vectors as audiences are -- the index as served (IVF at
+    its calibrated nprobe, HNSW, or exact search where the index routes a large ``k`` or a
+    restrictive filter; ``filter`` is ``high`` or ``high+mid,active``: value segments and a
+    lifecycle) and, for HNSW, the graph alone -- measured on the server's own index;
   - ``GET /bench/agreement?members=&seed=&re_ranked=``: picks answered from the pre-ranked lists
     against the same requests scored live, for random known members (``re_ranked=true``: members
     whose lists were ranked again after live purchases), both modes, with and without a category
@@ -128,33 +129,46 @@ def create_app() -> FastAPI:
         @app.get("/bench/recall", include_in_schema=False)
         def recall(
             state: State, _: Annotated[Principal, Depends(require("audiences"))], k: int = 10,
-            queries: int = 200, seed: int = 0, value_segment: str | None = None,
+            queries: int = 200, seed: int = 0, filter: str | None = None,  # noqa: A002
         ) -> dict[str, Any]:
             import numpy as np
 
-            from serving.index import VectorIndex, brute_force
+            from recsys.ann import exact_top
+            from serving.index import VectorIndex
 
             index = getattr(state.scorer, "member_index", None)
             if not isinstance(index, VectorIndex):
                 return {"error": f"scorer {state.scorer.kind!r} has no member vector index"}
             items = state.scorer.items  # type: ignore[attr-defined]
             q = items[np.random.default_rng(seed).choice(len(items), size=min(queries, len(items)), replace=False)]
-            allowed = None if value_segment is None else state.tag_mask({"value_segment": [value_segment]})
+            # filter: "high" (a value segment) or "high+mid,active" (segments, and a lifecycle)
+            allowed = None
+            if filter:
+                seg, _, life = filter.partition(",")
+                wanted = {"value_segment": seg.split("+")} | ({"lifecycle": [life]} if life else {})
+                allowed = state.tag_mask(wanted)
             start = time.perf_counter()
-            exact, _ = brute_force(index.vectors, q, k, allowed)
+            vecs = index.vectors
+            rows = np.flatnonzero(allowed) if allowed is not None else None
+            # exact top-k in blocks (FAISS's flat search): 200 queries x 10M scores would be 8 GB
+            exact = exact_top(vecs if rows is None else vecs[rows], q, k)
+            if rows is not None:
+                exact = np.where(exact >= 0, rows[np.maximum(exact, 0)], -1)
 
             def share(found: np.ndarray) -> float:
                 return float(np.mean([len(np.intersect1d(a[a >= 0], e[e >= 0])) / max(int((e >= 0).sum()), 1)
                                       for a, e in zip(found, exact, strict=True)]))
 
-            served, _ = index.search(q, k, allowed)  # as audiences search: routed to exact where needed
-            route = "exact" if index.kind == "hnsw" and index.exact_for(k, allowed) else index.kind
-            graph = None
+            served = np.vstack([index.search(q[i : i + 1], k, allowed)[0] for i in range(len(q))])  # one at a time, as served
+            route = "exact" if index.exact_for(k, allowed) else index.kind
+            alone, nprobe = None, None
+            if index.kind == "ivf":
+                nprobe = index.nprobe(k, allowed)
             if index.kind == "hnsw" and k <= 1000:  # the graph alone, for what the routing avoids
                 graph_i, _ = index._faiss_search(q, k, allowed)  # (above k=1,000 efSearch gets huge)
-                graph = share(graph_i)
-            return {"recall": share(served), "route": route, "hnsw_graph_recall": graph, "k": k, "queries": len(q),
-                    "filter_share": 1.0 if allowed is None else float(allowed.mean()),
+                alone = share(graph_i)
+            return {"recall": share(served), "route": route, "nprobe": nprobe, "index_alone_recall": alone, "k": k,
+                    "queries": len(q), "filter_share": 1.0 if allowed is None else float(allowed.mean()),
                     "seconds": time.perf_counter() - start, "index": index.describe()}
 
         @app.get("/bench/agreement", include_in_schema=False)

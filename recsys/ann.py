@@ -348,10 +348,16 @@ def save_index(ann: AnnIndex, path: Path | str) -> dict[str, Any]:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if ann.path is not None and Path(ann.path).resolve() != path.resolve():
-        shutil.copyfile(ann.path, path)
-    elif ann.path is None:
-        faiss.write_index(ann.index, str(path))
+    if ann.path is not None and Path(ann.path).resolve() == path.resolve():
+        return {**ann.meta, "bytes": path.stat().st_size}
+    # written beside and renamed over: a server may have the old file mapped (truncating it
+    # under the mapping would crash that server; a rename leaves its pages alone)
+    tmp = path.with_name(path.name + ".tmp")
+    if ann.path is not None:
+        shutil.copyfile(ann.path, tmp)
+    else:
+        faiss.write_index(ann.index, str(tmp))
+    os.replace(tmp, path)
     return {**ann.meta, "bytes": path.stat().st_size}
 
 
@@ -389,6 +395,20 @@ def load_index(path: Path | str, meta: dict[str, Any], *, mmap: bool = True) -> 
     if kind == "ivf" and ("max_norm" not in meta or not meta.get("nprobe")):
         raise ValueError(f"{path}: bundle.json gives no max_norm / calibrated nprobe for this IVF index")
     return AnnIndex(index, kind, {k: v for k, v in meta.items() if k not in ("file", "bytes")}, Path(path))
+
+
+def model_vectors(model: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """The member and product vectors a vector model is searched with (``user_factors`` /
+    ``item_factors`` of matching shapes, as the server's vector scorer takes them), or None."""
+    users = getattr(model, "user_factors", None)
+    items = getattr(model, "item_factors", None)
+    if not isinstance(users, np.ndarray) or not isinstance(items, np.ndarray):
+        return None
+    if users.ndim != 2 or items.ndim != 2 or users.shape[1] != items.shape[1]:
+        return None
+    if users.shape[0] != model.n_members or items.shape[0] != model.n_products:
+        return None
+    return users.astype(np.float32, copy=False), items.astype(np.float32, copy=False)
 
 
 def build_indexes(

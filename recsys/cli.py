@@ -25,6 +25,8 @@ experiment_app = typer.Typer(no_args_is_help=True, help="Hyperparameter sweeps a
 app.add_typer(experiment_app, name="experiment")
 batch_app = typer.Typer(no_args_is_help=True, help="Batch scoring on Spark over member partitions (needs the spark extra).")
 app.add_typer(batch_app, name="batch")
+bundle_app = typer.Typer(no_args_is_help=True, help="Work on a serving bundle folder.")
+app.add_typer(bundle_app, name="bundle")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -182,6 +184,48 @@ def train(
     except RecsysError as exc:
         _fail(exc)
     console.print(summary_table(result, f"{cfg.model.name} on {cfg.data.dataset} (run {result.run_id})"))
+
+
+@bundle_app.command("index")
+def bundle_index(
+    path: Annotated[Path, typer.Argument(help="A bundle folder (written by `recsys train`, or downloaded from the registry).")],
+    exact_max_members: Annotated[int | None, typer.Option(help="Search members exactly up to this many (default: the server's).")] = None,
+    exact_max_products: Annotated[int | None, typer.Option(help="Search products exactly up to this many.")] = None,
+    approximate: Annotated[str | None, typer.Option(help="Approximate index above the thresholds: ivf or hnsw.")] = None,
+    nlist: Annotated[int | None, typer.Option(help="IVF cells (default: about sqrt(n)).")] = None,
+) -> None:
+    """Build the FAISS indexes a vector model's bundle needs (members, products, similar products
+    above the exact-search thresholds; IVF with nprobe calibrated against exact search) and save
+    them in the bundle, so that every server memory-maps them instead of building them at start."""
+    import json
+    import time
+
+    from recsys.ann import IndexSettings, build_indexes, model_vectors
+    from recsys.bundle import BundleError, add_indexes, load_bundle
+
+    try:
+        overrides = {k: v for k, v in {"exact_max_members": exact_max_members, "exact_max_products": exact_max_products,
+                                       "approximate": approximate, "ivf_nlist": nlist}.items() if v is not None}
+        settings = IndexSettings(**overrides)
+    except ValueError as exc:
+        _fail(RecsysError(f"bad index setting: {exc}"))
+    try:
+        bundle = load_bundle(path)
+    except BundleError as exc:
+        _fail(exc)
+    vectors = model_vectors(bundle.model)
+    if vectors is None:
+        _fail(RecsysError(f"{path}: the {bundle.model.name} model has no member and product vectors to index; "
+                          "the server scores it with the model itself"))
+    t0 = time.perf_counter()
+    indexes = build_indexes(*vectors, settings, log=lambda m: err_console.print(m, highlight=False))
+    if not indexes:
+        console.print(f"{path}: {len(vectors[0]):,} members and {len(vectors[1]):,} products are searched exactly "
+                      "(below the thresholds): no index to build")
+        return
+    described = add_indexes(path, indexes)
+    console.print(f"{path}: {', '.join(indexes)} index(es) built in {time.perf_counter() - t0:.1f} s")
+    console.print(json.dumps(described, indent=1), highlight=False)
 
 
 @app.command("promote")

@@ -229,3 +229,21 @@ def test_a_named_index_that_is_missing_or_does_not_fit_is_refused(tmp_path: Path
     with pytest.raises(ValueError, match="the members index holds 4 vectors"):
         bundle.indexes["members"].meta["n"] = 4
         save_bundle(tmp_path / "c", bundle)
+
+
+def test_recsys_bundle_index_adds_the_indexes_to_a_bundle(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from recsys.cli import app
+
+    path = save_bundle(tmp_path / "b", tiny_bundle("als"))
+    runner = CliRunner()
+    res = runner.invoke(app, ["bundle", "index", str(path)])
+    assert res.exit_code == 0 and "no index to build" in res.output  # tiny: searched exactly
+    res = runner.invoke(app, ["bundle", "index", str(path), "--exact-max-members", "1"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((path / "bundle.json").read_text())
+    assert set(meta["indexes"]) == {"members"} and meta["indexes"]["members"]["kind"] == "ivf"
+    assert set(load_bundle(path).indexes) == {"members"}
+    res = runner.invoke(app, ["bundle", "index", str(save_bundle(tmp_path / "p", tiny_bundle("popular")))])
+    assert res.exit_code == 2 and "has no member and product vectors" in res.output
