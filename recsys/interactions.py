@@ -14,6 +14,7 @@ from typing import Literal
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import scipy.sparse as sp
 
 from recsys.arrays import unique_ints
@@ -149,6 +150,12 @@ def load_interactions(
     Members default to those with a purchase in the window, products to those sold in it; pass
     ``members`` / ``products`` to fix the maps (occasions outside them are dropped), e.g. the whole
     product catalogue so that never-sold products still get a column.
+
+    DuckDB maps the ids to rows (a join with the id maps) and only integers and numbers come back:
+    fetching every occasion's two ids as Python strings and mapping them one by one held ~2.2 GB
+    and took 263 s for 200k members / 8M occasions on this machine, against 1.3 GB and 81 s (same
+    occasions, same maps). A map built here is the window's distinct ids sorted by code point, as
+    :meth:`IdMap.from_values` sorts them.
     """
     con = con or duckdb.connect()
     where = f"{Col.TS} < ?::TIMESTAMP"
@@ -156,24 +163,42 @@ def load_interactions(
     if start is not None:
         where += f" AND {Col.TS} >= ?::TIMESTAMP"
         params.append(start.isoformat())
-    rel = con.execute(
-        f"""
-        SELECT {Col.MEMBER} AS m, {Col.PRODUCT} AS p,
-               date_diff('day', CAST({Col.TS} AS DATE), ?::DATE)::INTEGER AS age,
-               sum({Col.QUANTITY})::FLOAT AS q, sum({Col.AMOUNT})::FLOAT AS a
-        FROM read_parquet(?)
-        WHERE {where}
-        GROUP BY ALL
-        """,
-        [as_of.isoformat(), str(transactions), *params],
-    ).fetchnumpy()
-    m_ext, p_ext = rel["m"], rel["p"]
-    members = members if members is not None else IdMap.from_values(m_ext)
-    products = products if products is not None else IdMap.from_values(p_ext)
-    mi = members.to_index(m_ext, missing="ignore")
-    pi = products.to_index(p_ext, missing="ignore")
-    keep = (mi >= 0) & (pi >= 0)
+
+    def distinct(col: str) -> IdMap:
+        # VARCHAR order is byte order, and UTF-8 byte order is code point order
+        ids = con.execute(
+            f"SELECT DISTINCT {col} AS v FROM read_parquet(?) WHERE {where} AND {col} IS NOT NULL ORDER BY v",
+            [str(transactions), *params],
+        ).fetchnumpy()["v"]
+        return IdMap(np.asarray(ids, dtype=object))
+
+    members = members if members is not None else distinct(Col.MEMBER)
+    products = products if products is not None else distinct(Col.PRODUCT)
+    maps = {"_recsys_members": members, "_recsys_products": products}
+    for name, ids in maps.items():
+        con.register(name, pa.table({"id": pa.array(ids.external_ids.tolist(), pa.string()),
+                                     "row": pa.array(np.arange(len(ids), dtype=np.int32))}))
+    try:
+        rel = con.execute(
+            f"""
+            SELECT m.row AS mi, p.row AS pi, o.age, o.q, o.a
+            FROM (
+                SELECT {Col.MEMBER} AS member, {Col.PRODUCT} AS product,
+                       date_diff('day', CAST({Col.TS} AS DATE), ?::DATE)::INTEGER AS age,
+                       sum({Col.QUANTITY})::FLOAT AS q, sum({Col.AMOUNT})::FLOAT AS a
+                FROM read_parquet(?)
+                WHERE {where}
+                GROUP BY ALL
+            ) o
+            JOIN _recsys_members m ON m.id = o.member
+            JOIN _recsys_products p ON p.id = o.product
+            """,
+            [as_of.isoformat(), str(transactions), *params],
+        ).fetchnumpy()
+    finally:
+        for name in maps:
+            con.unregister(name)
     return Interactions.from_occasions(
-        members, products, mi[keep], pi[keep], np.asarray(rel["age"])[keep],
-        np.asarray(rel["q"])[keep], np.asarray(rel["a"])[keep], as_of,
+        members, products, np.asarray(rel["mi"]), np.asarray(rel["pi"]), np.asarray(rel["age"]),
+        np.asarray(rel["q"]), np.asarray(rel["a"]), as_of,
     )

@@ -230,3 +230,18 @@ def test_weighted_sums_do_not_depend_on_the_order_rows_arrive_in():
         o = rng.permutation(n)
         got = Interactions.from_occasions(*maps, member[o], product[o], age[o], ones, ones, date(2001, 2, 1))
         assert got.matrix("recency", 14.0).data.tobytes() == want.data.tobytes()
+
+
+def test_load_maps_ids_in_code_point_order_as_idmap_does(tmp_path):
+    # ids of mixed scripts and cases: the map built from the window is IdMap.from_values' order
+    ids = ["会员9", "Zed", "apple", "Äpfel", "007", "会员10", "zed"]
+    path = tmp_path / "tx.parquet"
+    n = len(ids)
+    pq.write_table(pa.table({
+        "member_id": ids, "product_id": [f"p{i % 3}" for i in range(n)],
+        "ts": [datetime(2001, 1, 10 + i) for i in range(n)], "quantity": [1.0] * n, "amount": [2.0] * n,
+    }, schema=TX_SCHEMA), path)
+    x = load_interactions(path, AS_OF)
+    assert x.members == IdMap.from_values(ids) and x.products == IdMap.from_values(["p0", "p1", "p2"])
+    assert _triples(x) == sorted((m, f"p{i % 3}", (AS_OF - date(2001, 1, 10 + i)).days, 1.0, 2.0)
+                                 for i, m in enumerate(ids))
