@@ -293,6 +293,25 @@ def test_evaluate_audiences_buyer_thresholds():
     assert out["audience_known_recall@2"] == pytest.approx((1 / 3 + 1) / 2)
 
 
+def test_evaluate_audiences_on_a_stated_sample_of_products():
+    data = literal_data(AUD_SEEN, 10, 3)
+    model = FixedScores(ranked([[], [], []], 10).T).fit(data)
+    seen = data.interactions.matrix("binary")
+    full = evaluate_audiences(model, AUD_TRUTH, seen, sizes=(2,), min_buyers_known=1, min_buyers_new=3)
+    assert full["audience_known_n_scored"] == full["audience_known_n_products"] == 2
+    # a cap at or above the eligible count changes nothing
+    assert evaluate_audiences(model, AUD_TRUTH, seen, sizes=(2,), min_buyers_known=1, min_buyers_new=3,
+                              max_products=2) == full
+    # one of the two known products (p0: recall@2 1/3, p2: 1): the metric is that product's
+    one = evaluate_audiences(model, AUD_TRUTH, seen, sizes=(2,), min_buyers_known=1, min_buyers_new=3,
+                             max_products=1, seed=3)
+    assert one["audience_known_n_products"] == 2 and one["audience_known_n_scored"] == 1
+    assert one["audience_known_recall@2"] in (pytest.approx(1 / 3), pytest.approx(1.0))
+    again = evaluate_audiences(model, AUD_TRUTH, seen, sizes=(2,), min_buyers_known=1, min_buyers_new=3,
+                               max_products=1, seed=3)
+    assert again == one  # the sample comes from the seed
+
+
 # ------------------------------------------------------------------------------ next basket
 def day(d: int) -> datetime:
     return datetime(2001, 1, 1, 10) + timedelta(days=d - 1)

@@ -66,6 +66,11 @@ class EvaluationConfig(_Strict):
     next_basket_process: bool = True
     min_buyers_known: int = 5
     min_buyers_new: int = 3
+    # audiences are evaluated on at most this many member x product scores per group (known /
+    # never-sold products): above it, on a random sample of max(100, this / members) products of
+    # the group, its size printed and logged (audience_known_n_scored ...). 4e9 scores every
+    # product up to 200k members x 20k products; at 1M members, 4,000 products per group.
+    audience_max_pairs: int | None = Field(4_000_000_000, ge=1)
 
 
 # ``register`` (the config key users write) hides ABCMeta.register — the virtual-subclass hook

@@ -81,6 +81,8 @@ def evaluate_audiences(
     reference: Recommender | np.ndarray | None = None,
     progress: Callable[..., None] | None = None,
     batch: int = 500,
+    max_products: int | None = None,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Product -> person: for every product bought in the test window by enough known members,
     rank all members; recall@N is the share of its test buyers inside the top N.
@@ -88,8 +90,13 @@ def evaluate_audiences(
     Reported separately for products sold before the cutoff (``known_``) and never sold before
     (``new_``), with lift over a random audience (N / n_members) and, when ``reference`` is given
     (a model, or a fixed member ranking such as the most active members first), over that
-    audience. ``progress(done, total)`` is called as products are scored, ``batch`` at a time
-    (the audiences are the same whatever the batch).
+    audience.
+
+    ``max_products``: score at most this many products per group, a random sample (``seed``) of
+    the eligible ones. Scoring one product ranks every member, so the work grows with products x
+    members; ``audience_{group}_n_products`` counts the eligible products and
+    ``audience_{group}_n_scored`` the ones scored (equal without a sample). ``progress(done, total)`` is called as
+    products are scored, ``batch`` at a time (the audiences are the same whatever the batch).
     """
     buyers = sp.csc_matrix(truth)
     n_buyers = np.diff(buyers.indptr)
@@ -102,12 +109,18 @@ def evaluate_audiences(
     truth_t = sp.csr_matrix(buyers.T)  # products x members
     out: dict[str, float] = {}
     nmax = min(max(sizes), n_members)
+    rng = np.random.default_rng([seed, 16])
+    eligible = dict(groups)
+    for group, products in groups.items():
+        if max_products is not None and len(products) > max_products:
+            groups[group] = np.sort(rng.choice(products, size=max_products, replace=False))
     total = sum(len(p) for p in groups.values())
     done = 0
     if progress is not None:
         progress(0, total)
     for group, products in groups.items():
-        out[f"audience_{group}_n_products"] = float(len(products))
+        out[f"audience_{group}_n_products"] = float(len(eligible[group]))
+        out[f"audience_{group}_n_scored"] = float(len(products))
         if len(products) == 0:
             continue
         parts = []

@@ -3,6 +3,7 @@ next-basket protocol), log everything to MLflow, register it and gate the champi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import tempfile
@@ -95,7 +96,7 @@ def start_next_basket(cfg: TrainConfig) -> ChildRun | None:
 
 def fit_and_evaluate(
     cfg: TrainConfig, console: Console | None = None, on_iteration: Any = None, rank_all: bool = False,
-    nbr_job: ChildRun | None = None,
+    nbr_job: ChildRun | None = None, lists_dir: Path | None = None,
 ) -> TrainResult:
     """The modelling part of a run, without MLflow: load, fit, evaluate.
 
@@ -103,6 +104,9 @@ def fit_and_evaluate(
     the serving bundle carries) and read the evaluated members' picks from them, rather than
     ranking those members twice. ``nbr_job``: the next-basket protocol already started by
     :func:`start_next_basket` (else it is started here).
+
+    ``lists_dir``: where the ranked lists are written as they are ranked (read back memory-mapped;
+    the folder must outlive the result); default: in memory.
 
     ``timings``: ``evaluate_s`` is the wall time from the fitted model to every metric of the
     split (pre-ranking included when asked); the parts, which overlap, have their own keys."""
@@ -153,18 +157,25 @@ def _fit_and_evaluate(
         with progress.stage(name, total=total, unit=unit) as update:  # in the thread that does the work
             return timed(key, fn, *args, progress=update, **kwargs)
 
+    max_products = None if ev.audience_max_pairs is None else max(100, ev.audience_max_pairs // max(data.n_members, 1))
     with ThreadPoolExecutor(2 if rank_all else 1) as pool:
         ranked = pool.submit(staged, "pre_rank_s", f"ranking every member's top {DEFAULT_N} picks", data.n_members,
-                             "members", pre_rank, model) if rank_all else None
+                             "members", pre_rank, model, out=lists_dir) if rank_all else None
         audiences = pool.submit(
             staged, "evaluate_audiences_s", "evaluating audiences", None, "products", evaluate_audiences, model,
             truth, seen, sizes=tuple(ev.audience_sizes), min_buyers_known=ev.min_buyers_known,
-            min_buyers_new=ev.min_buyers_new, reference=reference,
+            min_buyers_new=ev.min_buyers_new, reference=reference, max_products=max_products,
         )
         lists = ranked.result() if ranked is not None else None
         with progress.stage("evaluating picks"):
             metrics = timed("evaluate_picks_s", evaluate_picks, model, truth, seen, ks=tuple(ev.ks), pre_ranked=lists)
         metrics.update(audiences.result())
+    for group in ("known", "new"):
+        eligible, scored = metrics.get(f"audience_{group}_n_products"), metrics.get(f"audience_{group}_n_scored")
+        if eligible is not None and scored is not None and scored < eligible:
+            console.print(f"audiences of {group} products evaluated on a random sample of {scored:,.0f} of the "
+                          f"{eligible:,.0f} eligible (evaluation.audience_max_pairs = {ev.audience_max_pairs:,} "
+                          f"member x product scores)")
     timings["evaluate_s"] = time.perf_counter() - t0  # wall time of the three together
     if ev.next_basket:
         t0 = time.perf_counter()
@@ -272,7 +283,8 @@ def run_training(cfg: TrainConfig, config_path: Path | None = None, tracking_uri
     from training.tracking import Tracker, gate_champion, log_bundle_model
 
     console = console or Console(stderr=True)
-    with Tracker(cfg.mlflow.experiment, run_name=cfg.model.name, tracking_uri=tracking_uri) as tracker:
+    with contextlib.ExitStack() as stack, \
+            Tracker(cfg.mlflow.experiment, run_name=cfg.model.name, tracking_uri=tracking_uri) as tracker:
         tracker.log_params({"config": cfg.model_dump(mode="json"), "model_params": cfg.model_params().model_dump(mode="json")})
         if config_path is not None:
             tracker.log_file(config_path)
@@ -282,7 +294,12 @@ def run_training(cfg: TrainConfig, config_path: Path | None = None, tracking_uri
             tracker.log_iteration("train_loss", it, loss)
             tracker.log_iteration("train_seconds", it, seconds)
 
-        result = fit_and_evaluate(cfg, console, on_iteration, rank_all=True, nbr_job=nbr_job)
+        # every member's lists go to disk as they are ranked (members x 100 x 2 modes entries:
+        # 1.6 GB in memory at a million members), read back memory-mapped, then into the bundle
+        lists_tmp = tempfile.TemporaryDirectory(prefix="recsys-lists-")
+        stack.callback(lists_tmp.cleanup)
+        result = fit_and_evaluate(cfg, console, on_iteration, rank_all=True, nbr_job=nbr_job,
+                                  lists_dir=Path(lists_tmp.name))
         result.run_id = tracker.run_id
         tracker.log_metrics(result.metrics)
         tracker.log_metrics(result.timings)
