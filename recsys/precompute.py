@@ -22,6 +22,10 @@ mode=mode)`` without filters: products best first, ties broken by the lower inde
 returning (:class:`PreRankError` if they differ), so a model whose ``recommend`` means something
 else than its scoring hook can never ship lists that disagree with live scoring.
 
+Lists of millions of members are written to disk as they are ranked (``pre_rank(..., out=DIR)``,
+:class:`ListWriter`): the ranking process then holds one batch, not ``members x N x 2 modes``
+entries (1.6 GB at a million members), and reads the lists back memory-mapped.
+
 Examples
 --------
 >>> from recsys.precompute import pre_rank
@@ -33,6 +37,7 @@ Examples
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -106,12 +111,17 @@ class PreRanked:
 
     @classmethod
     def load(cls, path: Path | str, meta: dict[str, Any] | None = None) -> PreRanked:
-        """Lists saved by :meth:`save` (``.npz``), or the Parquet folder / file the Spark batch
-        job writes (:func:`recsys.spark.batch.pre_rank_lists`, read by :meth:`from_parquet`)."""
-        if Path(path).is_dir() or str(path).endswith(".parquet"):
+        """Lists saved by :meth:`save` (``.npz``), a :class:`ListWriter` folder (``.npy`` files,
+        memory-mapped), or the Parquet folder / file the Spark batch job writes
+        (:func:`recsys.spark.batch.pre_rank_lists`, read by :meth:`from_parquet`)."""
+        if Path(path).is_dir() and any(Path(path).glob("*.npy")):  # a ListWriter folder: mapped, not read
+            arrays = {f.name.removesuffix(".npy"): np.load(f, mmap_mode="r", allow_pickle=False)
+                      for f in sorted(Path(path).glob("*.npy"))}
+        elif Path(path).is_dir() or str(path).endswith(".parquet"):
             return cls.from_parquet(path, meta)
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        else:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
         modes = sorted({k.split(".", 1)[0] for k in arrays}, key=lambda m: MODES.index(m) if m in MODES else 99)
         return cls(
             indices={m: arrays[f"{m}.indices"].astype(np.int32, copy=False) for m in modes},
@@ -151,6 +161,73 @@ class PreRanked:
         return cls(indices=arrays["products"], scores=arrays["scores"], meta=dict(meta or {}))
 
 
+class ListWriter:
+    """Pre-ranked lists written to a folder a block of members at a time, read back memory-mapped.
+
+    One ``.npy`` file per mode and kind -- ``<mode>.indices.npy`` (int32, ``-1`` padding) and
+    ``<mode>.scores.npy`` (float32, ``-inf`` padding), each ``(n_members, n)`` -- created at full
+    size up front; :meth:`write` puts the rows of members ``start .. start + len(rows)`` in place
+    with ``os.pwrite`` at their offset. So blocks may come in any order, from several threads at
+    once (each writes its own rows), and the writer holds nothing between them: what a batch job
+    ranking member ranges side by side needs. :meth:`finish` checks every row of every mode was
+    written and returns the lists as a :class:`PreRanked` over memory-mapped files.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> w = ListWriter(tempfile.mkdtemp(), n_members=3, n=2, modes=("replenish",))
+    >>> w.write(1, "replenish", np.array([[4, 2], [7, -1]]), np.array([[.9, .5], [.3, -np.inf]]))
+    >>> w.write(0, "replenish", np.array([[1, 0]]), np.array([[.8, .1]]))
+    >>> w.finish().indices["replenish"].tolist()
+    [[1, 0], [4, 2], [7, -1]]
+    """
+
+    KINDS = (("indices", np.int32), ("scores", np.float32))
+
+    def __init__(self, folder: Path | str, n_members: int, n: int, modes: tuple[str, ...] = MODES):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.n_members, self.n, self.modes = int(n_members), int(n), tuple(modes)
+        self._written = {m: np.zeros(self.n_members, dtype=bool) for m in self.modes}
+        self._lock = threading.Lock()
+        self._files: dict[tuple[str, str], tuple[int, int]] = {}  # (mode, kind) -> (fd, data offset)
+        for mode in self.modes:
+            for kind, dtype in self.KINDS:
+                path = self.path(mode, kind)
+                # the header (and a sparse file of the full size), written by NumPy's own format
+                header = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(self.n_members, self.n))
+                offset = header.offset
+                del header
+                self._files[(mode, kind)] = (os.open(path, os.O_WRONLY), offset)
+
+    def path(self, mode: str, kind: str) -> Path:
+        return self.folder / f"{mode}.{kind}.npy"
+
+    def write(self, start: int, mode: str, indices: np.ndarray, scores: np.ndarray) -> None:
+        """Rows ``start .. start + len(indices)`` of ``mode``: product indices and their scores."""
+        rows = len(indices)
+        if indices.shape != (rows, self.n) or scores.shape != (rows, self.n):
+            raise ValueError(f"a block of {rows} rows must be {rows} x {self.n}; got {indices.shape} / {scores.shape}")
+        if start < 0 or start + rows > self.n_members:
+            raise ValueError(f"rows {start}..{start + rows - 1} are outside 0..{self.n_members - 1}")
+        for (kind, dtype), block in zip(self.KINDS, (indices, scores), strict=True):
+            fd, offset = self._files[(mode, kind)]
+            data = np.ascontiguousarray(block, dtype=dtype).tobytes()
+            os.pwrite(fd, data, offset + start * self.n * np.dtype(dtype).itemsize)
+        with self._lock:
+            self._written[mode][start : start + rows] = True
+
+    def finish(self, meta: dict[str, Any] | None = None) -> PreRanked:
+        """Close the files and return the lists, memory-mapped (ValueError if a row is missing)."""
+        for fd, _ in self._files.values():
+            os.close(fd)
+        self._files = {}
+        for mode, done in self._written.items():
+            if not done.all():
+                raise ValueError(f"pre-ranked {mode} lists: {int((~done).sum())} member rows were never written")
+        return PreRanked.load(self.folder, meta)
+
+
 def pre_rank(
     model: Recommender,
     n: int = DEFAULT_N,
@@ -160,6 +237,7 @@ def pre_rank(
     verify: int = VERIFY_MEMBERS,
     progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
+    out: Path | str | None = None,
 ) -> PreRanked:
     """Rank every member's top-``n`` products in each of ``modes`` (see the module docstring).
 
@@ -174,6 +252,8 @@ def pre_rank(
     workers : threads ranking batches side by side (default: one per core). Scoring is NumPy,
         SciPy, FAISS and LightGBM calls that release the GIL, each batch writes its own rows, and
         a model's scoring hooks only read the fitted model.
+    out : a folder to write the lists into as they are ranked (:class:`ListWriter`); the lists
+        returned are then memory-mapped from it. Default: built in memory.
 
     Raises
     ------
@@ -188,14 +268,19 @@ def pre_rank(
     n_members, n_products = model.n_members, model.n_products
     if batch_size is None:
         batch_size = int(max(1, min(1024, MAX_BATCH_ENTRIES // max(n_products, 1))))
-    indices = {m: np.full((n_members, n), -1, dtype=np.int32) for m in modes}
-    scores = {m: np.full((n_members, n), NEG_INF, dtype=np.float32) for m in modes}
+    writer = ListWriter(out, n_members, n, modes) if out is not None else None
+    if writer is None:
+        indices = {m: np.full((n_members, n), -1, dtype=np.int32) for m in modes}
+        scores = {m: np.full((n_members, n), NEG_INF, dtype=np.float32) for m in modes}
 
     def rank(start: int) -> int:
         batch = np.arange(start, min(n_members, start + batch_size), dtype=np.int64)
         sl = slice(start, start + len(batch))
         for mode, (idx, sc) in rank_members(model, batch, n, modes).items():
-            indices[mode][sl], scores[mode][sl] = idx, sc
+            if writer is not None:
+                writer.write(start, mode, idx, sc)
+            else:
+                indices[mode][sl], scores[mode][sl] = idx, sc
         return len(batch)
 
     starts = range(0, n_members, batch_size)
@@ -210,6 +295,9 @@ def pre_rank(
             if progress is not None:
                 progress(done, n_members)
     seconds = time.perf_counter() - t0
+    if writer is not None:
+        written = writer.finish()
+        indices, scores = written.indices, written.scores
     verified = _verify(model, indices, scores, n, verify)
     meta = {
         "n": n, "modes": list(modes), "members": n_members, "seconds": round(seconds, 2),

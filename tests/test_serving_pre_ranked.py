@@ -20,7 +20,7 @@ from helpers_data import N_MEMBERS, N_PRODUCTS, synthetic_data
 
 from recsys.bundle import Bundle, BundleError, load_bundle, save_bundle
 from recsys.models import get_model
-from recsys.precompute import PreRanked, PreRankError, pre_rank
+from recsys.precompute import ListWriter, PreRanked, PreRankError, pre_rank
 from serving.app import create_app
 from serving.schemas import AudienceResponse, BatchPicksResponse, PicksResponse, SimilarResponse
 from serving.service import picks as pick_service
@@ -119,6 +119,34 @@ def test_lists_are_the_head_of_the_models_own_ranking(name: str, n: int) -> None
         np.testing.assert_array_equal(lists.indices[mode], want_i)
         np.testing.assert_array_equal(lists.scores[mode], want_s)
     assert lists.meta["verified_members"] > 0 and lists.meta["n"] == n
+
+
+@pytest.mark.parametrize("name", ["top_frequency", "hybrid"])
+def test_lists_written_as_they_are_ranked_equal_the_lists_in_memory(name: str, tmp_path: Path) -> None:
+    model = (hybrid_bundle() if name == "hybrid" else serving_bundle(name)).model
+    in_memory = pre_rank(model, n=5, batch_size=3)
+    on_disk = pre_rank(model, n=5, batch_size=3, out=tmp_path / "lists")
+    for mode in ("replenish", "discover"):
+        assert isinstance(on_disk.indices[mode], np.memmap)  # read back from the files, not held
+        np.testing.assert_array_equal(on_disk.indices[mode], in_memory.indices[mode])
+        np.testing.assert_array_equal(on_disk.scores[mode], in_memory.scores[mode])
+    assert sorted(p.name for p in (tmp_path / "lists").iterdir()) == [
+        "discover.indices.npy", "discover.scores.npy", "replenish.indices.npy", "replenish.scores.npy"]
+    # saved into a bundle like lists held in memory
+    on_disk.save(tmp_path / "saved.npz")
+    again = PreRanked.load(tmp_path / "saved.npz")
+    np.testing.assert_array_equal(again.indices["discover"], in_memory.indices["discover"])
+
+
+def test_a_list_writer_refuses_rows_it_cannot_place_and_lists_left_unwritten(tmp_path: Path) -> None:
+    w = ListWriter(tmp_path / "w", n_members=4, n=2, modes=("replenish",))
+    with pytest.raises(ValueError, match="outside 0..3"):
+        w.write(3, "replenish", np.zeros((2, 2), np.int32), np.zeros((2, 2), np.float32))
+    with pytest.raises(ValueError, match="must be 1 x 2"):
+        w.write(0, "replenish", np.zeros((1, 3), np.int32), np.zeros((1, 3), np.float32))
+    w.write(0, "replenish", np.zeros((3, 2), np.int32), np.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match="1 member rows were never written"):
+        w.finish()
 
 
 def test_lists_that_disagree_with_recommend_are_refused() -> None:
