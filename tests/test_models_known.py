@@ -444,3 +444,19 @@ def test_hybrid_without_audiences_gives_the_same_picks_and_refuses_audiences() -
     assert "audience_rows_sold" not in picks_only.training_summary
     with pytest.raises(RecsysError, match="audiences = true"):
         picks_only.audience(np.array([0]), n=5)
+
+
+def test_hybrid_ranker_rows_built_a_block_of_members_at_a_time_are_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the ranker's examples are built a block of members at a time (bounded memory at millions of
+    # members); the negatives' draws continue one stream, so the fitted ranker is the same
+    import recsys.models.hybrid.ranker as ranker
+
+    params = {"factors": 8, "iterations": 3, "n_estimators": 10, "min_child_samples": 10, "knn_neighbours": 20,
+              "audience_negatives": 5, "num_threads": 1, "label_days": 14}
+    data = synthetic_data()
+    whole = get_model("hybrid")(params).fit(data)
+    monkeypatch.setattr(ranker, "RANKER_BLOCK_MEMBERS", 7)
+    blocks = get_model("hybrid")(params).fit(data)
+    assert whole.training_summary["ranker_rows"] > 7 * 3  # several blocks
+    assert blocks.ranker.booster_.model_to_string() == whole.ranker.booster_.model_to_string()
+    assert blocks.training_summary == whole.training_summary

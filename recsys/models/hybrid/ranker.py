@@ -79,18 +79,32 @@ class BoosterClassifier:
         return np.column_stack([1 - p, p])
 
 
+# members whose candidates are built and featurised at a time in ranker_examples: ~110
+# candidates each, so ~6M (member, product) pairs per block instead of all of them at once
+# (66M pairs -- several GB of keys and features -- for 600k label-window buyers)
+RANKER_BLOCK_MEMBERS = 50_000
+
+
 def ranker_examples(
     s: FeatureState, labels: sp.csr_matrix, rng: np.random.Generator, p: HybridParams, keep_cols: list[int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ranker's rows for one label window: the candidates of every member who bought in the
     window and has a history before it, the positives (bought in the window) and a
-    ``negative_rate`` sample of the others, with their features on the window's history."""
+    ``negative_rate`` sample of the others, with their features on the window's history.
+
+    Built a block of members at a time; the negatives' draws come from one stream in member
+    order, so the rows are the same as for all members at once."""
     users = np.where(np.diff(labels.indptr) > 0)[0]
     users = users[np.diff(s.counts.indptr)[users] > 0]  # members with a history to learn from
-    r, c = candidates(s, users, p)
-    y = gather(labels, users[r], c) > 0
-    keep = y | (rng.random(len(y)) < p.negative_rate)
-    return pair_features(s, users[r[keep]], c[keep])[:, keep_cols], y[keep]
+    X_parts, y_parts = [], []
+    for lo in range(0, max(len(users), 1), RANKER_BLOCK_MEMBERS):
+        block = users[lo : lo + RANKER_BLOCK_MEMBERS]
+        r, c = candidates(s, block, p)
+        y = gather(labels, block[r], c) > 0
+        keep = y | (rng.random(len(y)) < p.negative_rate)
+        X_parts.append(pair_features(s, block[r[keep]], c[keep])[:, keep_cols])
+        y_parts.append(y[keep])
+    return np.vstack(X_parts), np.concatenate(y_parts)
 
 
 def fit_ranker(lightgbm: Any, X: np.ndarray, y: np.ndarray, p: HybridParams) -> BoosterClassifier:
