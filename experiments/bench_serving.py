@@ -549,15 +549,12 @@ def _synth_purchases(n_members: int, n_products: int, lines: int, seed: int) -> 
     price tiers), straight from its generator: no files, no text ids."""
     import scipy.sparse as sp
 
-    try:  # the generator's module, wherever the synth package keeps it
-        from recsys.data.synth import generator as gen  # type: ignore[attr-defined]
-    except ImportError:
-        from recsys.data import synth as gen
+    from recsys.data.synth import generator as gen
+
     spec = gen.SynthSpec(members=n_members, products=n_products, lines=lines, seed=seed)
-    cat = gen._make_catalogue(spec, np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(0,))))
-    mem = gen._make_members(spec, cat, np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(1,))))
+    _, cat, mem = gen.prepare(spec, Path(tempfile.gettempdir()))  # the catalogue and members, as every layout
     rows, cols = [], []
-    for chunk in gen._generate_chunks(spec, cat, mem):
+    for chunk in gen.generate_chunks(spec, cat, mem):
         rows.append(chunk["member"].astype(np.int32))
         cols.append(chunk["product"].astype(np.int32))
     r, c = np.concatenate(rows), np.concatenate(cols)
