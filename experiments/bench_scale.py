@@ -97,6 +97,17 @@ class ScaleStep:
     parts: dict[str, float] = field(default_factory=dict)  # train: the run's own stage timings
     metrics: dict[str, float] = field(default_factory=dict)  # train: headline metrics
     log: str = ""
+    code: str = ""  # the commit measured (+ "-dirty" with uncommitted changes)
+
+
+def code_version() -> str:
+    import subprocess
+
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=False).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, check=False).stdout.strip()
+    return head + ("-dirty" if dirty else "")
 
 
 def train_config(data_dir: Path, path: Path) -> Path:
@@ -145,10 +156,13 @@ def run_size(recsys: str, members: int, workdir: Path, steps: tuple[str, ...], a
     for step in steps:
         started = time.strftime("%Y-%m-%dT%H:%M:%S")
         res = run_step(StepResult(f"m{members}", step, commands[step]), log_dir, env)
+        shown = ["recsys", *(c.replace(str(workdir), "WORKDIR") for c in commands[step][1:])]  # no local paths
         row = ScaleStep(members, lines, products, step, round(res.wall_s, 2), res.peak_rss_bytes, res.returncode,
-                        commands[step], started, log=res.log)
+                        shown, started, code=code_version())
         if step == "train" and res.ok:
             row.parts, row.metrics = read_train_summary(Path(res.log))
+        if not res.ok:
+            row.log = res.log
         out.append(row)
         if not res.ok:
             print(f"   {step} failed ({exit_text(res.returncode or 0)}): the later steps of this size are skipped")
