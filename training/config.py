@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from recsys.ann import IndexSettings
 from recsys.errors import InputError
 
 M = TypeVar("M", bound=BaseModel)
@@ -98,6 +99,10 @@ class TrainConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     mlflow: MlflowConfig = MlflowConfig()
     spark: SparkConfig | None = None
+    # the FAISS indexes the bundle carries for a vector model (recsys.ann): built here, once,
+    # above these thresholds, so that servers map them instead of building them; a server
+    # configured with other settings builds its own
+    index: IndexSettings = IndexSettings()
 
     @classmethod
     def from_toml(cls, path: Path | str) -> TrainConfig:

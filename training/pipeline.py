@@ -19,6 +19,7 @@ import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
+from recsys.ann import build_indexes, model_vectors
 from recsys.bundle import Bundle, save_bundle
 from recsys.columns import Col
 from recsys.models import get_model
@@ -259,8 +260,12 @@ def build_bundle(cfg: TrainConfig, result: TrainResult, out: Path, run_id: str |
     }
     # every member's top-100 picks per mode (served from the bundle)
     lists = result.pre_ranked if result.pre_ranked is not None else pre_rank(result.model)
+    # a vector model's approximate indexes (above cfg.index's thresholds), built once here
+    vectors = model_vectors(result.model)
+    indexes = build_indexes(*vectors, cfg.index) if vectors is not None else {}
     return save_bundle(out, Bundle(result.model, result.members, result.products, mem, prod, meta,
-                                   pre_ranked=lists, tags=tags.only([*mem.column_names, *prod.column_names])))
+                                   pre_ranked=lists, tags=tags.only([*mem.column_names, *prod.column_names]),
+                                   indexes=indexes))
 
 
 def _aligned(con: duckdb.DuckDBPyConnection, table: Path, key: str, ids: Any, wanted: tuple[str, ...]) -> pa.Table:
