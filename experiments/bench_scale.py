@@ -176,17 +176,19 @@ def run_size(recsys: str, members: int, workdir: Path, steps: tuple[str, ...], a
 
 
 def merge(rows: list[ScaleStep], path: Path) -> list[dict[str, Any]]:
-    """Rows already in ``path`` for other (members, step) pairs, plus these."""
+    """Rows already in ``path`` for other (members, step, code) triples, plus these: a size
+    measured again on the same commit replaces its rows, other commits' rows stay (before /
+    after a change, side by side)."""
     old: list[dict[str, Any]] = []
     if path.exists():
         try:
             old = json.loads(path.read_text(encoding="utf-8")).get("steps", [])
         except (json.JSONDecodeError, AttributeError):
             old = []
-    fresh = {(r.members, r.step) for r in rows}
-    kept = [r for r in old if (r.get("members"), r.get("step")) not in fresh]
+    fresh = {(r.members, r.step, r.code) for r in rows}
+    kept = [r for r in old if (r.get("members"), r.get("step"), r.get("code", "")) not in fresh]
     merged = kept + [asdict(r) for r in rows]
-    merged.sort(key=lambda r: (r["members"], STEPS.index(r["step"]) if r["step"] in STEPS else 99))
+    merged.sort(key=lambda r: (r["members"], r.get("started", ""), STEPS.index(r["step"]) if r["step"] in STEPS else 99))
     return merged
 
 
