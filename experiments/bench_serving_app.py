@@ -133,7 +133,7 @@ def create_app() -> FastAPI:
         ) -> dict[str, Any]:
             import numpy as np
 
-            from recsys.ann import exact_top
+            from recsys.ann import exact_top, recall_vs_exact
             from serving.index import VectorIndex
 
             index = getattr(state.scorer, "member_index", None)
@@ -151,13 +151,12 @@ def create_app() -> FastAPI:
             vecs = index.vectors
             rows = np.flatnonzero(allowed) if allowed is not None else None
             # exact top-k in blocks (FAISS's flat search): 200 queries x 10M scores would be 8 GB
-            exact = exact_top(vecs if rows is None else vecs[rows], q, k)
+            exact_s, exact = exact_top(vecs if rows is None else vecs[rows], q, k)
             if rows is not None:
                 exact = np.where(exact >= 0, rows[np.maximum(exact, 0)], -1)
 
-            def share(found: np.ndarray) -> float:
-                return float(np.mean([len(np.intersect1d(a[a >= 0], e[e >= 0])) / max(int((e >= 0).sum()), 1)
-                                      for a, e in zip(found, exact, strict=True)]))
+            def share(found: np.ndarray) -> float:  # a member tied with the k-th counts as found
+                return recall_vs_exact(found, exact_s, exact, vecs, q)
 
             served = np.vstack([index.search(q[i : i + 1], k, allowed)[0] for i in range(len(q))])  # one at a time, as served
             route = "exact" if index.exact_for(k, allowed) else index.kind

@@ -45,7 +45,7 @@ import time
 import faiss
 import numpy as np
 
-from recsys.ann import AnnIndex, IndexKind, IndexSettings, build_index, ivf_nprobe
+from recsys.ann import AnnIndex, IndexKind, IndexSettings, build_index, ivf_nprobe, recall_vs_exact
 from recsys.models.base import NEG_INF
 
 log = logging.getLogger("serving.index")
@@ -293,7 +293,8 @@ class VectorIndex:
 
 def recall_at_k(index: VectorIndex, queries: np.ndarray, k: int = 10, allowed: np.ndarray | None = None) -> float:
     """Mean share of the exact top-``k`` inner-product neighbours (among ``allowed`` rows) that
-    ``index.search`` returns.
+    ``index.search`` returns, a row tied with the k-th counting as found
+    (:func:`recsys.ann.recall_vs_exact`).
 
     1.0 for an exact index and for searches an approximate index routes to exact search;
     otherwise it depends on the IVF calibration (``nprobe``) or on HNSW's ``M`` / ``efSearch``
@@ -308,7 +309,6 @@ def recall_at_k(index: VectorIndex, queries: np.ndarray, k: int = 10, allowed: n
     ('hnsw', True)
     """
     queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-    exact, _ = brute_force(index.vectors, queries, k, allowed)
+    exact_i, exact_s = brute_force(index.vectors, queries, k, allowed)
     approx, _ = index.search(queries, k, allowed)
-    hits = [len(np.intersect1d(a[a >= 0], e[e >= 0])) / max(int((e >= 0).sum()), 1) for a, e in zip(approx, exact, strict=True)]
-    return float(np.mean(hits)) if hits else 1.0
+    return recall_vs_exact(approx, exact_s, exact_i, index.vectors, queries)

@@ -13,7 +13,16 @@ import numpy as np
 import pytest
 from conftest import S_ACTIVE, S_MEMBERS, S_PRODUCTS, auth
 
-from recsys.ann import AnnIndex, build_index, ivf_nprobe, load_index, mips_to_l2, save_index
+from recsys.ann import (
+    AnnIndex,
+    build_index,
+    exact_top,
+    ivf_nprobe,
+    load_index,
+    mips_to_l2,
+    recall_vs_exact,
+    save_index,
+)
 from recsys.bundle import load_bundle
 from serving.index import VectorIndex, brute_force, recall_at_k
 from serving.settings import IndexSettings
@@ -239,3 +248,15 @@ def test_an_index_saved_with_the_bundle_loads_memory_mapped(
     with pytest.raises(ValueError, match="not a readable FAISS index"):
         load_index(tmp_path / "broken.faiss", meta)
     assert isinstance(loaded, AnnIndex)
+
+
+def test_recall_counts_a_member_tied_with_the_kth_as_found() -> None:
+    # members 0-3 share one vector (they bought the same single product): exact search keeps two
+    # of the tie; any two of them are as good an answer
+    vectors = np.array([[1.0, 0], [1, 0], [1, 0], [1, 0], [0.5, 0], [0, 1]], dtype=np.float32)
+    q = np.array([[1.0, 0.0]], np.float32)
+    scores, ids = exact_top(vectors, q, 2)
+    assert set(ids[0].tolist()) <= {0, 1, 2, 3}
+    assert recall_vs_exact(np.array([[2, 3]]), scores, ids, vectors, q) == 1.0
+    assert recall_vs_exact(np.array([[3, 4]]), scores, ids, vectors, q) == 0.5  # 4 scores below the 2nd
+    assert recall_vs_exact(np.array([[5, -1]]), scores, ids, vectors, q) == 0.0
