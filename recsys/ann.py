@@ -162,9 +162,17 @@ class AnnIndex:
         q = np.ascontiguousarray(queries, dtype=np.float32)
         if self.kind == "ivf":
             params = faiss.SearchParametersIVF(sel=selector, nprobe=int(nprobe or 1))
-            dist, ids = self.index.search(mips_to_l2(q), k, params=params)
-            m2 = float(self.meta["max_norm"]) ** 2
-            scores = ((q.astype(np.float64) ** 2).sum(axis=1)[:, None] + m2 - dist) / 2.0
+            # each query scaled to the rows' norm (which leaves the order of q.x alone): cells are
+            # chosen by |q - c|, and a short query (a product few bought) against long rows would
+            # have its cells chosen by the centroids' norms instead of their directions (measured:
+            # recall@10 0.15 at 64 of 1,024 cells on 1M synthetic ALS members, product vectors
+            # of norm ~0.01 against members of norm ~1)
+            m = float(self.meta["max_norm"])
+            qn = np.sqrt((q.astype(np.float64) ** 2).sum(axis=1))
+            scale = np.where(qn > 0, m / np.where(qn > 0, qn, 1.0), 1.0)
+            qs = (q * scale[:, None]).astype(np.float32)
+            dist, ids = self.index.search(mips_to_l2(qs), k, params=params)
+            scores = ((qn * scale)[:, None] ** 2 + m * m - dist) / (2.0 * scale[:, None])
             return scores.astype(np.float32), ids
         if self.kind == "hnsw":
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=int(ef_search or self.index.hnsw.efSearch))
