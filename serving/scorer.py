@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from recsys.ann import AnnIndex
 from recsys.models.base import NEG_INF, Capability, Recommender, topk_rows
 from serving.index import VectorIndex, _sort_candidates
 from serving.settings import IndexSettings
@@ -106,14 +107,22 @@ class VectorScorer(Scorer):
 
     kind = "vectors"
 
-    def __init__(self, model: Recommender, users: np.ndarray, items: np.ndarray, settings: IndexSettings):
+    def __init__(self, model: Recommender, users: np.ndarray, items: np.ndarray, settings: IndexSettings,
+                 indexes: dict[str, AnnIndex] | None = None):
         super().__init__(model)
         self.items = np.ascontiguousarray(items, dtype=np.float32)
         norms = np.linalg.norm(self.items, axis=1, keepdims=True) + 1e-9
         self.items_unit = (self.items / norms).astype(np.float32)
-        self.member_index = VectorIndex(users, exact_max=settings.exact_max_members, settings=settings)
-        self.product_index = VectorIndex(self.items, exact_max=settings.exact_max_products, settings=settings)
-        self.similar_index = VectorIndex(self.items_unit, exact_max=settings.exact_max_products, settings=settings)
+        # the bundle's indexes when it carries them (built when it was made, memory-mapped), else
+        # built here; each calibrated with what searches it: audiences ask the member index with
+        # product vectors, picks the product index with member vectors
+        built = indexes or {}
+        self.member_index = VectorIndex(users, exact_max=settings.exact_max_members, settings=settings,
+                                        prebuilt=built.get("members"), queries=self.items)
+        self.product_index = VectorIndex(self.items, exact_max=settings.exact_max_products, settings=settings,
+                                         prebuilt=built.get("products"), queries=users)
+        self.similar_index = VectorIndex(self.items_unit, exact_max=settings.exact_max_products, settings=settings,
+                                         prebuilt=built.get("similar"), queries=self.items_unit)
         self.folds_in = model.has(Capability.FOLD_IN)
 
     @property
@@ -257,10 +266,10 @@ class ModelScorer(Scorer):
         return (co / self._buyer_norms[a][:, None] / self._buyer_norms[b][None, :]).astype(np.float32)
 
 
-def build_scorer(model: Recommender, settings: IndexSettings) -> Scorer:
+def build_scorer(model: Recommender, settings: IndexSettings, indexes: dict[str, AnnIndex] | None = None) -> Scorer:
     """A :class:`VectorScorer` when the model has member and product vectors, else a
-    :class:`ModelScorer`."""
+    :class:`ModelScorer`; ``indexes``: the bundle's prebuilt FAISS indexes (:mod:`recsys.ann`)."""
     vecs = _vectors(model)
     if vecs is not None:
-        return VectorScorer(model, vecs[0], vecs[1], settings)
+        return VectorScorer(model, vecs[0], vecs[1], settings, indexes)
     return ModelScorer(model)

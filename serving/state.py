@@ -514,7 +514,7 @@ def build_state(
     pop_o, pop_s, seg_o, seg_s = _popular_orders(history, segment if isinstance(segment, Tag) else None)
     active.setflags(write=False)  # handed to searches as the default product mask, never changed
 
-    scorer = build_scorer(model, settings.index)
+    scorer = build_scorer(model, settings.index, bundle.indexes)
     events = open_store(stream=settings.events_stream, stream_key=settings.events_stream_key,
                         path=settings.events_file, timeout=settings.events_stream_timeout_seconds)
     state = ServingState(

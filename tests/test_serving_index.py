@@ -260,3 +260,28 @@ def test_recall_counts_a_member_tied_with_the_kth_as_found() -> None:
     assert recall_vs_exact(np.array([[2, 3]]), scores, ids, vectors, q) == 1.0
     assert recall_vs_exact(np.array([[3, 4]]), scores, ids, vectors, q) == 0.5  # 4 scores below the 2nd
     assert recall_vs_exact(np.array([[5, -1]]), scores, ids, vectors, q) == 0.0
+
+
+def test_a_server_uses_the_bundles_member_index_instead_of_building_one(
+    serving_client: Callable[..., Any], serving_bundles: dict[str, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from recsys.ann import build_indexes
+    from recsys.bundle import add_indexes
+
+    src = serving_bundles["als"]
+    path = tmp_path / "als-indexed"
+    shutil.copytree(src, path)
+    model = load_bundle(path).model
+    settings = IndexSettings(exact_max_members=3)
+    add_indexes(path, build_indexes(model.user_factors, model.item_factors, settings, names=("members",)))
+    with serving_client(path, index={"exact_max_members": 3}) as c, \
+            serving_client("als", index={"exact_max_members": 3}) as built_here:
+        info = c.get("/v1/model", headers=auth("admin")).json()["scorer"]["members"]
+        assert info["kind"] == "ivf" and info["index"] == "bundle"
+        assert built_here.get("/v1/model", headers=auth("admin")).json()["scorer"]["members"]["index"] == "built at load"
+        for product in S_PRODUCTS:
+            a = c.post("/v1/audiences", json={"product_id": product, "size": 3}, headers=auth("admin")).json()
+            b = built_here.post("/v1/audiences", json={"product_id": product, "size": 3}, headers=auth("admin")).json()
+            assert [m["member_id"] for m in a["members"]] == [m["member_id"] for m in b["members"]]
