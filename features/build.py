@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -179,6 +180,7 @@ def build_features(
     tags: TagRegistry | None = None,
     engine: Literal["duckdb", "spark"] = "duckdb",
     spark: SparkSettings | None = None,
+    checks: Sequence[tuple[str, str]] = (),
 ) -> FeatureSnapshot:
     """Compute member and product features and tags from purchases strictly before ``as_of``.
 
@@ -210,12 +212,16 @@ def build_features(
         ``duckdb`` (this machine) or ``spark``: the same SQL on Spark (through
         :func:`recsys.dialect.to_spark`), the same snapshot; ``memory_limit`` / ``threads`` are
         DuckDB's, Spark takes its settings from ``spark`` (:mod:`recsys.spark.session`).
+    checks
+        ``(warning, SQL count)`` pairs run over the build's views: the warning goes into the
+        manifest when the count is 0 (e.g. a category a rule names that the data does not hold,
+        :meth:`features.rules.RuleSet.checks`).
 
     Returns
     -------
     FeatureSnapshot
         Conditions worth a look (no purchase before ``as_of``; buyers or sold products missing
-        from their tables) are listed in ``manifest["warnings"]`` and printed by
+        from their tables; a rule tag that matches no member; a failed ``check``) are listed in ``manifest["warnings"]`` and printed by
         :meth:`FeatureSnapshot.print_summary`.
 
     Raises
@@ -257,7 +263,8 @@ def build_features(
             with spark_session(spark) as session:
                 eng = SparkEngine(session)
                 try:
-                    row_counts, stats, warnings, built_tags = _run(eng, inputs, out_dir, params, as_of, registry)
+                    row_counts, stats, warnings, built_tags = _run(eng, inputs, out_dir, params, as_of, registry,
+                                                                    checks)
                 finally:
                     eng.close()
         elif engine == "duckdb":
@@ -266,7 +273,7 @@ def build_features(
             con = _connect(memory_limit, threads or os.cpu_count() or 1, Path(spill))
             try:
                 row_counts, stats, warnings, built_tags = _run(
-                    DuckDBEngine(con), inputs, out_dir, params, as_of, registry)
+                    DuckDBEngine(con), inputs, out_dir, params, as_of, registry, checks)
             finally:
                 con.close()
         else:
@@ -386,6 +393,7 @@ def _run(
     params: dict[str, str],
     as_of: date,
     registry: TagRegistry,
+    checks: Sequence[tuple[str, str]] = (),
 ) -> tuple[dict[str, int], dict[str, int], list[str], list[dict[str, Any]]]:
     for view, file in (
         ("transactions", "transactions.parquet"),
@@ -445,6 +453,14 @@ def _run(
                 f"{orphans:,} {table} bought before {as_of.isoformat()} are missing from "
                 f"{table}.parquet; they got rows with empty attributes"
             )
+    for entry in built_tags:  # a retailer's rule that selects nobody is worth saying, never an error
+        if entry.get("kind") == "rule" and entry["entity"] == "member" and not entry["counts"].get("true", 0):
+            warnings.append(f"rule tag {entry['name']!r} ({entry['source']}) matches no member as of "
+                            f"{as_of.isoformat()}")
+    for warning, sql in checks:
+        (count,) = (eng.fetchall(Template(sql).substitute(params)) or [(0,)])[0]
+        if not count:
+            warnings.append(warning)
     return row_counts, stats, warnings, built_tags
 
 

@@ -132,6 +132,8 @@ def features_build(
     data_dir: DataDir = Path("data"),
     dataset: Annotated[str, typer.Option(help="Dataset folder under DATA_DIR.")] = "tafeng",
     config: Annotated[Path | None, typer.Option(help="Tag thresholds (TOML); defaults otherwise.")] = None,
+    rules: Annotated[Path | None, typer.Option("--rules", help="Rule tags of your own (TOML, e.g. "
+                                               "features/rules.toml), computed with the built-in tags.")] = None,
     canonical: Annotated[Path | None, typer.Option(help="Canonical tables (default: DATA_DIR/DATASET/canonical).")] = None,
     out: Annotated[Path | None, typer.Option(help="Snapshot folder (default: DATA_DIR/DATASET/features/AS_OF).")] = None,
     engine: Annotated[str, typer.Option(help="duckdb (this machine) or spark: the same SQL, the same snapshot.")] = "duckdb",
@@ -159,7 +161,15 @@ def features_build(
             from recsys.spark.session import SparkSettings
 
             spark = SparkSettings.from_options(spark_master, spark_conf, app_name="recsys features build")
-        snapshot = build_features(canonical_dir, out_dir, day, cfg, engine=engine, spark=spark)  # type: ignore[arg-type]
+        tags, checks = None, []
+        if rules is not None:
+            from features.rules import load_rules
+            from recsys.tags import TagRegistry
+
+            ruleset = load_rules(rules)
+            tags, checks = TagRegistry.builtin().extend(ruleset.tags), ruleset.checks()
+        snapshot = build_features(canonical_dir, out_dir, day, cfg, engine=engine, spark=spark,  # type: ignore[arg-type]
+                                  tags=tags, checks=checks)
     except RecsysError as exc:
         _fail(exc)
     snapshot.print_summary(console)
