@@ -8,7 +8,7 @@ AS_OF  ?= 2001-02-01
 export OPENBLAS_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: demo test install spark java browser redis lint bench clean
+.PHONY: demo test install spark java browser redis postgres lint bench clean
 
 $(BIN)/recsys: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,12 +35,13 @@ PORT   ?= 8000
 demo: install
 	$(BIN)/recsys data fetch tafeng --data-dir $(DATA)
 	$(BIN)/recsys data ingest tafeng --data-dir $(DATA)
-	$(BIN)/recsys features build --data-dir $(DATA) --dataset tafeng --as-of $(AS_OF)
+	$(BIN)/recsys features build --data-dir $(DATA) --dataset tafeng --as-of $(AS_OF) --rules features/rules.toml
 	$(BIN)/recsys train --config $(CONFIG)
 	$(BIN)/python -m serving.keys demo $(DATA)/demo-keys.toml region=115  # + a staff key: Ta-Feng's largest region
 	@echo "serving on http://$(HOST):$(PORT) - console http://$(HOST):$(PORT)/console, API docs /docs, health /health/ready, metrics /metrics"
 	$(BIN)/recsys serve --registered-model recsys-tafeng --api-keys-file $(DATA)/demo-keys.toml \
-		--events-dir $(DATA)/events --audit-log $(DATA)/audit.jsonl --host $(HOST) --port $(PORT)
+		--events-dir $(DATA)/events --audit-log $(DATA)/audit.jsonl --host $(HOST) --port $(PORT) \
+		--campaign-db sqlite:///$(DATA)/campaigns.db --purchases $(DATA)/tafeng/canonical
 
 # The console's browser tests drive Debian's Chromium (never a browser downloaded by playwright);
 # a CJK font so its screenshots show the Chinese labels.
@@ -53,7 +54,12 @@ browser:
 redis:
 	command -v redis-server >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server)
 
-test: install spark browser redis
+# The campaign database's tests run against SQLite and a real PostgreSQL (Debian's server, started by the
+# tests on a free port in a temporary folder through pytest-postgresql; never the system service).
+postgres:
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql)
+
+test: install spark browser redis postgres
 	$(BIN)/python -m pytest -q
 
 lint: install

@@ -28,6 +28,17 @@ app.add_typer(batch_app, name="batch")
 bundle_app = typer.Typer(no_args_is_help=True, help="Work on a serving bundle folder.")
 app.add_typer(bundle_app, name="bundle")
 
+
+def _campaign_app() -> typer.Typer:
+    from serving.campaign_cli import (
+        app as campaign,  # typer and rich only; each command imports its layer
+    )
+
+    return campaign
+
+
+app.add_typer(_campaign_app(), name="campaign")
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -270,8 +281,12 @@ def serve(
     bundle_root: Annotated[list[Path] | None, typer.Option(
         help="A folder /v1/admin/reload may load bundles from (repeatable; default: the --bundle folder's parent)."
     )] = None,
+    campaign_db: Annotated[str | None, typer.Option(help="Campaign database URL (default sqlite:///campaigns/"
+                                                    "campaigns.db; postgresql+psycopg://... shared by replicas).")] = None,
+    purchases: Annotated[Path | None, typer.Option(help="Canonical folder of `recsys data ingest`: the purchases "
+                                                   "campaign results are measured on (with the live events).")] = None,
 ) -> None:
-    """Run the HTTP API (picks, similar products, audiences, events) with uvicorn.
+    """Run the HTTP API (picks, similar products, audiences, campaigns, events) with uvicorn.
 
     Timeouts and limits come from RECSYS_* settings (serving/settings.py): RECSYS_MAX_BODY_BYTES,
     RECSYS_SERVER__HEADER_TIMEOUT_SECONDS, RECSYS_SERVER__LIMIT_CONCURRENCY, ..."""
@@ -282,7 +297,8 @@ def serve(
     try:
         run_server(bundle, registered_model if bundle is None else None, alias, host, port, workers,
                    api_keys_file=api_keys_file, events=events, events_dir=events_dir, audit_log=audit_log,
-                   tracking_uri=tracking_uri, bundle_roots=bundle_root)
+                   tracking_uri=tracking_uri, bundle_roots=bundle_root, campaign_db=campaign_db,
+                   campaign_purchases=purchases)
     except RecsysError as exc:
         _fail(exc)
 

@@ -33,13 +33,24 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from recsys.errors import RecsysError
 from serving.audit import AuditLog
+from serving.db import Database
 from serving.downloads import remove_in_progress
 from serving.errors import status_of
 from serving.keys import load_key_store
 from serving.limits import BodyLimitMiddleware
 from serving.memory import release_memory
 from serving.metrics import Metrics, MetricsMiddleware
-from serving.routers import admin, audiences, console, events, health, picks, similar, tags
+from serving.routers import (
+    admin,
+    audiences,
+    campaigns,
+    console,
+    events,
+    health,
+    picks,
+    similar,
+    tags,
+)
 from serving.settings import ServingSettings
 from serving.state import StateHolder, resolve_and_build
 
@@ -175,11 +186,13 @@ def create_app(settings: ServingSettings) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.keys = None if settings.auth_disabled else load_key_store(settings.api_keys, settings.api_keys_file)
     app.state.audit = AuditLog(settings.audit_log)
+    app.state.db = Database(settings.campaign_db)  # migrated on first use (serving.db)
+    app.state.challengers = {}  # registry alias / version -> state, for A/B campaigns
     if settings.auth_disabled:
         log.warning("RECSYS_AUTH_DISABLED is set: every request is treated as admin (development only)")
 
-    for router in (health.router, picks.router, similar.router, audiences.router, tags.router, events.router,
-                   admin.router):
+    for router in (health.router, picks.router, similar.router, audiences.router, campaigns.router, tags.router,
+                   events.router, admin.router):
         app.include_router(router)
     console.mount(app)  # the web console at /console (static files)
 

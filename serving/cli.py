@@ -32,6 +32,8 @@ def serve(
     events_dir: Path | None = None,
     audit_log: Path | None = None,
     tracking_uri: str | None = None,
+    campaign_db: str | None = None,
+    campaign_purchases: Path | None = None,
     auth_disabled: bool = False,
     log_level: str = "info",
     access_log: bool = False,
@@ -100,6 +102,9 @@ def serve(
         "RECSYS_EVENTS_STREAM": stream,
         "RECSYS_AUDIT_LOG": str(Path(audit_log).resolve()) if audit_log is not None else None,
         "RECSYS_MLFLOW_TRACKING_URI": tracking_uri,
+        "RECSYS_CAMPAIGN_DB": campaign_db or os.environ.get("RECSYS_CAMPAIGN_DB"),
+        "RECSYS_CAMPAIGN_PURCHASES": (str(Path(campaign_purchases).resolve()) if campaign_purchases is not None
+                                      else os.environ.get("RECSYS_CAMPAIGN_PURCHASES")),
         "RECSYS_AUTH_DISABLED": "true" if auth_disabled else None,
         "RECSYS_BUNDLE_ROOTS": json.dumps([str(Path(r).resolve()) for r in bundle_roots]) if bundle_roots else None,
     }
@@ -118,6 +123,9 @@ def serve(
     try:
         settings = ServingSettings()  # fail here, with the message, rather than in every worker
         check_events(settings)
+        from serving.db import Database
+
+        Database(settings.campaign_db).ensure().dispose()  # migrated once, before any worker starts
         if workers <= 1:
             app = create_app_from_env()  # also checks the keys before listening
         else:

@@ -5,7 +5,7 @@ Only digests are stored; a request's key is hashed and looked up. Roles and what
 ==============  =========================================================
 app             picks, similar products, member profiles, model info
 staff           picks, similar products and member profiles, within the key's scope (导购)
-merchandiser    audiences and their export, picks, member profiles, model info
+merchandiser    audiences and their export, campaigns, picks, member profiles, model info
 admin           everything, including live events and model reload
 ==============  =========================================================
 
@@ -57,13 +57,13 @@ from pydantic import TypeAdapter, ValidationError
 from recsys.errors import InputError
 from serving.settings import ApiKeySpec, Role
 
-Permission = Literal["picks", "similar", "audiences", "model", "events", "reload"]
+Permission = Literal["picks", "similar", "audiences", "campaigns", "model", "events", "reload"]
 
 PERMISSIONS: dict[Role, frozenset[Permission]] = {
     "app": frozenset({"picks", "similar", "model"}),
     "staff": frozenset({"picks", "similar"}),
-    "merchandiser": frozenset({"audiences", "picks", "model"}),
-    "admin": frozenset({"picks", "similar", "audiences", "model", "events", "reload"}),
+    "merchandiser": frozenset({"audiences", "campaigns", "picks", "model"}),
+    "admin": frozenset({"picks", "similar", "audiences", "campaigns", "model", "events", "reload"}),
 }
 # a key's scope as a hashable value: ((tag, (value, ...)), ...) in the key's order
 Scope = tuple[tuple[str, tuple[str, ...]], ...]

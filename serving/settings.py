@@ -103,6 +103,12 @@ class ServingSettings(BaseSettings):
     # ... to this long after now (clock skew between tills and the server)
     events_max_seconds_ahead: float = Field(86_400.0, ge=0.0, le=31_536_000.0)
 
+    # ---- campaigns (serving.db): the database every replica shares, and what results are measured on
+    campaign_db: str = "sqlite:///campaigns/campaigns.db"  # or postgresql+psycopg://user@host:5432/db
+    campaign_purchases: Path | None = None  # the canonical folder (transactions.parquet) of `recsys data ingest`
+    contact_max_campaigns: int = Field(3, ge=1, le=1000)  # frequency cap: at most this many campaigns ...
+    contact_days: int = Field(30, ge=1, le=3650)  # ... whose send dates are within this many days
+
     # ---- limits
     # request bodies: larger is a 413, decided from Content-Length before reading (or while a
     # chunked body streams in); a body still arriving after body_timeout_seconds is a 408

@@ -285,3 +285,37 @@ def spark() -> Iterator[Any]:
     session.conf.set("spark.sql.shuffle.partitions", "2")  # small data: few tasks
     yield session
     session.stop()
+
+
+# --------------------------------------------------------------------------- campaign databases
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """One real PostgreSQL server for the session (tests/postgres_server.py); its URL."""
+    from postgres_server import postgres_server
+
+    with postgres_server() as url:
+        yield url
+
+
+_DB_COUNTER = iter(range(1, 1_000_000))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def campaign_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty campaign database: a SQLite file, or a fresh database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'campaigns.db'}"
+        return
+    import sqlalchemy as sa
+
+    server = request.getfixturevalue("postgres_server_url")
+    name = f"campaigns_{next(_DB_COUNTER)}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    try:
+        yield server.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
