@@ -154,7 +154,7 @@ def results(db: Database, campaign_id: int, source: PurchaseSource, *, cost_per_
         if source.transactions is not None:
             sources.append(f"SELECT member_id, product_id, CAST(ts AS TIMESTAMP) AS ts, amount "
                            f"FROM read_parquet({_sql_path(source.transactions)})")
-            (last,) = con.execute(f"SELECT MAX(ts) FROM read_parquet({_sql_path(source.transactions)})").fetchone()
+            ((last,),) = con.execute(f"SELECT MAX(ts) FROM read_parquet({_sql_path(source.transactions)})").fetchall()
             if last is not None:
                 data_end = last.date() + timedelta(days=1)
         if source.events is not None:
