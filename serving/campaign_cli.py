@@ -246,7 +246,9 @@ def print_report(result: dict[str, Any]) -> None:
                 f"(95 % CI {u['low']:+.2%} .. {u['high']:+.2%}{', significant' if u['significant'] else ''})")
         rev = comp.get("incremental_revenue")
         if rev:
-            line += f"; incremental revenue {rev['estimate']:,.2f} ({rev['low']:,.2f} .. {rev['high']:,.2f})"
+            line += f"; incremental revenue {rev['estimate']:,.2f}"
+            if rev["low"] is not None:
+                line += f" ({rev['low']:,.2f} .. {rev['high']:,.2f})"
         if comp.get("roi"):
             line += f"; ROI {comp['roi']['roi']:+.1%} on a cost of {comp['roi']['cost']:,.2f}"
         console.print(line, highlight=False)

@@ -131,16 +131,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url`` (``sqlite:///path`` or ``postgresql+psycopg://...``); the folder of a
-    SQLite file is created."""
+    """An engine for ``url`` (``sqlite:///path`` or ``postgresql+psycopg://...``); nothing connects
+    until it is used."""
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise InputError(f"campaign database {url!r} is not a database URL; use sqlite:///path/campaigns.db "
                          "or postgresql+psycopg://user@host:5432/db") from None
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(parsed, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -210,6 +208,9 @@ class Database:
             return self
         with self._lock:
             if not self._ready:
+                parsed = make_url(self.url)
+                if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+                    Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
                 try:
                     if current_revision(self.engine) != head_revision():
                         migrate(self.engine)

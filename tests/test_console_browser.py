@@ -45,6 +45,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, serving_bundles: dict[str, 
         audit_log=root / "audit.jsonl",
         events_poll_seconds=0,
         load_in_background=False,
+        campaign_db=f"sqlite:///{root / 'campaigns.db'}",
     )
     with uvicorn_server(create_app(settings)) as base:
         yield base
@@ -141,7 +142,7 @@ def check_result_matches(page: Any, body: dict[str, Any]) -> None:
 
 def test_merchandiser_builds_an_audience_downloads_it_and_sees_the_export(page: Any, server: str) -> None:
     sign_in(page, "merchandiser")
-    assert nav_pages(page) == ["audience", "exports", "member", "model"]
+    assert nav_pages(page) == ["audience", "campaigns", "exports", "member", "model"]
     assert "商品运营" in page.inner_text("[data-testid=role]")
     assert page.query_selector("[data-testid=scope]") is None and "null" not in page.inner_text("#who")
 
@@ -346,3 +347,61 @@ def test_api_docs_render_from_the_server_alone(page: Any, path: str, title: str)
     assert "recsys serving" in heading.inner_text()
     page.get_by_text("/v1/audiences").first.wait_for()  # the operations are listed from /openapi.json
     shot(page, f"docs-{path.strip('/')}")
+
+
+def test_merchandiser_creates_a_campaign_from_an_audience_and_reads_its_results(page: Any, server: str) -> None:
+    sign_in(page, "merchandiser")
+    page.fill("#product-q", "p0")
+    page.click("#product-search")
+    page.click("button[data-product-id=p0]")
+    page.fill("#size", "6")
+    page.check("input[name=filter-lifecycle][value=active]")
+    page.click("#build")
+    page.wait_for_selector("#create-campaign")
+    page.click("#create-campaign")
+    page.wait_for_selector("[data-testid=campaign-form]")
+    assert "p0" in page.inner_text("[data-testid=campaign-draft]") and "活跃 active" in page.inner_text("[data-testid=campaign-draft]")
+    page.fill("#c-name", "会员日 p0")
+    page.fill("#c-holdout", "0.34")
+    page.click("#c-create")
+    page.wait_for_selector(".banner.ok")
+    assert "Created campaign" in page.inner_text("#banner")
+    listed = api(server, "GET", "/v1/campaigns").json()["campaigns"]
+    mine = next(c for c in listed if c["name"] == "会员日 p0")
+    # m0, m1, m4 are the active members: one held out (round(3 x 0.34)), two contacted
+    assert (mine["eligible"], mine["treated"], mine["holdout"], mine["filters"]) == (3, 2, 1, {"lifecycle": ["active"]})
+    row = f"[data-testid=campaigns-table] tr[data-campaign-id='{mine['id']}']"
+    page.wait_for_selector(row)
+    assert "测量中 measuring" in page.inner_text(f"{row} [data-testid=status]")
+    shot(page, "campaigns-list")
+
+    page.click(f"{row} button[data-results]")
+    page.wait_for_selector("[data-testid=results-card]")
+    res = api(server, "GET", f"/v1/campaigns/{mine['id']}/results").json()
+    u = res["comparisons"][0]["uplift"]
+    assert kpi(page, "kpi-uplift") == pytest.approx(u["estimate"])
+    bar = page.query_selector("[data-testid=uplift-interval]")
+    assert float(bar.get_attribute("data-low")) == pytest.approx(u["low"])
+    assert float(bar.get_attribute("data-high")) == pytest.approx(u["high"])
+    assert page.query_selector("[data-testid=partial]") is not None and res["partial"]
+    for name, g in res["groups"].items():
+        cell = page.query_selector(f"[data-testid=groups-table] tr[data-group={name}] td:nth-child(2)")
+        assert cell.inner_text() == str(g["members"])
+        line = page.query_selector(f"[data-testid=cumulative-plot] polyline[data-series={name}]")
+        assert float(line.get_attribute("data-last")) == pytest.approx(g["cumulative"][-1])
+    # the ROI from a cost per contact and a margin
+    page.fill("#roi-cost", "0.5")
+    page.fill("#roi-margin", "0.3")
+    page.click("#roi-form button[type=submit]")
+    page.wait_for_function("document.querySelector('[data-testid=kpi-roi]').dataset.value !== ''")
+    with_roi = api(server, "GET", f"/v1/campaigns/{mine['id']}/results",
+                   params={"cost_per_contact": 0.5, "margin": 0.3}).json()
+    assert kpi(page, "kpi-roi") == pytest.approx(with_roi["comparisons"][0]["roi"]["roi"])
+    shot(page, "campaign-results")
+
+    # the treated list downloads; never the holdout
+    with page.expect_download() as info:
+        page.click(f"{row} button[data-export]")
+    rows = list(csv.reader(io.StringIO(Path(info.value.path()).read_text(encoding="utf-8"))))
+    assert rows[0] == ["member_id", "rank", "score"] and len(rows) - 1 == mine["treated"]
+    assert {r[0] for r in rows[1:]} <= {"m0", "m1", "m4"}

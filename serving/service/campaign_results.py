@@ -234,12 +234,13 @@ def results(db: Database, campaign_id: int, source: PurchaseSource, *, cost_per_
         if u is not None:
             n_t = ga["members"]
             entry["incremental_buyers"] = {"estimate": u.estimate * n_t, "low": u.low * n_t, "high": u.high * n_t}
-        if rev is not None:
+        if ga["members"] and gb["members"]:
             n_t = ga["members"]
-            entry["incremental_revenue"] = {"estimate": rev.estimate * n_t, "low": rev.low * n_t,
-                                            "high": rev.high * n_t}
+            diff = ga["_sum"] / n_t - gb["_sum"] / gb["members"]
+            entry["incremental_revenue"] = {"estimate": diff * n_t, "low": rev.low * n_t if rev else None,
+                                            "high": rev.high * n_t if rev else None}
             if cost_per_contact is not None and margin is not None and b.startswith(HOLDOUT):
-                entry["roi"] = roi(rev.estimate * n_t, n_t, cost_per_contact, margin)
+                entry["roi"] = roi(diff * n_t, n_t, cost_per_contact, margin)
         comparisons.append(entry)
     for g in groups.values():
         g.pop("_sum")

@@ -55,6 +55,25 @@ export const audience = (body) => request("/v1/audiences", { method: "POST", bod
 export const pastExports = (limit = 50) => request("/v1/audiences/exports", { params: { limit } });
 export const searchProducts = (q, category, limit = 20) =>
   request("/v1/products", { params: { q, category, limit } });
+export const campaigns = () => request("/v1/campaigns");
+export const createCampaign = (body) => request("/v1/campaigns", { method: "POST", body });
+export const campaignResults = (id, params) => request(`/v1/campaigns/${id}/results`, { params });
+
+/** GET a campaign's treated list and hand the CSV to the browser as a download; returns the file name. */
+export async function exportCampaign(id) {
+  const resp = await request(`/v1/campaigns/${id}/export`, { raw: true });
+  const blob = await resp.blob();
+  const name = ((resp.headers.get("Content-Disposition") || "").match(/filename="([^"]+)"/) || [])[1] || "campaign.csv";
+  const href = URL.createObjectURL(blob);
+  const a = document.createElement("a");
+  a.href = href;
+  a.download = name;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(href), 10_000);
+  return name;
+}
 export const memberProfile = (id) => request(`/v1/members/${encodeURIComponent(id)}/profile`);
 export const memberPicks = (id, mode, k = 10) =>
   request(`/v1/members/${encodeURIComponent(id)}/picks`, { params: { mode, k } });

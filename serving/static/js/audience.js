@@ -207,6 +207,9 @@ export function renderResult(result, req, resp) {
       h("span", { class: "muted small", "data-testid": "model-version" }, resp.model_version)),
     h("p", { class: "target-desc", "data-testid": "target-desc" }, describe(req, resp)),
     kpis,
+    h("div", { class: "actions" }, h("button", { type: "button", id: "create-campaign", class: "primary",
+      onclick: () => { sessionStorage.setItem("recsys.campaignDraft", JSON.stringify(req)); location.hash = "campaigns"; } },
+    "用此人群创建营销活动 Create a campaign from this audience")),
     resp.notes.length ? h("ul", { class: "notes" }, ...resp.notes.map((n) => h("li", {}, n))) : null);
 
   const compare = hasProb && p.random && p.most_active

@@ -3,12 +3,14 @@ import * as api from "./api.js";
 import { loadTags, tagLabel, tagName } from "./labels.js";
 import { h, clear } from "./ui.js";
 import * as audience from "./audience.js";
+import * as campaigns from "./campaigns.js";
 import * as exportsView from "./exports.js";
 import * as member from "./member.js";
 import * as modelView from "./model.js";
 
 const PAGES = [
   { id: "audience", title: "人群包 Audience", needs: "audiences", view: audience },
+  { id: "campaigns", title: "营销活动 Campaigns", needs: "campaigns", view: campaigns },
   { id: "exports", title: "导出记录 Exports", needs: "audiences", view: exportsView },
   { id: "member", title: "会员 Member", needs: "picks", view: member },
   { id: "model", title: "模型 Model", needs: "model", view: modelView },
