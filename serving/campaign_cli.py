@@ -143,14 +143,14 @@ def _export(db: str | None, campaign_id: int, out: Path) -> None:
     result = service.export_rows(_db(db), campaign_id)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "wb") as fh:
-        for chunk in service.csv_chunks(result.header, result.rows):
+        for chunk in service.csv_chunks(result.table):
             fh.write(chunk)
     audit = AuditLog(Path(os.environ.get("RECSYS_AUDIT_LOG", "audit/audience_exports.jsonl")))
     audit.write({"key_id": "cli", "scope": None, "route": "recsys campaign export", "format": "csv",
-                 "campaign_id": campaign_id, "campaign": result.campaign.name, "rows": len(result.rows),
-                 "members": len({r[0] for r in result.rows}), "suppressed": result.suppressed,
+                 "campaign_id": campaign_id, "campaign": result.campaign.name, "rows": result.table.num_rows,
+                 "members": result.members, "suppressed": result.suppressed,
                  "model_version": result.campaign.model_version})
-    err.print(f"{len(result.rows):,} rows ({result.suppressed:,} suppressed members left out) -> {out}; audited in "
+    err.print(f"{result.table.num_rows:,} rows ({result.suppressed:,} suppressed members left out) -> {out}; audited in "
               f"{audit.path}", highlight=False)
 
 

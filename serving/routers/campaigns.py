@@ -85,14 +85,14 @@ def get_campaign(campaign_id: int, caller: Caller, db: DB) -> CampaignSummary:
 )
 def export(campaign_id: int, caller: Caller, db: DB, audit: Audit, metrics: MetricsDep) -> StreamingResponse:
     out = service.export_rows(db, campaign_id)
-    members = len({r[0] for r in out.rows})
+    members = out.members
     audit.write({
         "key_id": caller.key_id, "scope": caller.scope_dict(), "route": "/v1/campaigns/{id}/export", "format": "csv",
-        "campaign_id": campaign_id, "campaign": out.campaign.name, "rows": len(out.rows), "members": members,
+        "campaign_id": campaign_id, "campaign": out.campaign.name, "rows": out.table.num_rows, "members": members,
         "suppressed": out.suppressed, "model_version": out.campaign.model_version,
     })
     metrics.exports.inc()
-    return StreamingResponse(service.csv_chunks(out.header, out.rows), media_type="text/csv; charset=utf-8", headers={
+    return StreamingResponse(service.csv_chunks(out.table), media_type="text/csv; charset=utf-8", headers={
         "Content-Disposition": f'attachment; filename="campaign-{campaign_id}-treated.csv"',
         "X-Suppressed": str(out.suppressed), "X-Members": str(members)})
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import pyarrow as pa
 from sqlalchemy import delete, func, insert, select, update
 
 from recsys.errors import InputError
@@ -152,25 +153,24 @@ def pick_lists_for(state: ServingState, rows: np.ndarray, k: int, mode: str, cat
     filtered = bool(categories or exclude)
     allowed = product_allowed(state, categories, exclude) if filtered else state.product_active
     list_mask = None if not filtered and state.all_active else allowed
-    text = state.text
-    assert text is not None
     out: dict[int, list[list[Any]]] = {}
     top: dict[int, float] = {}
     lists = state.pick_lists
     rest = np.asarray(rows, dtype=np.int64)
     if lists is not None and mode in lists.rows and len(rest):
         base = rest[(rest < len(lists.valid))]
-        fast = base[lists.valid[base] & np.array([r not in lists.re_ranked for r in base.tolist()], dtype=bool)]
-        ids, codes = _vector_picks(state, fast, k, mode, list_mask)
-        answered = set()
-        for j, row in enumerate(fast.tolist()):
-            entry = ids[j]
+        fresh = lists.valid[base].copy()
+        if lists.re_ranked:  # members ranked again after live purchases are answered by picks()
+            fresh &= ~np.isin(base, np.fromiter(lists.re_ranked, dtype=np.int64))
+        fast = base[fresh]
+        answered = np.zeros(len(lists.valid), dtype=bool)
+        for row, entry in zip(fast.tolist(), _vector_picks(state, fast, k, mode, list_mask), strict=True):
             if entry is None:
                 continue
             out[row] = entry
             top[row] = entry[0][1] if entry else float("-inf")
-            answered.add(row)
-        rest = np.array([r for r in rest.tolist() if r not in answered], dtype=np.int64)
+            answered[row] = True
+        rest = rest[~answered[np.minimum(rest, len(answered) - 1)] | (rest >= len(answered))]
     external = state.members.external(rest) if len(rest) else []
     for start in range(0, len(rest), PICK_BATCH):
         chunk_rows = rest[start:start + PICK_BATCH].tolist()
@@ -182,54 +182,49 @@ def pick_lists_for(state: ServingState, rows: np.ndarray, k: int, mode: str, cat
                      for d in pick_dicts(state, pl)]
             out[row] = entry
             top[row] = entry[0][1] if entry else float("-inf")
-    del text
     return out, top
 
 
 def _vector_picks(state: ServingState, rows: np.ndarray, k: int, mode: str,
-                  allowed: np.ndarray | None) -> tuple[list[list[list[Any]] | None], None]:
-    """The first ``k`` allowed entries of each member's stored list (None where the list cannot
-    answer exactly: fewer than ``k`` allowed entries in a truncated list)."""
+                  allowed: np.ndarray | None) -> list[list[list[Any]] | None]:
+    """The first ``k`` allowed entries of each member's stored list as ``[product_id, score,
+    reason_code, reason]`` (None where the list cannot answer exactly: fewer than ``k`` allowed
+    entries in a truncated list). Vectorised per block of members; one Python pass builds the
+    entries."""
     lists = state.pick_lists
     assert lists is not None
     text = state.text
     assert text is not None
     out: list[list[list[Any]] | None] = []
     if not len(rows):
-        return out, None
-    seg_tag = state.member_tags.get("value_segment")
-    popular = ("popular_in_segment", "您所在会员群体的热门商品") if seg_tag is not None else ("popular", "热门商品")
-    for start in range(0, len(rows), 50_000):
-        r = rows[start:start + 50_000]
+        return out
+    popular = ("popular_in_segment", "您所在会员群体的热门商品") if "value_segment" in state.member_tags \
+        else ("popular", "热门商品")
+    ids, often, also = text.ids, text.often_zh, text.also_zh
+    for start in range(0, len(rows), 100_000):
+        r = rows[start:start + 100_000]
         prod = lists.rows[mode][r]
-        score = lists.scores[mode][r]
-        times = lists.times[mode][r]
-        anchors = lists.anchors[mode][r]
         length = lists.length[mode][r]
-        complete = lists.complete[mode][r]
         valid = np.arange(prod.shape[1])[None, :] < length[:, None]
-        keep = valid & (allowed[np.maximum(prod, 0)] if allowed is not None else True)
-        rank = np.cumsum(keep, axis=1)
-        take = keep & (rank <= k)
+        keep = valid & allowed[np.maximum(prod, 0)] if allowed is not None else valid
+        take = keep & (np.cumsum(keep, axis=1) <= k)
         found = take.sum(axis=1)
-        answers = (found >= k) | complete
-        for i in range(len(r)):
-            if not answers[i]:
-                out.append(None)
-                continue
-            cols = np.flatnonzero(take[i])
-            entry = []
-            for c in cols.tolist():
-                p, n, a = int(prod[i, c]), int(times[i, c]), int(anchors[i, c])
-                if n > 0:
-                    code, reason = "often_buys", text.often_zh[p] + (f"（{n}次）" if n > 1 else "")
-                elif a >= 0:
-                    code, reason = "also_bought", text.also_zh[a]
-                else:
-                    code, reason = popular
-                entry.append([text.ids[p], round(float(score[i, c]), 6), code, reason])
-            out.append(entry)
-    return out, None
+        answers = ((found >= k) | lists.complete[mode][r]).tolist()
+        i_idx, c_idx = np.nonzero(take)
+        p = prod[i_idx, c_idx].tolist()
+        sc = np.round(lists.scores[mode][r][i_idx, c_idx].astype(np.float64), 6).tolist()
+        n = lists.times[mode][r][i_idx, c_idx].tolist()
+        a = lists.anchors[mode][r][i_idx, c_idx].tolist()
+        entries = [
+            [ids[pp], ss, "often_buys", often[pp] + (f"（{nn}次）" if nn > 1 else "")] if nn > 0
+            else [ids[pp], ss, "also_bought", also[aa]] if aa >= 0
+            else [ids[pp], ss, popular[0], popular[1]]
+            for pp, ss, nn, aa in zip(p, sc, n, a, strict=True)
+        ]
+        bounds = np.concatenate([[0], np.cumsum(found)]).tolist()
+        for i, ok in enumerate(answers):
+            out.append(entries[bounds[i]:bounds[i + 1]] if ok else None)
+    return out
 
 
 def rank_picks(state: ServingState, req: CampaignRequest, pool: np.ndarray | None) -> Ranked:
@@ -483,60 +478,65 @@ def list_campaigns(db: Database, limit: int = 100) -> list[CampaignSummary]:
 @dataclass
 class Export:
     campaign: Campaign
-    header: list[str]
-    rows: list[list[Any]]
+    table: pa.Table  # the CSV's columns
+    members: int
     suppressed: int
+
+    @property
+    def header(self) -> list[str]:
+        return self.table.column_names
 
 
 def export_rows(db: Database, campaign_id: int) -> Export:
-    """The treated members as CSV rows (audience: member_id, rank, score; picks: member_id, rank,
+    """The treated members as a table (audience: member_id, rank, score; picks: member_id, rank,
     product_id, reason, reason_code [, arm]), without anyone on a suppression list now; counts the
     export on the campaign. The holdout is never among them."""
     c = get_campaign(db, campaign_id)
     with db.sessions() as s:
         blocked = suppressed_ids(s)
-        members = s.execute(select(CampaignMember.member_id, CampaignMember.rank, CampaignMember.score,
-                                   CampaignMember.arm, CampaignMember.picks)
+        members = s.execute(select(CampaignMember.member_id, CampaignMember.score, CampaignMember.arm,
+                                   CampaignMember.picks)
                             .where(CampaignMember.campaign_id == campaign_id, CampaignMember.grp == TREATED)
                             .order_by(CampaignMember.rank)).all()
-    rows: list[list[Any]] = []
-    suppressed = 0
+    kept = [row for row in members if row[0] not in blocked]
+    suppressed = len(members) - len(kept)
     arms = c.lineage.get("arm_sizes") is not None
     if c.kind == "picks":
-        header = ["member_id", "rank", "product_id", "reason", "reason_code"] + (["arm"] if arms else [])
-        for m, _rank, _score, arm, packed in members:
-            if m in blocked:
-                suppressed += 1
-                continue
-            lists = orjson.loads(packed) if packed else {}
-            own = lists.get(arm or CHAMPION, [])
-            for i, (pid, _s, code, reason) in enumerate(own, start=1):
-                rows.append([m, i, pid, reason, code] + ([arm] if arms else []))
+        cols: dict[str, list[Any]] = {"member_id": [], "rank": [], "product_id": [], "reason": [], "reason_code": []}
+        arm_col: list[Any] = []
+        for m, _score, arm, packed in kept:
+            own = orjson.loads(packed).get(arm or CHAMPION, []) if packed else []
+            cols["member_id"].extend([m] * len(own))
+            cols["rank"].extend(range(1, len(own) + 1))
+            for pid, _s, code, reason in own:
+                cols["product_id"].append(pid)
+                cols["reason"].append(reason)
+                cols["reason_code"].append(code)
+            if arms:
+                arm_col.extend([arm] * len(own))
+        if arms:
+            cols["arm"] = arm_col
+        table = pa.table({k: pa.array(v, pa.int32() if k == "rank" else pa.string()) for k, v in cols.items()})
     else:
-        header = ["member_id", "rank", "score"]
-        rank = 0
-        for m, _rank, score, _arm, _packed in members:
-            if m in blocked:
-                suppressed += 1
-                continue
-            rank += 1
-            rows.append([m, rank, f"{score:.6g}" if score is not None else ""])
+        table = pa.table({
+            "member_id": pa.array([m for m, *_ in kept], pa.string()),
+            "rank": pa.array(np.arange(1, len(kept) + 1, dtype=np.int32)),
+            "score": pa.array([f"{sc:.6g}" if sc is not None else "" for _, sc, *_ in kept], pa.string()),
+        })
     with db.sessions.begin() as s:
         s.execute(update(Campaign).where(Campaign.id == campaign_id).values(exports=Campaign.exports + 1))
-    return Export(c, header, rows, suppressed)
+    return Export(c, table, len(kept), suppressed)
 
 
-def csv_chunks(header: list[str], rows: list[list[Any]], chunk: int = 20_000) -> Iterator[bytes]:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    for i, row in enumerate(rows, start=1):
-        writer.writerow(row)
-        if i % chunk == 0:
-            yield buf.getvalue().encode("utf-8")
-            buf.seek(0)
-            buf.truncate()
-    yield buf.getvalue().encode("utf-8")
+def csv_chunks(table: pa.Table, rows_per_chunk: int = 100_000) -> Iterator[bytes]:
+    """``table`` as UTF-8 CSV (a header row, values quoted only where needed), in chunks."""
+    import pyarrow.csv as pcsv
+
+    for start in range(0, max(table.num_rows, 1), rows_per_chunk):
+        buf = io.BytesIO()
+        part = table.slice(start, rows_per_chunk)
+        pcsv.write_csv(part, buf, pcsv.WriteOptions(include_header=start == 0, quoting_style="needed"))
+        yield buf.getvalue()
 
 
 # --------------------------------------------------------------------------- suppression lists
