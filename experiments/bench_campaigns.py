@@ -110,6 +110,7 @@ def scale(workdir: Path, members: int, products: int, factors: int, k: int) -> d
         "csv_mb": round(csv_path.stat().st_size / 1e6, 1), "create_seconds": round(create_s, 1),
         "export_seconds": round(export_s, 1), "total_seconds": round(create_s + export_s, 1),
         "target_seconds": 120, "meets_target": create_s + export_s < 120,
+        "create_phases_seconds": created.campaign.lineage.get("seconds"),
         "db_mb": round(sum(f.stat().st_size for f in workdir.glob("campaigns-bench.db*")) / 1e6, 1),
     }
     log(f"picks campaign: {out['picks_campaign']}")
@@ -135,7 +136,8 @@ def scale(workdir: Path, members: int, products: int, factors: int, k: int) -> d
     out["audience_campaign"] = {
         "size": 100_000, "treated": audience.summary.treated, "policy": audience.summary.policy,
         "audience_search_100k_seconds": round(bare_s, 2), "audience_search_whole_pool_seconds": round(whole_s, 2),
-        "create_seconds": round(aud_create, 2), "export_seconds": round(aud_export, 2), "rows_exported": exp.table.num_rows,
+        "create_seconds": round(aud_create, 2), "create_phases_seconds": audience.campaign.lineage.get("seconds"),
+        "export_seconds": round(aud_export, 2), "rows_exported": exp.table.num_rows,
     }
     log(f"audience campaign: {out['audience_campaign']}")
     db.dispose()
@@ -282,12 +284,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="hybrid", help="Model of the Ta-Feng backtest")
     ap.add_argument("--size", type=int, default=5_000, help="Ta-Feng campaign size (treated + holdout)")
     ap.add_argument("--workdir", type=Path, default=None, help="Kept between runs (the synthetic bundle is cached)")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="Where the figures go (sections merged into it)")
     args = ap.parse_args(argv)
     if not (args.scale or args.planted or args.tafeng):
         args.scale = args.planted = args.tafeng = True
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="recsys-bench-campaigns-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    report = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    report = json.loads(args.out.read_text()) if args.out.exists() else {}
     try:
         if args.planted:
             report["planted"] = planted(workdir, args.seeds)
@@ -299,9 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     report["run_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    log(f"-> {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    log(f"-> {args.out}")
     return 0
 
 

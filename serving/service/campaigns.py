@@ -29,6 +29,7 @@ from __future__ import annotations
 import csv
 import io
 import secrets
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -369,9 +370,12 @@ def create_campaign(db: Database, state: ServingState, req: CampaignRequest, *, 
         pool = np.zeros(len(state.members), dtype=bool)
         pool[: state.members.n_base] = True
     n_pool = int(pool.sum())
+    t0 = time.perf_counter()
     ranked = rank_picks(state, req, pool) if req.picks is not None else rank_audience(state, req, pool)
+    t_rank = time.perf_counter()
     kind = "picks" if req.picks is not None else "audience"
     ranked, removed, moved = apply_policy(db, state, ranked, send, end, policy, kind)
+    t_policy = time.perf_counter()
     n = len(ranked.rows) if req.size is None else min(req.size, len(ranked.rows))
     rows = ranked.rows[:n]
     seed = req.seed if req.seed is not None else secrets.randbelow(2**31 - 1)
@@ -409,6 +413,7 @@ def create_campaign(db: Database, state: ServingState, req: CampaignRequest, *, 
         "challenger_version": challenger.info.version if challenger is not None else None,
         "arm_sizes": arm_sizes, "notes": notes,
         "probabilities": ranked.probability is not None,
+        "seconds": {"rank": round(t_rank - t0, 3), "policy": round(t_policy - t_rank, 3)},
     }
     target: dict[str, Any]
     if req.picks is not None:
@@ -442,6 +447,8 @@ def create_campaign(db: Database, state: ServingState, req: CampaignRequest, *, 
         for r in records:
             r["campaign_id"] = camp.id
         _insert_members(s, records)
+        lineage["seconds"]["store"] = round(time.perf_counter() - t_policy, 3)
+        camp.lineage = dict(lineage)
         for cid, ms in moved.items():  # members this campaign takes over from one not yet exported
             s.execute(delete(CampaignMember).where(CampaignMember.campaign_id == cid,
                                                    CampaignMember.member_id.in_(ms)))
@@ -452,7 +459,29 @@ def create_campaign(db: Database, state: ServingState, req: CampaignRequest, *, 
     return Created(camp, summary(camp))
 
 
+MEMBER_COLUMNS = ("campaign_id", "member_id", "grp", "arm", "rank", "score", "probability", "picks")
+
+
 def _insert_members(session: Any, records: Sequence[dict[str, Any]]) -> None:
+    """Bulk insert on the session's own connection (same transaction): the driver's executemany on
+    SQLite, COPY on PostgreSQL; SQLAlchemy's per-row parameter handling was a third of the time."""
+    conn = session.connection()
+    rows = [tuple(r[c] for c in MEMBER_COLUMNS) for r in records]
+    raw = conn.connection.driver_connection
+    if conn.dialect.name == "postgresql":
+        with raw.cursor() as cur, cur.copy(f"COPY campaign_members ({', '.join(MEMBER_COLUMNS)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
+    if conn.dialect.name == "sqlite":
+        cur = raw.cursor()
+        try:
+            sql = f"INSERT INTO campaign_members ({', '.join(MEMBER_COLUMNS)}) VALUES ({', '.join('?' * len(MEMBER_COLUMNS))})"
+            for start in range(0, len(rows), INSERT_CHUNK):
+                cur.executemany(sql, rows[start:start + INSERT_CHUNK])
+        finally:
+            cur.close()
+        return
     table = CampaignMember.__table__
     for start in range(0, len(records), INSERT_CHUNK):
         session.execute(insert(table), list(records[start:start + INSERT_CHUNK]))
