@@ -55,6 +55,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from recsys.models.base import Capability, Recommender
+
 IndexKind = Literal["flat", "ivf", "hnsw"]
 INDEX_DIR = "indexes"
 INDEX_NAMES = ("members", "products", "similar")
@@ -425,11 +427,12 @@ def load_index(path: Path | str, meta: dict[str, Any], *, mmap: bool = True) -> 
     return AnnIndex(index, kind, {k: v for k, v in meta.items() if k not in ("file", "bytes")}, Path(path))
 
 
-def model_vectors(model: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    """The member and product vectors a vector model is searched with (``user_factors`` /
-    ``item_factors`` of matching shapes, as the server's vector scorer takes them), or None."""
-    users = getattr(model, "user_factors", None)
-    items = getattr(model, "item_factors", None)
+def model_vectors(model: Recommender) -> tuple[np.ndarray, np.ndarray] | None:
+    """The member and product vectors a vector model is searched with, as float32 (the model's
+    :attr:`~recsys.models.base.Capability.VECTORS`), or None for a model that declares none."""
+    if not model.has(Capability.VECTORS):
+        return None
+    users, items = model.factor_vectors()
     if not isinstance(users, np.ndarray) or not isinstance(items, np.ndarray):
         return None
     if users.ndim != 2 or items.ndim != 2 or users.shape[1] != items.shape[1]:

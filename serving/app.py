@@ -219,7 +219,8 @@ def create_app(settings: ServingSettings) -> FastAPI:
 
     # sizes and times bounded before anything reads a body; inside the metrics, so 413s are counted
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
-                       read_timeout=settings.body_timeout_seconds)
+                       read_timeout=settings.body_timeout_seconds, upload_paths=campaigns.UPLOAD_PATHS,
+                       max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(DocsPolicyMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

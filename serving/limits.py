@@ -37,9 +37,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 CLOSE = {"Connection": "close"}
 
 
-def too_large(limit: int, size: int | None = None) -> str:
+def too_large(limit: int, size: int | None = None, setting: str = "RECSYS_MAX_BODY_BYTES") -> str:
     got = f"{size:,} bytes" if size is not None else "more"
-    return (f"request body too large: {got}, the limit is {limit:,} bytes (RECSYS_MAX_BODY_BYTES); "
+    return (f"request body too large: {got}, the limit is {limit:,} bytes ({setting}); "
             "send fewer items per request")
 
 
@@ -57,18 +57,26 @@ class BodyLimitMiddleware:
     """413 for a body over ``max_bytes``, 408 for one slower than ``read_timeout`` seconds (see
     the module docstring)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout: float | None = None):
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout: float | None = None,
+                 upload_paths: frozenset[str] = frozenset(), max_upload_bytes: int | None = None):
         self.app = app
         self.max_bytes = max_bytes
         self.read_timeout = read_timeout
+        # member lists uploaded whole (suppression lists, an imported campaign's recipients) have
+        # a limit of their own: a programme's opt-out list is millions of ids
+        self.upload_paths = upload_paths
+        self.max_upload_bytes = max_upload_bytes if max_upload_bytes is not None else max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        upload = scope.get("path") in self.upload_paths
+        limit = self.max_upload_bytes if upload else self.max_bytes
+        setting = "RECSYS_MAX_UPLOAD_BYTES" if upload else "RECSYS_MAX_BODY_BYTES"
         length = content_length(scope)
-        if length is not None and length > self.max_bytes:
-            await _answer(send, 413, too_large(self.max_bytes, length))
+        if length is not None and length > limit:
+            await _answer(send, 413, too_large(limit, length, setting))
             return
         received = 0
         done = False
@@ -78,8 +86,8 @@ class BodyLimitMiddleware:
             nonlocal received, done
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise HTTPException(413, too_large(self.max_bytes), headers=CLOSE)
+                if received > limit:
+                    raise HTTPException(413, too_large(limit, None, setting), headers=CLOSE)
                 done = not message.get("more_body", False)
             else:
                 done = True  # http.disconnect

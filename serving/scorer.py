@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from recsys.ann import AnnIndex
+from recsys.ann import AnnIndex, model_vectors
 from recsys.models.base import NEG_INF, Capability, Recommender, topk_rows
 from serving.index import VectorIndex, _sort_candidates
 from serving.settings import IndexSettings
@@ -86,20 +86,6 @@ class Scorer(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind}
-
-
-def _vectors(model: Recommender) -> tuple[np.ndarray, np.ndarray] | None:
-    """The model's member and product vectors when it declares them and they fit its shape."""
-    if not model.has(Capability.VECTORS):
-        return None
-    users, items = model.factor_vectors()
-    if not isinstance(users, np.ndarray) or not isinstance(items, np.ndarray):
-        return None
-    if users.ndim != 2 or items.ndim != 2 or users.shape[1] != items.shape[1]:
-        return None
-    if users.shape[0] != model.n_members or items.shape[0] != model.n_products:
-        return None
-    return users.astype(np.float32, copy=False), items.astype(np.float32, copy=False)
 
 
 class VectorScorer(Scorer):
@@ -269,7 +255,7 @@ class ModelScorer(Scorer):
 def build_scorer(model: Recommender, settings: IndexSettings, indexes: dict[str, AnnIndex] | None = None) -> Scorer:
     """A :class:`VectorScorer` when the model has member and product vectors, else a
     :class:`ModelScorer`; ``indexes``: the bundle's prebuilt FAISS indexes (:mod:`recsys.ann`)."""
-    vecs = _vectors(model)
+    vecs = model_vectors(model)
     if vecs is not None:
         return VectorScorer(model, vecs[0], vecs[1], settings, indexes)
     return ModelScorer(model)

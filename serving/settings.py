@@ -113,6 +113,9 @@ class ServingSettings(BaseSettings):
     # request bodies: larger is a 413, decided from Content-Length before reading (or while a
     # chunked body streams in); a body still arriving after body_timeout_seconds is a 408
     max_body_bytes: int = Field(1_048_576, ge=1_024)
+    # the body limit of the routes that take a whole member list (suppression lists, an imported
+    # campaign's recipients and holdout): ~14 bytes per id, so 64 MB is ~4.5M ids
+    max_upload_bytes: int = Field(67_108_864, ge=1_024)
     body_timeout_seconds: float = Field(30.0, gt=0)
     server: ServerSettings = ServerSettings()
     max_k: int = Field(100, ge=1, le=10_000)

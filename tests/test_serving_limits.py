@@ -205,3 +205,19 @@ def test_server_settings_reach_uvicorn(serving_settings: Callable[..., Any]) -> 
     config = server_config(object(), settings.server)
     assert (config.timeout_keep_alive, config.header_timeout, config.limit_concurrency,
             config.h11_max_incomplete_event_size, config.timeout_graceful_shutdown) == (7, 3, 64, 4096, 9)
+
+
+def test_member_list_uploads_have_their_own_limit(serving_settings: Callable[..., Any], tmp_path: Any) -> None:
+    # a suppression list is a whole member list (a programme's opt-outs run to millions of ids): it
+    # is bounded by RECSYS_MAX_UPLOAD_BYTES, every other body still by RECSYS_MAX_BODY_BYTES
+    settings = serving_settings(max_body_bytes=LIMIT, max_upload_bytes=10 * LIMIT,
+                                campaign_db=f"sqlite:///{tmp_path / 'campaigns.db'}")
+    ids = "".join(f"m{i % 7}\n" for i in range(LIMIT // 2))  # 30,000 bytes: over the body limit
+    with real_server(settings) as addr, httpx.Client(base_url=f"http://{addr[0]}:{addr[1]}", timeout=10) as http:
+        r = http.post("/v1/suppressions", params={"name": "opt-out"}, content=ids.encode(),
+                      headers={"X-API-Key": KEYS["admin"], "Content-Type": "text/csv"})
+        assert r.status_code == 200, r.text
+        status, body, _ = head_only(addr, "/v1/suppressions?name=big", 10 * LIMIT + 1, {"X-API-Key": KEYS["admin"]})
+        assert status == 413 and body is not None and "RECSYS_MAX_UPLOAD_BYTES" in body["detail"]
+        status, body, _ = head_only(addr, "/v1/events", len(ids), {"X-API-Key": KEYS["admin"]})
+        assert status == 413 and body is not None and "RECSYS_MAX_BODY_BYTES" in body["detail"]

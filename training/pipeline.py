@@ -113,11 +113,12 @@ def fit_and_evaluate(
     split (pre-ranking included when asked); the parts, which overlap, have their own keys."""
     console = console or Console(stderr=True)
     with Reporter(console) as progress:
-        return _fit_and_evaluate(cfg, progress, on_iteration, rank_all, nbr_job)
+        return _fit_and_evaluate(cfg, progress, on_iteration, rank_all, nbr_job, lists_dir)
 
 
 def _fit_and_evaluate(
     cfg: TrainConfig, progress: Reporter, on_iteration: Any, rank_all: bool, nbr_job: ChildRun | None,
+    lists_dir: Path | None,
 ) -> TrainResult:
     timings: dict[str, float] = {}
     paths = DataPaths(cfg.data.canonical, cfg.data.features)
@@ -174,7 +175,7 @@ def _fit_and_evaluate(
     for group in ("known", "new"):
         eligible, scored = metrics.get(f"audience_{group}_n_products"), metrics.get(f"audience_{group}_n_scored")
         if eligible is not None and scored is not None and scored < eligible:
-            console.print(f"audiences of {group} products evaluated on a random sample of {scored:,.0f} of the "
+            progress.log(f"audiences of {group} products evaluated on a random sample of {scored:,.0f} of the "
                           f"{eligible:,.0f} eligible (evaluation.audience_max_pairs = {ev.audience_max_pairs:,} "
                           f"member x product scores)")
     timings["evaluate_s"] = time.perf_counter() - t0  # wall time of the three together

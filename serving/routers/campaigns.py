@@ -18,17 +18,27 @@ from serving.campaign_schemas import (
     SuppressionSummary,
 )
 from serving.db import Database
-from serving.deps import Audit, MetricsDep, Settings, State, require
+from serving.deps import (
+    BODY,
+    KEYED,
+    Audit,
+    KeyFirstRoute,
+    MetricsDep,
+    Settings,
+    State,
+    errors,
+    require,
+)
 from serving.keys import Principal
-from serving.schemas import ErrorResponse
 from serving.service import campaign_results as results_service
 from serving.service import campaigns as service
 from serving.settings import ServingSettings
 from serving.state import ServingState
 
-router = APIRouter(tags=["campaigns"], responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
+router = APIRouter(tags=["campaigns"], responses=errors(*KEYED), route_class=KeyFirstRoute)
 Caller = Annotated[Principal, Depends(require("campaigns"))]
-MAX_CSV_BYTES = 50_000_000
+# routes that take a whole member list: the body limit is RECSYS_MAX_UPLOAD_BYTES (serving.limits)
+UPLOAD_PATHS = frozenset({"/v1/suppressions", "/v1/campaigns:import"})
 
 
 async def get_db(request: Request) -> Database:
@@ -57,7 +67,7 @@ def _challenger(request: Request, settings: ServingSettings, version: str) -> Se
 
 
 @router.post("/v1/campaigns", summary="Create a campaign: target, filters, size, holdout, send date and window",
-             response_model=CampaignSummary, responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+             response_model=CampaignSummary, responses=errors(*BODY, 404))
 def create(request: Request, state: State, caller: Caller, db: DB, settings: Settings,
            body: CampaignRequest) -> CampaignSummary:
     challenger = _challenger(request, settings, body.arms.challenger) if body.arms is not None else None
@@ -72,7 +82,7 @@ def list_campaigns(caller: Caller, db: DB,
 
 
 @router.get("/v1/campaigns/{campaign_id}", summary="One campaign: lineage, group sizes, what the policy removed",
-            responses={404: {"model": ErrorResponse}})
+            responses=errors(404))
 def get_campaign(campaign_id: int, caller: Caller, db: DB) -> CampaignSummary:
     return service.summary(service.get_campaign(db, campaign_id))
 
@@ -81,7 +91,7 @@ def get_campaign(campaign_id: int, caller: Caller, db: DB) -> CampaignSummary:
     "/v1/campaigns/{campaign_id}/export",
     summary="The treated members as CSV (picks: member_id,rank,product_id,reason); never the holdout; audited",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/csv": {}}}, 404: {"model": ErrorResponse}},
+    responses={200: {"content": {"text/csv": {}}}, **errors(404)},
 )
 def export(campaign_id: int, caller: Caller, db: DB, audit: Audit, metrics: MetricsDep) -> StreamingResponse:
     out = service.export_rows(db, campaign_id)
@@ -111,7 +121,7 @@ def all_events(state: ServingState) -> list[Any]:
 
 @router.get("/v1/campaigns/{campaign_id}/results",
             summary="Conversion per group, uplift with its 95 % interval, incremental revenue, ROI, cumulative curve",
-            responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+            responses=errors(404))
 def campaign_results(
     campaign_id: int, state: State, caller: Caller, db: DB, settings: Settings,
     cost_per_contact: Annotated[float | None, Query(ge=0, lt=1e6)] = None,
@@ -128,22 +138,20 @@ def campaign_results(
 
 
 @router.post("/v1/campaigns:import", summary="Measure a campaign another tool sent (recipients CSV, optional holdout)",
-             response_model=CampaignSummary, responses={422: {"model": ErrorResponse}})
+             response_model=CampaignSummary, responses=errors(*BODY, 404))
 def import_campaign(state: State, caller: Caller, db: DB, body: ImportRequest) -> CampaignSummary:
     return service.import_campaign(db, state, body, key_id=caller.key_id).summary
 
 
 @router.post("/v1/suppressions", summary="Upload a suppression list (CSV of member ids, body text/csv); kept and "
              "applied to every list that leaves the server", response_model=SuppressionSummary,
-             responses={422: {"model": ErrorResponse}})
+             responses=errors(*BODY))
 async def upload_suppression(
     request: Request, state: State, caller: Caller, db: DB,
     name: Annotated[str, Query(min_length=1, max_length=200)],
     channel: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
 ) -> SuppressionSummary:
-    body = await request.body()
-    if len(body) > MAX_CSV_BYTES:
-        raise InputError(f"the list is {len(body):,} bytes; at most {MAX_CSV_BYTES:,}")
+    body = await request.body()  # bounded by RECSYS_MAX_UPLOAD_BYTES before it is read
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -161,6 +169,6 @@ def list_suppressions(caller: Caller, db: DB) -> SuppressionListResponse:
 
 
 @router.delete("/v1/suppressions/{list_id}", summary="Drop a suppression list", status_code=204,
-               responses={404: {"model": ErrorResponse}})
+               responses=errors(404))
 def delete_suppression(list_id: int, caller: Caller, db: DB) -> None:
     service.delete_suppression_list(db, list_id)

@@ -41,6 +41,7 @@ import pyarrow as pa
 from sqlalchemy import delete, func, insert, select, update
 
 from recsys.errors import InputError
+from recsys.models.base import Capability
 from serving.campaign_schemas import (
     CampaignRequest,
     CampaignSummary,
@@ -104,10 +105,10 @@ class Ranked:
 
 
 def _probabilities(state: ServingState, scores: np.ndarray) -> np.ndarray | None:
-    hook = getattr(state.bundle.model, "purchase_probability", None)
-    if not callable(hook):
+    model = state.bundle.model
+    if not model.has(Capability.PROBABILITIES):
         return None
-    return np.asarray(hook(scores), dtype=np.float64)
+    return np.asarray(model.purchase_probability(scores), dtype=np.float64)
 
 
 def _check_product(state: ServingState, product_id: str) -> int:
