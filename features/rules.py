@@ -14,7 +14,7 @@ feature build computes with the built-in ones::
 and accepted only when every node is one of the constructs below -- nothing is ever evaluated
 as Python. It is compiled to one SQL query over the feature build's views (``member_base``,
 ``lines``, ``products``) in the SQL DuckDB and Spark SQL share (the ``days_between`` shim of
-:mod:`features.dialect` for dates), so both engines compute the same tag.
+:mod:`recsys.dialect` for dates), so both engines compute the same tag.
 
 Everything is as of the snapshot date: "the last N days" are the N days before it (a purchase the
 day before is 1 day ago).
