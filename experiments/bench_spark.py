@@ -11,7 +11,11 @@
 3. ``--features``: ``recsys features build`` on the same canonical tables (10M synthetic lines)
    with DuckDB and with ``--engine spark`` (``local[2]``), wall time side by side; the snapshots
    are compared file by file.
-4. ``--dialects``: on Ta-Feng, every feature query translated to Spark SQL two ways -- the
+4. ``--ingest``: ``recsys data ingest`` of a retailer's raw export with export noise (gzip CSV
+   sales lines, product / member / identity files; ``recsys data synth --raw --dirty-lines``) with
+   DuckDB and with ``--engine spark`` (``local[2]``), wall time side by side; the three tables are
+   compared value by value and the reports' counts (rows in, kept, rejected by reason, repaired).
+5. ``--dialects``: on Ta-Feng, every feature query translated to Spark SQL two ways -- the
    hand-kept shims of ``recsys/dialect.py`` (what the build runs) and ``sqlglot``'s DuckDB ->
    Spark transpilation -- each run on Spark and compared with DuckDB's result: rows that differ,
    or the error.
@@ -160,6 +164,36 @@ def bench_features(work: Path, lines: int) -> dict[str, Any]:
             "identical_files": same}
 
 
+def bench_ingest(work: Path, lines: int) -> dict[str, Any]:
+    """Both engines as the command line runs them (a process each, Spark's JVM start included)."""
+    import pyarrow.parquet as pq
+
+    members = max(1000, lines // 50)
+    raw = work / "raw"
+    dirty = max(10, lines // 1000)
+    synth_s = run([*RECSYS, "data", "synth", "--raw", "--out", str(raw), "--members", str(members), "--products",
+                   str(max(500, members // 10)), "--lines", str(lines), "--dirty-lines", str(dirty)], "synth --raw")
+    out, times = {}, {}
+    for engine in ("duckdb", "spark"):
+        out[engine] = work / engine
+        extra = ["--engine", "spark", "--spark-master", "local[2]", "--spark-conf", "spark.driver.memory=8g"] \
+            if engine == "spark" else []
+        times[engine] = run([*RECSYS, "data", "ingest", str(raw / "mapping.toml"), "--out", str(out[engine]),
+                             *extra], f"ingest ({engine})")
+    same = {}
+    for name in ("transactions.parquet", "products.parquet", "members.parquet"):
+        a, b = pq.read_table(out["duckdb"] / name), pq.read_table(out["spark"] / name)
+        same[name] = a.num_rows == b.num_rows and all(
+            a.column(c).to_pylist() == b.column(c).to_pylist() for c in a.column_names)
+    reports = {e: json.loads((out[e] / "validation_report.json").read_text()) for e in out}
+    counts = ("rows_in", "rows_kept", "rows_rejected", "rejected_by_reason", "repaired_by_reason")
+    d = reports["duckdb"]
+    return {"lines_in": d["rows_in"], "rows_kept": d["rows_kept"], "rejected_by_reason": d["rejected_by_reason"],
+            "synth_s": round(synth_s, 2), "duckdb_s": round(times["duckdb"], 2), "spark_s": round(times["spark"], 2),
+            "spark_over_duckdb": round(times["spark"] / times["duckdb"], 2), "identical_files": same,
+            "same_report_counts": all(reports["spark"][k] == d[k] for k in counts)}
+
+
 def bench_dialects(data_dir: Path) -> dict[str, Any]:
     """Each feature query through recsys.dialect.to_spark and through sqlglot, on Spark, against
     DuckDB's own result (rows in one result and not the other, both ways)."""
@@ -223,6 +257,8 @@ def main() -> None:
     ap.add_argument("--prerank", action="store_true")
     ap.add_argument("--als", action="store_true")
     ap.add_argument("--features", action="store_true")
+    ap.add_argument("--ingest", action="store_true")
+    ap.add_argument("--ingest-lines", type=int, default=2_000_000)
     ap.add_argument("--dialects", action="store_true")
     ap.add_argument("--members", type=int, default=200_000)
     ap.add_argument("--products", type=int, default=20_000)
@@ -230,8 +266,8 @@ def main() -> None:
     ap.add_argument("--feature-lines", type=int, default=10_000_000)
     ap.add_argument("--model", default="als", help="the model whose lists are pre-ranked")
     args = ap.parse_args()
-    if not (args.prerank or args.als or args.features or args.dialects):
-        args.prerank = args.als = args.features = args.dialects = True
+    if not (args.prerank or args.als or args.features or args.ingest or args.dialects):
+        args.prerank = args.als = args.features = args.ingest = args.dialects = True
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     work = Path(tempfile.mkdtemp(prefix="bench-spark-"))
     try:
@@ -245,6 +281,9 @@ def main() -> None:
         if args.features:
             results["features"] = bench_features(work / "features", args.feature_lines)
             print(json.dumps(results["features"], indent=1))
+        if args.ingest:
+            results["ingest"] = bench_ingest(work / "ingest", args.ingest_lines)
+            print(json.dumps(results["ingest"], indent=1))
         if args.dialects:
             results["dialects_tafeng"] = bench_dialects(args.data_dir)
     finally:
