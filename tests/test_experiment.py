@@ -361,8 +361,8 @@ def test_report_writes_every_row_of_every_table(shop: Path, tmp_path: Path, stor
 
     assert plain(table_rows(section("Person → product: temporal split"))) == labels("picks")
     assert plain(table_rows(section("Person → product: next-basket protocol"))) == labels("next_basket")
-    for group in ("sold before", "never sold before"):
-        rows = plain(table_rows(section(f"Product → person: audiences for products {group}")))
+    for group in ("products sold before", "products never sold before", "the same never-sold products described"):
+        rows = plain(table_rows(section(f"Product → person: audiences for {group}")))
         assert rows == [RANDOM, MOST_ACTIVE, *labels("audiences")]
     assert "Skipped (config not found): sweep best, hybrid, swept." in text  # optional rows without their config
     # the rows marked for it, again on each validation window, with their mean, beside their test figures
@@ -371,10 +371,15 @@ def test_report_writes_every_row_of_every_table(shop: Path, tmp_path: Path, stor
     assert len(want) >= 3 and [w.label for w in cfg.validation] == ["2000-12", "2001-01"]
     subtables = val.split("\n**")[1:]
     assert [t.split("**")[0] for t in subtables] == [
-        "Recall@10", "NDCG@10", "known products: lift vs most-active@50", "never-sold products: lift vs most-active@50"]
-    for sub in subtables:
-        assert plain(table_rows(sub)) == want
+        "Recall@10", "NDCG@10", "known products: lift vs most-active@50", "never-sold products: lift vs most-active@50",
+        "never-sold products by attributes alone: lift vs most-active@50", "known products: expected / actual buyers@50",
+        "never-sold products: expected / actual buyers@50"]
+    calibrated = [r.label for r in cfg.rows if r.validation and not r.optional and r.label == "hybrid"]
+    for i, sub in enumerate(subtables):
+        assert plain(table_rows(sub)) == (want if i < 5 else calibrated)  # only the hybrid gives probabilities
         for line in [x for x in sub.splitlines() if x.startswith("| ")][2:]:
+            if i >= 5 and "—" in line:  # calibration: no test buyer in a window's audiences (the tiny shop)
+                continue
             cells = [float(c.strip()) for c in line.split("|")[2:-1]]
             assert len(cells) == 4 and all(np.isfinite(cells)), line
             assert cells[2] == pytest.approx((cells[0] + cells[1]) / 2, abs=0.0051)  # the mean of the two
@@ -403,7 +408,16 @@ def test_report_writes_every_row_of_every_table(shop: Path, tmp_path: Path, stor
            and r["window"] in ("2000-12", "2001-01")]
     assert mean["recall@10"] == pytest.approx(sum(per) / 2)
     kinds = {(r["model"], r["kind"]) for r in recs if r["protocol"] == "audience" and r["window"] == "2001-02"}
-    assert {("hybrid", "sold"), ("hybrid", "never_sold"), (MOST_ACTIVE, "sold"), ("category buyers", "never_sold")} <= kinds
+    assert {("hybrid", "sold"), ("hybrid", "never_sold"), ("hybrid", "never_sold_attributes"), (MOST_ACTIVE, "sold"),
+            ("category buyers", "never_sold"), ("category buyers", "never_sold_attributes")} <= kinds
+    for kind in ("sold", "never_sold", "never_sold_attributes"):  # calibration and recall@N of the hybrid per window
+        for w in ("2000-12", "2001-01", "2001-02", "validation_mean"):
+            rec = next(r for r in recs if r["protocol"] == "audience" and r["model"] == "hybrid" and r["kind"] == kind
+                       and r["window"] == w)
+            assert {"recall@50", "recall@100", "lift_most_active", "expected_buyers@50"} <= set(rec), (kind, w)
+            if w != "validation_mean" and rec["actual_buyers@50"] > 0:
+                assert rec["expected_over_actual@50"] == pytest.approx(
+                    rec["expected_buyers@50"] / rec["actual_buyers@50"])
     active = next(r for r in recs if r["protocol"] == "audience" and r["model"] == MOST_ACTIVE and r["kind"] == "sold"
                   and r["window"] == "2001-02")
     assert active["lift_most_active"] == pytest.approx(1.0)

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from recsys import metrics as M
 from recsys.interactions import Interactions
-from recsys.models.base import Recommender
+from recsys.models.base import Capability, Recommender
 from recsys.precompute import PreRanked
 
 
@@ -87,46 +87,57 @@ def evaluate_audiences(
     """Product -> person: for every product bought in the test window by enough known members,
     rank all members; recall@N is the share of its test buyers inside the top N.
 
-    Reported separately for products sold before the cutoff (``known_``) and never sold before
-    (``new_``), with lift over a random audience (N / n_members) and, when ``reference`` is given
+    Reported separately for products sold before the cutoff (``known_``), never sold before
+    (``new_``), and the same never-sold products scored from their attributes alone (``attr_``:
+    :meth:`~recsys.models.base.Recommender.attribute_audience`, as for a product not yet in the
+    catalogue), with lift over a random audience (N / n_members) and, when ``reference`` is given
     (a model, or a fixed member ranking such as the most active members first), over that
-    audience.
+    audience. A model with calibrated audience scores (``Capability.PROBABILITIES``) also gets
+    ``expected_over_actual@N``: the expected buyers of its audiences (the sum of their members'
+    purchase probabilities) over the test buyers in them, summed over the products.
 
     ``max_products``: score at most this many products per group, a random sample (``seed``) of
-    the eligible ones. Scoring one product ranks every member, so the work grows with products x
-    members; ``audience_{group}_n_products`` counts the eligible products and
-    ``audience_{group}_n_scored`` the ones scored (equal without a sample). ``progress(done, total)`` is called as
-    products are scored, ``batch`` at a time (the audiences are the same whatever the batch).
+    the eligible ones (the attribute audiences score the never-sold sample). Scoring one product
+    ranks every member, so the work grows with products x members; ``audience_{group}_n_products``
+    counts the eligible products and ``audience_{group}_n_scored`` the ones scored (equal without a
+    sample). ``progress(done, total)`` is called as products are scored, ``batch`` at a time (the
+    audiences are the same whatever the batch).
     """
     buyers = sp.csc_matrix(truth)
     n_buyers = np.diff(buyers.indptr)
     sold_before = np.diff(sp.csc_matrix(seen).indptr) > 0
     n_members = truth.shape[0]
+    new = np.where(~sold_before & (n_buyers >= min_buyers_new))[0]
     groups = {
-        "known": np.where(sold_before & (n_buyers >= min_buyers_known))[0],
-        "new": np.where(~sold_before & (n_buyers >= min_buyers_new))[0],
+        "known": (np.where(sold_before & (n_buyers >= min_buyers_known))[0], model.audience),
+        "new": (new, model.audience),
+        "attr": (new, model.attribute_audience),
     }
     truth_t = sp.csr_matrix(buyers.T)  # products x members
     out: dict[str, float] = {}
     nmax = min(max(sizes), n_members)
     rng = np.random.default_rng([seed, 16])
-    eligible = dict(groups)
-    for group, products in groups.items():
+    eligible = {group: products for group, (products, _) in groups.items()}
+    for group in ("known", "new"):
+        products, rank = groups[group]
         if max_products is not None and len(products) > max_products:
-            groups[group] = np.sort(rng.choice(products, size=max_products, replace=False))
-    total = sum(len(p) for p in groups.values())
+            groups[group] = (np.sort(rng.choice(products, size=max_products, replace=False)), rank)
+    groups["attr"] = (groups["new"][0], groups["attr"][1])  # the same never-sold products as by id
+    total = sum(len(p) for p, _ in groups.values())
     done = 0
     if progress is not None:
         progress(0, total)
-    for group, products in groups.items():
+    for group, (products, rank) in groups.items():
         out[f"audience_{group}_n_products"] = float(len(eligible[group]))
         out[f"audience_{group}_n_scored"] = float(len(products))
         if len(products) == 0:
             continue
-        parts = []
+        parts, scores = [], []
         for start in range(0, len(products), batch):
-            parts.append(model.audience(products[start : start + batch], n=nmax)[0])
-            done += len(parts[-1])
+            idx, sc = rank(products[start : start + batch], n=nmax)
+            parts.append(idx)
+            scores.append(sc)
+            done += len(idx)
             if progress is not None:
                 progress(done, total)
         top = np.concatenate(parts)
@@ -134,11 +145,26 @@ def evaluate_audiences(
         if isinstance(reference, Recommender):
             ref_top = reference.audience(products, n=nmax)[0]
         t = truth_t[products]
+        prob = None
+        if model.has(Capability.PROBABILITIES):
+            sc = np.concatenate(scores)
+            prob = np.where((top >= 0) & np.isfinite(sc), model.purchase_probability(np.where(np.isfinite(sc), sc, 0.0)), 0.0)
+            # the rank (1-based) at which each test buyer appears in the product's audience
+            ok = top >= 0
+            placed = sp.csr_matrix((np.broadcast_to(np.arange(1, top.shape[1] + 1), top.shape)[ok],
+                                    (np.nonzero(ok)[0], top[ok])), shape=t.shape)
+            hit_rank = placed.multiply(t.astype(bool)).tocsr().data
         for n in sizes:
             n_eff = min(n, n_members)
             recall = M.recall_at_k(top, t, n_eff, "truth").mean()
             out[f"audience_{group}_recall@{n}"] = float(recall)
             out[f"audience_{group}_lift_random@{n}"] = float(recall / (n_eff / n_members))
+            if prob is not None:
+                actual = float(np.count_nonzero(hit_rank <= n_eff))
+                out[f"audience_{group}_expected_buyers@{n}"] = float(prob[:, :n_eff].sum())
+                out[f"audience_{group}_actual_buyers@{n}"] = actual
+                out[f"audience_{group}_expected_over_actual@{n}"] = (
+                    float(prob[:, :n_eff].sum() / actual) if actual > 0 else float("nan"))
             if reference is None:
                 continue
             if ref_top is not None:

@@ -388,7 +388,7 @@ def reference_recall(results: dict[str, RowResult], group: str, n: int, which: s
 
 def metric_of(results: dict[str, RowResult], label: str, metric: str) -> float | None:
     """A row's metric; the random / most-active audience rows are derived from the lifts."""
-    m = re.fullmatch(r"audience_(known|new)_(recall|lift_random|lift_most_active)@(\d+)", metric)
+    m = re.fullmatch(r"audience_(known|new|attr)_(recall|lift_random|lift_most_active)@(\d+)", metric)
     if label in (RANDOM, MOST_ACTIVE) and m:
         group, kind, n = m.group(1), m.group(2), int(m.group(3))
         rec = reference_recall(results, group, n, label)
@@ -570,7 +570,8 @@ def _audience_record(rows: dict[str, RowResult], label: str, group: str, sizes: 
     out: dict[str, float] = {}
     for n in sizes:
         for key, name in (("recall", f"recall@{n}"), ("lift_most_active", f"lift_most_active@{n}"),
-                          ("lift_random", f"lift_random@{n}"), ("expected_over_actual", f"expected_over_actual@{n}")):
+                          ("lift_random", f"lift_random@{n}"), ("expected_over_actual", f"expected_over_actual@{n}"),
+                          ("expected_buyers", f"expected_buyers@{n}"), ("actual_buyers", f"actual_buyers@{n}")):
             v = metric_of(rows, label, f"audience_{group}_{key}@{n}")
             if v is not None and math.isfinite(v):
                 out[name] = v
@@ -849,28 +850,34 @@ def render(cfg: ReportConfig, results: dict[str, RowResult], targets: list[dict[
     # ---- audiences
     aud = [r for r in results.values() if "audiences" in r.row.tables]
     if aud:
-        for group, title in (("known", "products sold before the cutoff"), ("new", "products never sold before the cutoff")):
+        for group, title in (("known", "products sold before the cutoff"),
+                             ("new", "products never sold before the cutoff, known to the catalogue"),
+                             ("attr", "the same never-sold products described by their attributes alone "
+                                      "(category, price band, brand)")):
             n_p = next((r.metrics.get(f"audience_{group}_n_products") for r in aud), None)
             lines += [f"## Product → person: audiences for {title} ({_count(n_p, 'product')})", ""]
             if group == "known":
                 lines += [f"Protocol: {_protocol(cfg, 'audiences')}.", ""]
             header = ["audience", *(f"recall@{n}" for n in shown_sizes), f"lift vs random@{n_head}",
-                      f"lift vs most-active@{n_head}", "wall s"]
+                      f"lift vs most-active@{n_head}", f"expected / actual buyers@{n_head}", "wall s"]
             rows = []
             for label in (RANDOM, MOST_ACTIVE):
                 rows.append([label, *(_f(metric_of(results, label, f"audience_{group}_recall@{n}")) for n in shown_sizes),
                              _f(metric_of(results, label, f"audience_{group}_lift_random@{n_head}"), 2),
-                             _f(metric_of(results, label, f"audience_{group}_lift_most_active@{n_head}"), 2), "—"])
+                             _f(metric_of(results, label, f"audience_{group}_lift_most_active@{n_head}"), 2), "—", "—"])
             for r in aud:
                 m = r.metrics
                 rows.append([_name(r), *(_f(m.get(f"audience_{group}_recall@{n}")) for n in shown_sizes),
                              _f(m.get(f"audience_{group}_lift_random@{n_head}"), 2),
                              _f(m.get(f"audience_{group}_lift_most_active@{n_head}"), 2),
+                             _f(m.get(f"audience_{group}_expected_over_actual@{n_head}"), 2),
                              _f(r.timings.get("fit_s", 0) + r.timings.get("evaluate_s", 0), 1)])
             lines += [_md_table(header, rows), ""]
         lines += ["Random: recall@N = N / members, the expectation of a random audience. Most-active members: the same "
                   "N members (most purchase occasions first) for every product. Both are recovered from the lifts "
-                  "`evaluate_audiences` computes for every row.", ""]
+                  "`evaluate_audiences` computes for every row. Expected / actual buyers: the sum of the audience "
+                  "members' calibrated purchase probabilities (for a label-window-long period) over the test buyers "
+                  "among them, summed over the products (models with calibrated audience scores).", ""]
 
     # ---- published
     if cfg.published:
@@ -940,7 +947,12 @@ def validation_section(cfg: ReportConfig, results: dict[str, RowResult],
     test = f"{cfg.data.cutoff:%Y-%m} (test)"
     for title, key, digits in ((f"Recall@{k}", f"recall@{k}", 3), (f"NDCG@{k}", f"ndcg@{k}", 3),
                                (f"known products: lift vs most-active@{n}", f"audience_known_lift_most_active@{n}", 2),
-                               (f"never-sold products: lift vs most-active@{n}", f"audience_new_lift_most_active@{n}", 2)):
+                               (f"never-sold products: lift vs most-active@{n}", f"audience_new_lift_most_active@{n}", 2),
+                               (f"never-sold products by attributes alone: lift vs most-active@{n}",
+                                f"audience_attr_lift_most_active@{n}", 2),
+                               (f"known products: expected / actual buyers@{n}", f"audience_known_expected_over_actual@{n}", 2),
+                               (f"never-sold products: expected / actual buyers@{n}",
+                                f"audience_new_expected_over_actual@{n}", 2)):
         rows = []
         for label in means:
             per = [validation[w].get(label) for w in labels]

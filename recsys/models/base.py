@@ -455,6 +455,12 @@ class Recommender(ABC):
         batch_size: int = 64,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-n members for each product (internal indices); ``member_mask`` keeps only some."""
+        return self._top_members(self._score_members, products, n, member_mask, batch_size)
+
+    def _top_members(
+        self, score: Any, products: np.ndarray, n: int, member_mask: np.ndarray | None, batch_size: int = 64
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-n members for each product by ``score(products) -> (len(products), n_members)``."""
         self.check_fitted()
         products = np.asarray(products, dtype=np.int64)
         out_i = np.empty((len(products), n), dtype=np.int64)
@@ -464,11 +470,22 @@ class Recommender(ABC):
         order = np.argsort(self.category[products], kind="stable") if self.category is not None else None
         for sl in _batches(len(products), batch_size):
             rows = order[sl] if order is not None else sl
-            scores = np.asarray(self._score_members(products[rows]), dtype=np.float32)
+            scores = np.asarray(score(products[rows]), dtype=np.float32)
             if member_mask is not None:
                 scores = np.where(member_mask[None, :], scores, NEG_INF)
             out_i[rows], out_s[rows] = topk_rows(scores, n, tiebreak=self.activity)
         return out_i, out_s
+
+    def attribute_audience(
+        self, products: np.ndarray, n: int = 1000, *, member_mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-n members for never-sold ``products`` scored from their attributes alone (category,
+        price band, brand), as for a product not yet in the catalogue: nothing of the product's own
+        id beyond them (no product line) and no sales. The default is :meth:`audience`, which is
+        exactly that for every model whose never-sold scores read only those attributes (ALS's cold
+        vectors come from category and price band, category buyers from the category); a model that
+        reads more of a never-sold product overrides it."""
+        return self.audience(products, n, member_mask=member_mask)
 
     def similar_items(self, products: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Top-k most similar products (cosine of the model's product vectors, or of buyers)."""

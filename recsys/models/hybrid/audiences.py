@@ -26,7 +26,7 @@ AUDIENCE_FEATURES = (
 
 
 
-def audience_logits(s: FeatureState, products: np.ndarray, w: np.ndarray) -> np.ndarray:
+def audience_logits(s: FeatureState, products: np.ndarray, w: np.ndarray, with_line: bool = True) -> np.ndarray:
     """``(len(products), n_members)`` float32: ``w @ features`` for each product against every
     member, the features being :func:`audience_pair_features`'s, without materialising them.
 
@@ -36,7 +36,9 @@ def audience_logits(s: FeatureState, products: np.ndarray, w: np.ndarray) -> np.
     neighbours. So the score is a member term, plus one dense row per distinct group in the
     block (copied to its products), plus a factor product, plus sparse terms added where they are
     non-zero: a few dense passes per block instead of one per feature. Features whose weight is
-    zero (the never-sold model leaves most of them out) are not computed at all."""
+    zero (the never-sold model leaves most of them out) are not computed at all. ``with_line =
+    False`` scores the products as if their product line were unknown (a product described by its
+    category, price and brand alone)."""
     products = np.atleast_1d(np.asarray(products, dtype=np.int64))
     wt = {f: float(w[j]) for j, f in enumerate(AUDIENCE_FEATURES)}
     occ = s.member_occ
@@ -90,7 +92,7 @@ def audience_logits(s: FeatureState, products: np.ndarray, w: np.ndarray) -> np.
     add_group(s.item_cat[products], category_term)
     if s.item_brand is not None and (wt["log_brand_count"] or wt["log_brand_knn"]):
         add_group(s.item_brand[products], brand_term)
-    if s.item_line is not None and s.member_line_csc is not None and wt["log_line_count"]:
+    if with_line and s.item_line is not None and s.member_line_csc is not None and wt["log_line_count"]:
         add_group(s.item_line[products], lambda g: wt["log_line_count"] * np.log1p(rows(s.member_line_csc, g)))
     if wt["band_share"]:
         add_group(s.item_band[products],
@@ -247,7 +249,7 @@ def fit_audience(ex: AudienceExamples, p: HybridParams) -> tuple[np.ndarray, np.
     return w, g, bias
 
 def audience_scores(
-    s: FeatureState, products: np.ndarray, w: np.ndarray, g: np.ndarray, bias: np.ndarray
+    s: FeatureState, products: np.ndarray, w: np.ndarray, g: np.ndarray, bias: np.ndarray, with_line: bool = True
 ) -> np.ndarray:
     """Audience logits ``(len(products), n_members)``: the sold-product model for products
     with sales, the never-sold one for the others, each plus its product-level offset
@@ -258,7 +260,7 @@ def audience_scores(
     offset = (g @ product_level(s, products).T + bias[:, None]).astype(np.float32)
     for model, sel in ((0, np.flatnonzero(warm)), (1, np.flatnonzero(~warm))):
         if len(sel):
-            out[sel] = audience_logits(s, products[sel], w[model])
+            out[sel] = audience_logits(s, products[sel], w[model], with_line=with_line)
             out[sel] += offset[model, sel][:, None]
     return out
 

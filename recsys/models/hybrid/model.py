@@ -116,12 +116,25 @@ class Hybrid(Recommender):
         return self.ranker.predict_proba(pair_features(s, members, products)[:, self.keep_cols])[:, 1]
 
     # -- audiences
-    def _score_members(self, products: np.ndarray) -> np.ndarray:
-        """Audience logits ``(len(products), n_members)`` (:func:`~recsys.models.hybrid.audiences.audience_scores`)."""
+    def _require_audiences(self) -> None:
         if self.audience_w is None:
             raise RecsysError("this hybrid model was fitted with audiences = false: it ranks products for "
                               "members only; train it with audiences = true to build audiences")
+
+    def _score_members(self, products: np.ndarray) -> np.ndarray:
+        """Audience logits ``(len(products), n_members)`` (:func:`~recsys.models.hybrid.audiences.audience_scores`)."""
+        self._require_audiences()
         return audience_scores(self.state, products, self.audience_w, self.audience_g, self.audience_b)
+
+    def attribute_audience(
+        self, products: np.ndarray, n: int = 1000, *, member_mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Never-sold products scored from category, price band and brand alone: the never-sold
+        model without the product-line term (a product line is known only from a catalogue id)."""
+        self._require_audiences()
+        return self._top_members(
+            lambda p: audience_scores(self.state, p, self.audience_w, self.audience_g, self.audience_b, with_line=False),
+            products, n, member_mask)
 
     def purchase_probability(self, scores: np.ndarray) -> np.ndarray:
         """Audience scores (logits) -> calibrated purchase probabilities in a label window."""
