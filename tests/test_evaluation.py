@@ -18,6 +18,7 @@ from features.build import build_features
 from features.config import FeatureConfig
 from recsys.interactions import WEIGHTINGS
 from recsys.models import Recommender, TrainData, get_model
+from recsys.models.base import Capability
 from recsys.precompute import PreRanked, pre_rank
 from training.data import DataPaths, load_split
 from training.evaluate import evaluate_audiences, evaluate_picks
@@ -279,6 +280,54 @@ def test_evaluate_audiences_recall_and_lifts():
     assert out["audience_known_recall@100"] == 1.0 and out["audience_known_lift_random@100"] == 1.0
     assert "audience_known_lift_most_active@2" not in evaluate_audiences(
         model, AUD_TRUTH, seen, sizes=(2,), min_buyers_known=2, min_buyers_new=2)
+
+
+class AttributeScores(FixedScores):
+    """Calibrated scores (each score is the purchase probability itself) and, for products asked
+    by attributes alone, another table: what a model that reads less of the product would give."""
+
+    capabilities = frozenset({Capability.PROBABILITIES})
+
+    def __init__(self, table: np.ndarray, by_attributes: np.ndarray):
+        super().__init__(table)
+        self.by_attributes = np.asarray(by_attributes, dtype=np.float32)
+
+    def attribute_audience(self, products, n=1000, *, member_mask=None):
+        return self._top_members(lambda p: self.by_attributes.T[p], products, n, member_mask)
+
+    def purchase_probability(self, scores: np.ndarray) -> np.ndarray:
+        return np.asarray(scores, dtype=np.float64)
+
+
+def test_evaluate_audiences_by_attributes_and_expected_buyers():
+    data = literal_data(AUD_SEEN, 10, 3)
+    # p0 (known; buyers 1, 3, 7): members 1 and 3 at probability 0.5 each, the rest 0.1;
+    # p1 (never sold; buyers 2, 9): by id members 2 and 9 at 0.25; by attributes members 0 and 2 at 0.5
+    table = np.full((10, 3), 0.1, np.float32)
+    table[[1, 3], 0] = 0.5
+    table[:, 1] = 0.0
+    table[[2, 9], 1] = 0.25
+    attrs = np.zeros((10, 3), np.float32)
+    attrs[[0, 2], 1] = 0.5
+    model = AttributeScores(table, attrs).fit(data)
+    out = evaluate_audiences(model, AUD_TRUTH, data.interactions.matrix("binary"), sizes=(2, 3),
+                             min_buyers_known=2, min_buyers_new=2, reference=np.arange(10))
+    assert out["audience_attr_n_products"] == out["audience_new_n_products"] == 1
+    assert out["audience_new_recall@2"] == 1.0  # {2, 9}
+    assert out["audience_attr_recall@2"] == pytest.approx(0.5)  # {0, 2}: buyer 2 of {2, 9}
+    # the most active (by index) {0, 1}: p1 has no buyer among them, {0, 1, 2}: one of two
+    assert out["audience_attr_lift_most_active@3"] == pytest.approx(1.0)
+    # expected buyers: p0 top 2 {1, 3} 0.5 + 0.5 = 1.0 for 2 actual buyers; p1 by id 0.5 for 2, by attributes 1.0 for 1
+    assert out["audience_known_expected_buyers@2"] == pytest.approx(1.0)
+    assert out["audience_known_actual_buyers@2"] == 2.0
+    assert out["audience_known_expected_over_actual@2"] == pytest.approx(0.5)
+    assert out["audience_new_expected_over_actual@2"] == pytest.approx(0.25)
+    assert out["audience_attr_expected_over_actual@2"] == pytest.approx(1.0)
+    # top 3 of p0: {1, 3} then member 0 (ties by index) at 0.1: 1.1 expected, still 2 buyers
+    assert out["audience_known_expected_buyers@3"] == pytest.approx(1.1)
+    assert "audience_known_expected_buyers@2" not in evaluate_audiences(  # uncalibrated: no expected buyers
+        FixedScores(table).fit(data), AUD_TRUTH, data.interactions.matrix("binary"), sizes=(2,),
+        min_buyers_known=2, min_buyers_new=2)
 
 
 def test_evaluate_audiences_buyer_thresholds():
