@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -460,3 +461,53 @@ def test_hybrid_ranker_rows_built_a_block_of_members_at_a_time_are_the_same(monk
     assert whole.training_summary["ranker_rows"] > 7 * 3  # several blocks
     assert blocks.ranker.booster_.model_to_string() == whole.ranker.booster_.model_to_string()
     assert blocks.training_summary == whole.training_summary
+
+
+def _barcode_hybrid() -> tuple[Any, TrainData]:
+    """The hybrid fitted on the synthetic data with barcode-like ids (five products to a line)."""
+    model = get_model("hybrid")({"factors": 8, "iterations": 3, "n_estimators": 10, "min_child_samples": 10,
+                                 "knn_neighbours": 20, "audience_negatives": 5, "num_threads": 1,
+                                 "label_days": 14, "line_from_id_prefix": 9})
+    data = synthetic_data()
+    ids = IdMap([f"471000{i // 5:03d}{i:04d}" for i in range(data.n_products)])
+    data = dataclasses.replace(data, interactions=dataclasses.replace(data.interactions, products=ids))
+    return model.fit(data), data
+
+
+def test_hybrid_attribute_audience_leaves_out_the_product_line() -> None:
+    # a never-sold product described by its attributes has no catalogue id, so no product line:
+    # with only the line term weighted, its audience by id is the line's buyers, by attributes no one
+    from recsys.models.hybrid.audiences import AUDIENCE_FEATURES
+
+    model, _ = _barcode_hybrid()
+    s = model.state
+    cold = np.flatnonzero(np.diff(s.counts_csc.indptr) == 0)
+    line_buyers = s.member_line_csc[:, s.item_line[cold]]
+    j = int(cold[np.argmax(np.diff(line_buyers.indptr))])  # the cold product whose line has most buyers
+    buyers = set(s.member_line_csc[:, s.item_line[j]].indices.tolist())
+    assert 0 < len(buyers) < s.n_members
+    model.audience_w = np.zeros((2, len(AUDIENCE_FEATURES)), np.float32)
+    model.audience_w[1, AUDIENCE_FEATURES.index("log_line_count")] = 1.0
+    model.audience_g = np.zeros_like(model.audience_g)
+    model.audience_b = np.zeros_like(model.audience_b)
+    idx, sc = model.audience(np.array([j]), n=s.n_members)
+    assert set(idx[0, sc[0] > 0].tolist()) == buyers
+    _, sc_attr = model.attribute_audience(np.array([j]), n=s.n_members)
+    assert np.all(sc_attr[0] == 0.0)
+
+
+def test_hybrid_category_price_band_share_is_the_members_share_within_the_category() -> None:
+    # cat_band_share: of a member's purchase occasions in the product's category, the share in its price band
+    from recsys.models.hybrid.audiences import AUDIENCE_FEATURES, audience_pair_features
+
+    model, data = _barcode_hybrid()
+    s = model.state
+    counts = data.interactions.matrix("count").toarray()
+    cat, band = data.product_tags["category"].codes, data.product_tags["price_band"].codes
+    rng = np.random.default_rng(3)
+    members, products = rng.integers(0, s.n_members, 500), rng.integers(0, s.n_products, 500)
+    want = np.array([counts[u, (cat == cat[i]) & (band == band[i])].sum() / max(counts[u, cat == cat[i]].sum(), 1)
+                     for u, i in zip(members, products, strict=True)])
+    assert (want > 0).sum() > 20 and (want < 1).sum() > 20
+    got = audience_pair_features(s, members, products)[:, AUDIENCE_FEATURES.index("cat_band_share")]
+    np.testing.assert_allclose(got, want, rtol=1e-5)

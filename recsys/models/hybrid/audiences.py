@@ -22,6 +22,7 @@ AUDIENCE_FEATURES = (
     "log_member_last_age", "cf", "log_knn", "member_repeat_share", "log_brand_count",
     "log_count_x_recency", "log_category_x_occ", "log_early_adoptions", "early_adoption_share",
     "band_share", "log_category_recent", "log_line_count", "log_brand_knn", "log_category_knn",
+    "cat_band_share",
 )
 
 
@@ -97,6 +98,15 @@ def audience_logits(s: FeatureState, products: np.ndarray, w: np.ndarray, with_l
     if wt["band_share"]:
         add_group(s.item_band[products],
                   lambda g: (wt["band_share"] * s.member_band[:, g].T * inv_occ).astype(np.float32))
+    if wt["cat_band_share"] and s.item_cat_band is not None and s.member_cat_band_csc is not None:
+        n_bands = int(s.item_band.max()) + 1
+
+        def cat_band_term(g: np.ndarray) -> np.ndarray:
+            """The member's share of their purchases in the category that fall in this price band."""
+            in_cat = np.maximum(rows(s.member_cat_csc, g // n_bands), 1.0)
+            return (wt["cat_band_share"] * rows(s.member_cat_band_csc, g) / in_cat).astype(np.float32)
+
+        add_group(s.item_cat_band[products], cat_band_term)
     # sparse terms: the member bought the product (count, recency) or one of its neighbours (kNN);
     # the (member, product) pairs of a column slice are distinct, so a fancy-index add is exact
     if wt["log_count"] or wt["log_count_x_recency"]:
@@ -151,6 +161,12 @@ def audience_pair_features(s: FeatureState, members: np.ndarray, products: np.nd
     out[:, 16] = np.log1p(pairs(s.member_line, _groups(s.item_line, i)))
     out[:, 17] = np.log1p(knn_pairs("brand_knn", brands))
     out[:, 18] = np.log1p(knn_pairs("cat_knn", cats))
+    if s.item_cat_band is not None and s.member_cat_band_csc is not None:
+        cb = s.item_cat_band[i]
+        in_cat = np.maximum(np.where(cats >= 0, ucat, 0.0), 1.0)
+        out[:, 19] = np.where(cb >= 0, gather(s.member_cat_band_csc.tocsr(), u, np.maximum(cb, 0)), 0.0) / in_cat
+    else:
+        out[:, 19] = 0.0
     return out
 
 
@@ -233,14 +249,16 @@ def fit_audience(ex: AudienceExamples, p: HybridParams) -> tuple[np.ndarray, np.
     bias = np.zeros(2, np.float32)
     rate = float(np.mean(ex.rate))
     warm = ~ex.cold
+    warm_cols = np.array([f not in p.warm_audience_exclude for f in AUDIENCE_FEATURES])
+    Aw = ex.A[:, warm_cols]
     if warm.sum() >= 50 and len(np.unique(ex.b[warm])) == 2:
-        rank_w = _logistic_within(ex.A[warm], ex.b[warm], ex.group[warm], p.audience_l2)
-        score = ex.A[warm] @ rank_w
+        rank_w = _logistic_within(Aw[warm], ex.b[warm], ex.group[warm], p.audience_l2)
+        score = Aw[warm] @ rank_w
         cal, bias[0] = _logistic(np.column_stack([score, ex.level[warm]]), ex.b[warm], p.audience_l2, rate)
-        w[0], g[0] = cal[0] * rank_w, cal[1:]
+        w[0, warm_cols], g[0] = cal[0] * rank_w, cal[1:]
     else:
         warm = np.ones(len(ex.b), dtype=bool)
-        w[0], bias[0] = _logistic(ex.A, ex.b, p.audience_l2, rate)
+        w[0, warm_cols], bias[0] = _logistic(Aw, ex.b, p.audience_l2, rate)
     cold_cols = np.array([f in p.cold_audience_features for f in AUDIENCE_FEATURES])
     rows = ex.cold
     if rows.sum() < 50 or len(np.unique(ex.b[rows])) < 2:

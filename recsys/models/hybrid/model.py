@@ -40,8 +40,9 @@ class Hybrid(Recommender):
     name = "hybrid"
     Params = HybridParams
     # 2: price-band and recent-category audience features; 3: product-level audience terms;
-    # 4: product-line and brand / category kNN audience features
-    state_version = 4
+    # 4: product-line and brand / category kNN audience features; 5: the member's price band within
+    # a category (members x (category, band) table, an audience feature)
+    state_version = 5
     capabilities = frozenset({Capability.PROBABILITIES, Capability.ITEM_VECTORS, Capability.PURCHASE_AGES,
                               Capability.PURCHASE_COUNTS})
 

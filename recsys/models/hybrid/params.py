@@ -48,8 +48,10 @@ class HybridParams(ModelParams):
     # weights over-fits the one window it learns from: keep it to the signals that transfer
     cold_audience_features: list[str] = [
         "log_category_count", "log_member_occ", "cf", "log_brand_count", "log_early_adoptions", "band_share",
-        "log_category_recent", "log_line_count", "log_brand_knn", "log_category_knn",
+        "log_category_recent", "log_line_count", "log_brand_knn", "log_category_knn", "cat_band_share",
     ]
+    # audience features the sold-product model leaves out (it uses every other one)
+    warm_audience_exclude: list[str] = []
     seed: int = 0
     num_threads: int = 0
 

@@ -29,6 +29,9 @@ class FeatureState:
     member_cat_recent: sp.csc_matrix  # recency-weighted (14-day half-life) category affinity
     member_band: np.ndarray  # members x price bands (+1 unknown), purchase occasions
     item_band: np.ndarray
+    # members x (category, price band) pairs, purchase occasions: a member's price level within a category
+    member_cat_band_csc: sp.csc_matrix | None
+    item_cat_band: np.ndarray | None  # product -> its (category, price band) pair, -1 unknown
     member_brand: sp.csr_matrix | None
     member_brand_csc: sp.csc_matrix | None
     member_line: sp.csr_matrix | None  # members x product lines (id prefix), purchase occasions
@@ -173,6 +176,8 @@ def build_state(
     member_cat.sort_indices()
     band = product_tags.get("price_band")
     item_band = band.codes if band is not None else np.full(x.shape[1], -1, np.int32)
+    item_cat_band = cat_band_codes(item_cat, item_band)
+    member_cat_band = _sorted_group_matrix(counts, item_cat_band)
     member_brand = _sorted_group_matrix(counts, item_brand)
     member_line = _sorted_group_matrix(counts, item_line)
     span = float(max(int(x.age_days.max(initial=1)), 1))
@@ -182,6 +187,8 @@ def build_state(
         member_cat_recent=_group_matrix(recency14, item_cat).tocsc(),
         member_band=np.asarray(_group_matrix(counts, item_band).todense(), dtype=np.float32),
         item_band=item_band,
+        member_cat_band_csc=member_cat_band.tocsc() if member_cat_band is not None else None,
+        item_cat_band=item_cat_band,
         member_brand=member_brand, member_brand_csc=member_brand.tocsc() if member_brand is not None else None,
         member_line=member_line, member_line_csc=member_line.tocsc() if member_line is not None else None,
         brand_knn=_group_knn(counts, knn_sim, item_brand) if member_brand is not None else None,
@@ -199,6 +206,14 @@ def build_state(
         member_repeat=(member_occ - distinct) / np.maximum(member_occ, 1.0),
         member_early=early_adoptions(x),
     )
+
+
+def cat_band_codes(item_cat: np.ndarray, item_band: np.ndarray) -> np.ndarray | None:
+    """One code per (category, price band) pair a product has (-1 when either is unknown)."""
+    if not (item_band >= 0).any():
+        return None
+    n_bands = int(item_band.max()) + 1
+    return np.where((item_cat >= 0) & (item_band >= 0), item_cat.astype(np.int64) * n_bands + item_band, -1)
 
 
 def early_adoptions(x: Interactions, weeks: int = 2) -> np.ndarray:
@@ -261,7 +276,7 @@ SAVED_FIELDS = (
     "item_factors", "item_cat", "item_brand", "buyers", "occasions", "recent_pop", "rebuy_rate",
     "member_days", "member_last", "member_max", "member_occ", "member_repeat", "member_early",
     "member_cat_recent", "member_band", "item_band", "item_line", "member_line",
-    "brand_knn", "cat_knn",
+    "brand_knn", "cat_knn", "member_cat_band_csc", "item_cat_band",
 )
 
 
@@ -293,4 +308,5 @@ def state_from_arrays(g: dict[str, Any]) -> FeatureState:
         member_max=g["member_max"], member_occ=g["member_occ"], member_repeat=g["member_repeat"],
         member_early=g["member_early"], member_cat_recent=g["member_cat_recent"].tocsc(),
         member_band=g["member_band"], item_band=g["item_band"],
+        member_cat_band_csc=g.get("member_cat_band_csc"), item_cat_band=g.get("item_cat_band"),
     )
