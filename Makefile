@@ -40,7 +40,7 @@ demo: install
 	$(BIN)/python -m serving.keys demo $(DATA)/demo-keys.toml region=115  # + a staff key: Ta-Feng's largest region
 	@echo "serving on http://$(HOST):$(PORT) - console http://$(HOST):$(PORT)/console, API docs /docs, health /health/ready, metrics /metrics"
 	$(BIN)/recsys serve --registered-model recsys-tafeng --api-keys-file $(DATA)/demo-keys.toml \
-		--events-dir $(DATA)/events --audit-log $(DATA)/audit.jsonl --host $(HOST) --port $(PORT) \
+		--events-dir $(DATA)/events --host $(HOST) --port $(PORT) \
 		--campaign-db sqlite:///$(DATA)/campaigns.db --purchases $(DATA)/tafeng/canonical
 
 # The console's browser tests drive Debian's Chromium (never a browser downloaded by playwright);

@@ -52,7 +52,7 @@ def _bench_serving() -> Any:
 def _settings(root: Path, bundle: Path) -> Any:
     from serving.settings import ServingSettings
 
-    return ServingSettings(bundle=bundle, auth_disabled=True, events_dir=root / "events", audit_log=root / "audit.jsonl",
+    return ServingSettings(bundle=bundle, auth_disabled=True, events_dir=root / "events", campaign_db=f"sqlite:///{root / 'campaigns.db'}",
                            load_in_background=False, events_poll_seconds=0)
 
 

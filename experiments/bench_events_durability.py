@@ -72,7 +72,7 @@ class ServeProcess:
         env |= {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "RECSYS_EVENTS_POLL_SECONDS": "0.5"}
         cmd = [str(Path(sys.executable).with_name("recsys")), "serve", "--bundle", str(self.bundle),
                "--api-keys-file", str(self.workdir / "keys.toml"), "--events", self.events,
-               "--audit-log", str(self.workdir / f"audit-{self.name}.jsonl"), "--port", str(self.port)]
+               "--campaign-db", f"sqlite:///{self.workdir / f'campaigns-{self.name}.db'}", "--port", str(self.port)]
         log_file = open(self.workdir / f"server-{self.name}.log", "ab")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                      start_new_session=True)

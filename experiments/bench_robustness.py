@@ -1,6 +1,6 @@
 """Robustness of a running server (issue 12's targets), measured against ``recsys serve`` started
-as ``make demo`` starts it: the registered Ta-Feng champion, a keys file, an events folder and an
-audit log, with its temporary folder pointed at a folder of this run (so what it leaves behind is
+as ``make demo`` starts it: the registered Ta-Feng champion, a keys file, an events folder and a
+campaign database (which holds the audit trail), with its temporary folder pointed at a folder of this run (so what it leaves behind is
 measured, not guessed).
 
 Checks, each a function printing its figures:
@@ -66,7 +66,7 @@ class Server:
         self.log = open(workdir / "server.log", "w")  # noqa: SIM115 - closed in stop()
         cmd = [str(ROOT / ".venv" / "bin" / "recsys"), "serve", "--registered-model", registered_model,
                "--api-keys-file", str(keys_file), "--events-dir", str(workdir / "events"),
-               "--audit-log", str(workdir / "audit.jsonl"), "--tracking-uri", tracking_uri,
+               "--campaign-db", f"sqlite:///{workdir / 'campaigns.db'}", "--tracking-uri", tracking_uri,
                "--port", str(self.port)]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "TMPDIR": str(self.tmp), **(env or {})})

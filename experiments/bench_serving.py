@@ -196,7 +196,7 @@ class Server:
             "RECSYS_BUNDLE": str(bundle),
             "RECSYS_API_KEYS_FILE": str(workdir / "keys.toml"),
             "RECSYS_EVENTS_DIR": str(workdir / f"events-{cfg.name}"),
-            "RECSYS_AUDIT_LOG": str(workdir / f"audit-{cfg.name}.jsonl"),
+            "RECSYS_CAMPAIGN_DB": f"sqlite:///{workdir / f'campaigns-{cfg.name}.db'}",  # + the audit trail
             "RECSYS_BENCH_BARE": "1",
             "RECSYS_BENCH_VARIANTS": "1",
         }

@@ -39,6 +39,15 @@ def _campaign_app() -> typer.Typer:
 
 app.add_typer(_campaign_app(), name="campaign")
 
+
+def _audit_app() -> typer.Typer:
+    from serving.audit_cli import app as audit  # typer and rich only
+
+    return audit
+
+
+app.add_typer(_audit_app(), name="audit")
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -276,13 +285,15 @@ def serve(
     api_keys_file: Annotated[Path | None, typer.Option(help="TOML/JSON file of hashed API keys.")] = None,
     events: Annotated[str | None, typer.Option(help="Live events: a folder (default: events) or a Redis URL (redis://host:6379/0) shared by every replica.")] = None,
     events_dir: Annotated[Path | None, typer.Option(help="Where live purchase events are appended (a folder).")] = None,
-    audit_log: Annotated[Path | None, typer.Option(help="Audience-export audit log (JSON lines).")] = None,
+    audit_log: Annotated[Path | None, typer.Option(hidden=True, help="No longer used (the audit trail is in the "
+                                                   "campaign database); refused with a message.")] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
     bundle_root: Annotated[list[Path] | None, typer.Option(
         help="A folder /v1/admin/reload may load bundles from (repeatable; default: the --bundle folder's parent)."
     )] = None,
-    campaign_db: Annotated[str | None, typer.Option(help="Campaign database URL (default sqlite:///campaigns/"
-                                                    "campaigns.db; postgresql+psycopg://... shared by replicas).")] = None,
+    campaign_db: Annotated[str | None, typer.Option(help="Database of campaigns, suppressions, contact history and "
+                                                    "the audit trail (default sqlite:///campaigns/campaigns.db; "
+                                                    "postgresql+psycopg://... shared by replicas).")] = None,
     purchases: Annotated[Path | None, typer.Option(help="Canonical folder of `recsys data ingest`: the purchases "
                                                    "campaign results are measured on (with the live events).")] = None,
 ) -> None:

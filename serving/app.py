@@ -185,8 +185,8 @@ def create_app(settings: ServingSettings) -> FastAPI:
     app.state.holder = StateHolder()
     app.state.metrics = Metrics()
     app.state.keys = None if settings.auth_disabled else load_key_store(settings.api_keys, settings.api_keys_file)
-    app.state.audit = AuditLog(settings.audit_log)
     app.state.db = Database(settings.campaign_db)  # migrated on first use (serving.db)
+    app.state.audit = AuditLog(app.state.db)  # the audit trail: a table of the same database
     app.state.challengers = {}  # registry alias / version -> state, for A/B campaigns
     if settings.auth_disabled:
         log.warning("RECSYS_AUTH_DISABLED is set: every request is treated as admin (development only)")

@@ -140,18 +140,24 @@ def _export(db: str | None, campaign_id: int, out: Path) -> None:
     from serving.audit import AuditLog
     from serving.service import campaigns as service
 
-    result = service.export_rows(_db(db), campaign_id)
+    database = _db(db)
+    audit = AuditLog(database)
+    result = service.export_rows(database, campaign_id)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "wb") as fh:
-        for chunk in service.csv_chunks(result.table):
-            fh.write(chunk)
-    audit = AuditLog(Path(os.environ.get("RECSYS_AUDIT_LOG", "audit/audience_exports.jsonl")))
-    audit.write({"key_id": "cli", "scope": None, "route": "recsys campaign export", "format": "csv",
-                 "campaign_id": campaign_id, "campaign": result.campaign.name, "rows": result.table.num_rows,
-                 "members": result.members, "suppressed": result.suppressed,
-                 "model_version": result.campaign.model_version})
+    tmp = out.with_name(f".{out.name}.partial")
+    try:
+        with open(tmp, "wb") as fh:
+            for chunk in service.csv_chunks(result.table):
+                fh.write(chunk)
+        audit.write({"key_id": "cli", "scope": None, "route": "recsys campaign export", "format": "csv",
+                     "campaign_id": campaign_id, "campaign": result.campaign.name, "rows": result.table.num_rows,
+                     "members": result.members, "suppressed": result.suppressed,
+                     "model_version": result.campaign.model_version})
+        tmp.replace(out)  # the list appears under its name only once its audit entry is committed
+    finally:
+        tmp.unlink(missing_ok=True)
     err.print(f"{result.table.num_rows:,} rows ({result.suppressed:,} suppressed members left out) -> {out}; audited in "
-              f"{audit.path}", highlight=False)
+              f"{audit.where}", highlight=False)
 
 
 @app.command("export")
@@ -160,7 +166,7 @@ def export_cmd(
     out: Annotated[Path, typer.Option(help="CSV file (treated members only; never the holdout).")],
     db: DbOpt = None,
 ) -> None:
-    """Write a campaign's treated list as CSV (audited in $RECSYS_AUDIT_LOG or audit/audience_exports.jsonl)."""
+    """Write a campaign's treated list as CSV (audited in the same database; no file if that fails)."""
     try:
         _export(db, campaign_id, out)
     except RecsysError as exc:

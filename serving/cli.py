@@ -56,8 +56,14 @@ def serve(
         Where live purchase events go: a folder (the local events file, the default ``events``),
         or a Redis URL (``redis://host:6379/0``, ``rediss://``, ``unix://``): the stream every
         replica shares. Redis must answer before the server listens.
-    events_dir, audit_log
-        The events folder (same as a folder ``events``) and the audience-export audit trail.
+    events_dir
+        The events folder (same as a folder ``events``).
+    audit_log
+        No longer used, refused with a message: the audit trail is a table of ``campaign_db``.
+    campaign_db
+        The database of campaigns, suppression lists, contact history and the audit trail of every
+        member list that leaves the server: SQLite by default (the workers of one machine),
+        PostgreSQL by URL (replicas on several machines).
     bundle_roots
         Folders ``POST /v1/admin/reload {"bundle": ...}`` may load from (default: the folder
         holding ``bundle``; none for a registered model).
@@ -78,6 +84,10 @@ def serve(
     """
     if (bundle is None) == (not registered_model):
         raise InputError("serve needs exactly one of a bundle folder or a registered model name")
+    if audit_log is not None:
+        raise InputError(f"--audit-log {str(audit_log)!r} is no longer used: the audit trail is the audit_entries "
+                         "table of the campaign database (--campaign-db), shared by every replica; drop the option, "
+                         "and bring the old file in with `recsys audit import FILE --db URL`")
     from serving.events import STREAM_SCHEMES, is_stream_url, redact
 
     if events is not None and "://" in events and not is_stream_url(events):
@@ -100,7 +110,6 @@ def serve(
         "RECSYS_API_KEYS_FILE": str(Path(api_keys_file).resolve()) if api_keys_file is not None else None,
         "RECSYS_EVENTS_DIR": str(Path(events_dir).resolve()) if events_dir is not None else None,
         "RECSYS_EVENTS_STREAM": stream,
-        "RECSYS_AUDIT_LOG": str(Path(audit_log).resolve()) if audit_log is not None else None,
         "RECSYS_MLFLOW_TRACKING_URI": tracking_uri,
         "RECSYS_CAMPAIGN_DB": campaign_db or os.environ.get("RECSYS_CAMPAIGN_DB"),
         "RECSYS_CAMPAIGN_PURCHASES": (str(Path(campaign_purchases).resolve()) if campaign_purchases is not None

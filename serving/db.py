@@ -18,6 +18,11 @@ Tables
                          ``[[product_id, score, reason_code, reason], ...]``)
 ``suppression_lists``    uploaded opt-out lists (name, channel, counts of the upload)
 ``suppressed_members``   their members; every list that leaves the server is filtered by all of them
+``audit_entries``        the audit trail: one row per member list that left the server (an audience
+                         as JSON or CSV, batch picks, a campaign export) -- who (the key's id and
+                         scope), through which route and format, what was asked (``request``), how
+                         many rows left, the model version, and which server process answered;
+                         never the members themselves (:mod:`serving.audit`)
 """
 
 from __future__ import annotations
@@ -121,11 +126,30 @@ class SuppressedMember(Base):
     member_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, index=True)
 
 
+class AuditEntry(Base):
+    __tablename__ = "audit_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=False), index=True)  # UTC, when the list left
+    key_id: Mapped[str] = mapped_column(String(100))
+    scope: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    route: Mapped[str] = mapped_column(String(100))
+    format: Mapped[str] = mapped_column(String(10))  # json | csv
+    rows: Mapped[int] = mapped_column(Integer)
+    model_version: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)  # what was asked (product, filters, size, k, campaign ...)
+    origin: Mapped[str | None] = mapped_column(String(200), nullable=True)  # host:pid of the server process
+
+    __table_args__ = (Index("ix_audit_entries_key_id", "key_id", "time"), Index("ix_audit_entries_route", "route", "time"))
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the one writer
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    # FULL: a commit is on disk when it returns (WAL + NORMAL may lose the last commits on a power
+    # cut) -- an audit entry is committed before the member list it records leaves the server
+    cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA busy_timeout=30000")  # workers of one server share the file
     cursor.close()
 

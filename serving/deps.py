@@ -189,7 +189,8 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     409: "Conflicts with work in progress (e.g. another reload)",
     413: "The request body is over the size limit",
     422: "A parameter or the body is invalid; the detail says which and what is allowed",
-    503: "No model loaded yet; retry when /health/ready answers 200",
+    503: "No model loaded yet (retry when /health/ready answers 200), or a store the request needs cannot "
+         "be reached (the database holding the audit trail and campaigns): nothing was sent; retry",
 }
 KEYED = (401, 403, 422, 503)  # every route behind a key that reads the model
 BODY = (400, 408, 413, 422)  # every route that reads a JSON body

@@ -223,6 +223,7 @@ class ExportRecord(BaseModel):
     size: int | None = None
     rows: int | None = None
     model_version: str | None = None
+    origin: str | None = Field(None, description="The server process that answered (host:pid)")
 
 
 class ExportsResponse(BaseModel):

@@ -91,7 +91,9 @@ class ServingSettings(BaseSettings):
 
     # ---- files written by the server
     events_dir: Path = Path("events")
-    audit_log: Path = Path("audit/audience_exports.jsonl")
+    # the audit trail is the audit_entries table of campaign_db (serving.audit); a JSON-lines file
+    # named here (RECSYS_AUDIT_LOG, --audit-log: older versions) is refused, saying so
+    audit_log: Path | None = None
     events_poll_seconds: float = Field(1.0, ge=0.0)  # 0: never tail other workers' events
 
     # ---- live events shared by several replicas: a Redis Stream instead of the events file
@@ -140,6 +142,16 @@ class ServingSettings(BaseSettings):
             raise ValueError(
                 "no model to serve: set RECSYS_BUNDLE to a bundle folder or RECSYS_REGISTERED_MODEL "
                 "to a registered model name (RECSYS_ALIAS picks the version, 'champion' by default)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _no_audit_file(self) -> ServingSettings:
+        if self.audit_log is not None:
+            raise ValueError(
+                f"RECSYS_AUDIT_LOG / --audit-log ({self.audit_log}) is no longer used: the audit trail is the "
+                "audit_entries table of the campaign database (RECSYS_CAMPAIGN_DB / --campaign-db), shared by "
+                "every replica; unset it, and bring the old file in with `recsys audit import FILE`"
             )
         return self
 

@@ -78,5 +78,5 @@ def build_world(root: Path, spec: SynthSpec | None, as_of: date, model: str = "s
     bundle = (build_bundle(cfg, result, root / "bundle", run_id=None) if pick_lists
               else bundle_without_lists(cfg, result, root / "bundle"))
     settings = ServingSettings(bundle=bundle, auth_disabled=True, events_dir=root / "events",
-                               audit_log=root / "audit.jsonl", load_in_background=False, events_poll_seconds=0)
+                               campaign_db=f"sqlite:///{root / 'campaigns.db'}", load_in_background=False, events_poll_seconds=0)
     return World(canonical, bundle, build_state(settings, bundle), as_of)

@@ -170,7 +170,8 @@ def serving_settings(tmp_path: Path, serving_bundles: dict[str, Path]) -> Callab
             + [ApiKeySpec(id=key_id, role="staff", sha256=hash_key(secret), scope=scope)
                for key_id, (secret, scope) in STAFF_KEYS.items()],
             "events_dir": tmp_path / "events",
-            "audit_log": tmp_path / "audit" / "exports.jsonl",
+            # campaigns and the audit trail: a database per test
+            "campaign_db": f"sqlite:///{tmp_path / 'campaigns.db'}",
             "load_in_background": False,
             "events_poll_seconds": 0,
             "max_batch": 5,
@@ -192,6 +193,19 @@ def serving_client(serving_settings: Callable[..., Any]) -> Callable[..., Any]:
         return TestClient(create_app(serving_settings(bundle, **overrides)))
 
     return make
+
+
+def audit_trail(settings_or_url: Any) -> list[dict[str, Any]]:
+    """Every audit entry of a server's database (its settings, or the URL), oldest first."""
+    from serving.audit import AuditLog
+    from serving.db import Database
+
+    url = settings_or_url if isinstance(settings_or_url, str) else settings_or_url.campaign_db
+    db = Database(url)
+    try:
+        return list(reversed(list(AuditLog(db).newest_first())))
+    finally:
+        db.dispose()
 
 
 def auth(role: str) -> dict[str, str]:

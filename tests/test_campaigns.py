@@ -12,9 +12,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 import pytest
-from conftest import auth
+from conftest import audit_trail, auth
 from sqlalchemy import select
 
 from serving.db import CampaignMember, Database
@@ -78,12 +77,11 @@ def test_an_audience_campaign_holds_out_at_random_and_exports_only_the_treated(a
     assert api.get(f"/v1/campaigns/{c['id']}", headers=M).json()["exports"] == 1
 
 
-def test_every_export_is_audited(serving_client: Any, campaign_db_url: str, tmp_path: Any) -> None:
-    log = tmp_path / "audit.jsonl"
-    with serving_client("dated", campaign_db=campaign_db_url, audit_log=log) as api:
+def test_every_export_is_audited(serving_client: Any, campaign_db_url: str) -> None:
+    with serving_client("dated", campaign_db=campaign_db_url) as api:
         c = create(api, product_id="p1", holdout_share=0.2, seed=1, size=5)
         rows, _ = export(api, c["id"])
-    lines = [orjson.loads(x) for x in log.read_bytes().splitlines()]
+    lines = audit_trail(campaign_db_url)
     assert len(lines) == 1
     line = lines[0]
     assert line["campaign_id"] == c["id"] and line["key_id"] == "merchandiser-key" and line["rows"] == len(rows) - 1

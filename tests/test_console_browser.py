@@ -42,7 +42,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, serving_bundles: dict[str, 
         api_keys=[ApiKeySpec(id=f"{r}-key", role=r, sha256=hash_key(s)) for r, s in KEYS.items()]  # type: ignore[arg-type]
         + [ApiKeySpec(id=k, role="staff", sha256=hash_key(s), scope=scope) for k, (s, scope) in STAFF_KEYS.items()],
         events_dir=root / "events",
-        audit_log=root / "audit.jsonl",
         events_poll_seconds=0,
         load_in_background=False,
         campaign_db=f"sqlite:///{root / 'campaigns.db'}",

@@ -8,13 +8,13 @@ Activity (purchase days): m0 4, m1 3, m2 2, m3 3, m4 3, m5 3 (ties go to the low
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from conftest import auth
 
 
@@ -118,7 +118,7 @@ def test_audience_filtered_by_a_multi_valued_tag(client: Any) -> None:
     assert body["members"] == [] and body["profile"]["eligible"] == 0
 
 
-def test_past_exports_come_from_the_audit_log_newest_first(
+def test_past_exports_come_from_the_audit_trail_newest_first(
     client: Any, serving_settings: Callable[..., Any]
 ) -> None:
     h = auth("merchandiser")
@@ -126,8 +126,12 @@ def test_past_exports_come_from_the_audit_log_newest_first(
     client.post("/v1/audiences/export", json={"product_id": "p0", "size": 2}, headers=h)
     client.post("/v1/audiences/export", json={"attributes": {"category": "dairy", "price": 9.5}, "size": 4,
                                               "filters": {"lifecycle": ["active"]}}, headers=auth("admin"))
-    with open(serving_settings().audit_log, "ab") as fh:  # a damaged line is skipped
-        fh.write(b"{not json\n" + json.dumps({"time": 3, "size": "many"}).encode() + b"\n")
+    # an entry edited by hand in the database, that is no export record, is skipped (never a 500)
+    engine = sa.create_engine(serving_settings().campaign_db)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO audit_entries (time, key_id, route, format, rows, request) VALUES "
+                             "('2999-01-01 00:00:00', 'x', '/v1/audiences/export', 'csv', 1, '{\"size\": \"many\"}')"))
+    engine.dispose()
     body = client.get("/v1/audiences/exports", headers=h).json()["exports"]
     assert [e["key_id"] for e in body] == ["admin-key", "merchandiser-key"]
     assert body[0]["attributes"] == {"category": "dairy", "price": 9.5, "brand": None}

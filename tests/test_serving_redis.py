@@ -83,7 +83,7 @@ def server_process(bundle: Path, stream: str, folder: Path, name: str) -> Iterat
     keys = [{"id": f"{role}-key", "role": role, "sha256": hash_key(secret)} for role, secret in KEYS.items()]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")} | {
         "RECSYS_BUNDLE": str(bundle), "RECSYS_EVENTS_STREAM": stream, "RECSYS_API_KEYS": json.dumps(keys),
-        "RECSYS_EVENTS_DIR": str(folder / f"events-{name}"), "RECSYS_AUDIT_LOG": str(folder / f"audit-{name}.jsonl"),
+        "RECSYS_EVENTS_DIR": str(folder / f"events-{name}"), "RECSYS_CAMPAIGN_DB": f"sqlite:///{folder / 'campaigns.db'}",
         "RECSYS_EVENTS_POLL_SECONDS": "0.5", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
     }
     log = open(folder / f"server-{name}.log", "ab")  # noqa: SIM115 - closed below

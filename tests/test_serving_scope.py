@@ -6,13 +6,12 @@ and ``staff-beijing`` (region 北京: m1, m4); m3 (store S02, 广州) is in neit
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import KEYS, STAFF_KEYS, auth
+from conftest import KEYS, STAFF_KEYS, audit_trail, auth
 
 from serving.keys import hash_key, main, read_keys_file
 from serving.settings import ApiKeySpec
@@ -80,8 +79,7 @@ def regional(serving_client: Callable[..., Any], tmp_path: Path) -> Any:
     keys = [ApiKeySpec(id="merch-sh", role="merchandiser", sha256=hash_key("sh-secret"), scope={"region": ["上海"]}),
             ApiKeySpec(id="merch", role="merchandiser", sha256=hash_key(KEYS["merchandiser"])),
             ApiKeySpec(id="odd", role="merchandiser", sha256=hash_key("odd-secret"), scope={"shoe_size": ["42"]})]
-    with serving_client("dated", api_keys=keys, audit_log=tmp_path / "audit.jsonl") as c:
-        c.audit_path = tmp_path / "audit.jsonl"
+    with serving_client("dated", api_keys=keys) as c:
         yield c
 
 
@@ -102,7 +100,7 @@ def test_a_scoped_audience_is_drawn_from_the_scope_and_audited_with_it(regional:
     assert r.status_code == 200
     rows = r.text.strip().splitlines()[1:]
     assert {line.split(",")[0] for line in rows} == {"m0"}  # active and in 上海
-    line = json.loads(regional.audit_path.read_text(encoding="utf-8").splitlines()[-1])
+    line = audit_trail(regional.app.state.settings)[-1]
     assert (line["key_id"], line["scope"], line["filters"], line["rows"]) == (
         "merch-sh", {"region": ["上海"]}, {"lifecycle": ["active"]}, 1)
     exports = regional.get("/v1/audiences/exports", headers=sh).json()["exports"]

@@ -32,7 +32,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory, serving_bundles: dict[
         bundle=serving_bundles["als"],
         api_keys=[ApiKeySpec(id=f"{r}-key", role=r, sha256=hash_key(s)) for r, s in KEYS.items()],  # type: ignore[arg-type]
         events_dir=root / "events",
-        audit_log=root / "audit.jsonl",
+        campaign_db=f"sqlite:///{root / 'campaigns.db'}",
         events_poll_seconds=0.2,
         max_batch=20,
     )

@@ -78,7 +78,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
     result = TrainResult(model, {}, {}, members=data.interactions.members, products=data.interactions.products)
     bundle_dir = build_bundle(cfg, result, root / "bundle", run_id=None)
     settings = ServingSettings(
-        bundle=bundle_dir, events_dir=root / "events", audit_log=root / "audit.jsonl", load_in_background=False,
+        bundle=bundle_dir, events_dir=root / "events", campaign_db=f"sqlite:///{root / 'campaigns.db'}", load_in_background=False,
         api_keys=[ApiKeySpec(id="m", role="merchandiser", sha256=hash_key("m-secret")),
                   ApiKeySpec(id="east", role="staff", sha256=hash_key("east-secret"), scope={"big_basket": ["true"]})],
     )

@@ -49,8 +49,9 @@ AUDIENCE_ROUTES = ("/v1/audiences", "/v1/audiences/export")
 
 def audit_audience(audit: AuditLog, caller: Principal, body: AudienceRequest,
                    result: audience_service.AudienceResult, route: str, fmt: str) -> None:
-    """One audit line for an audience that leaves the server, as JSON or CSV: who asked, what,
-    and how many members it carried (never the members themselves)."""
+    """One audit entry for an audience that leaves the server, as JSON or CSV: who asked, what,
+    and how many members it carried (never the members themselves). Committed before the answer
+    is sent; a 503 (and no list) when it cannot be."""
     audit.write({
         "key_id": caller.key_id,
         "scope": caller.scope_dict(),
@@ -119,12 +120,11 @@ def past_exports(
     mine: Annotated[bool, Query(description="Only the exports made with the calling key")] = False,
 ) -> ExportsResponse:
     records: list[ExportRecord] = []
-    for entry in audit.newest_first(caller.key_id if mine else None):
-        if entry.get("route", "/v1/audiences/export") not in AUDIENCE_ROUTES:  # e.g. batch picks
-            continue
+    # audiences only (not batch picks or campaign exports), from the trail every replica writes
+    for entry in audit.newest_first(caller.key_id if mine else None, routes=AUDIENCE_ROUTES):
         try:
             records.append(ExportRecord.model_validate(entry))
-        except ValidationError:  # a hand-edited or older line: skipped, never a 500
+        except ValidationError:  # an entry edited by hand in the database: skipped, never a 500
             continue
         if len(records) >= limit:
             break
