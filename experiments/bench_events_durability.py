@@ -46,6 +46,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -168,32 +169,47 @@ def read_store(kind: str, where: str) -> tuple[collections.Counter[str], int]:
     return counts, bad
 
 
-def run_store(kind: str, bundle: Path, workdir: Path, key: str, args: argparse.Namespace) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Durability:
+    """How hard one measurement pushes: the defaults are this script's; a quicker run (a check
+    inside bench_robustness.py) passes a smaller bundle and shorter gaps, never fewer kills than
+    the target counts."""
+
+    kills: int = 5
+    clients: int = 4
+    batch: int = 20  # events per request
+    min_gap: float = 2.0  # seconds between kills, at least ...
+    max_gap: float = 5.0  # ... at most
+    members: int = 20_000
+    products: int = 2_000
+
+
+def run_store(kind: str, bundle: Path, workdir: Path, key: str, cfg: Durability) -> dict[str, Any]:
     redis_proc = None
     if kind == "redis":
         redis_proc, events = start_redis(workdir)
     else:
         events = str(workdir / "events-file")
     server = ServeProcess(bundle, workdir, events, kind)
-    members = [f"M{i:07d}" for i in range(0, args.members, 7)] + [f"new-{i}" for i in range(50)]
-    products = [f"P{i:06d}" for i in range(0, args.products, 3)]
+    members = [f"M{i:07d}" for i in range(0, cfg.members, 7)] + [f"new-{i}" for i in range(50)]
+    products = [f"P{i:06d}" for i in range(0, cfg.products, 3)]
     stop = threading.Event()
     rng = random.Random(11)
     try:
         ready = [server.start()]
         log(f"{kind}: server ready in {ready[0]:.1f} s ({events})")
-        clients = [Client(t, server, key, members, products, args.batch, stop) for t in range(args.clients)]
+        clients = [Client(t, server, key, members, products, cfg.batch, stop) for t in range(cfg.clients)]
         for c in clients:
             c.start()
         kills = []
-        for _ in range(args.kills):
-            time.sleep(rng.uniform(args.min_gap, args.max_gap))
+        for _ in range(cfg.kills):
+            time.sleep(rng.uniform(cfg.min_gap, cfg.max_gap))
             acked = sum(len(c.acked) for c in clients)
             server.kill()
             kills.append(acked)
             ready.append(server.start())
             log(f"{kind}: kill -9 after {acked:,} acknowledged events; back in {ready[-1]:.1f} s")
-        time.sleep(args.max_gap)
+        time.sleep(cfg.max_gap)
         stop.set()
         for c in clients:
             c.join(timeout=120)
@@ -217,7 +233,7 @@ def run_store(kind: str, bundle: Path, workdir: Path, key: str, args: argparse.N
     result = {
         "store": kind, "kills": len(kills), "acknowledged_before_each_kill": kills,
         "ready_seconds": [round(x, 1) for x in ready],
-        "clients": args.clients, "batch": args.batch,
+        "clients": cfg.clients, "batch": cfg.batch,
         "acknowledged": len(acked_ids), "acknowledged_twice": len(acked_ids) - len(acked_set),
         # an acknowledged id not among the readable records was lost or cannot be read: one figure
         "stored_ids": len(stored), "lost_or_unreadable": len(acked_set - set(stored)),
@@ -230,42 +246,56 @@ def run_store(kind: str, bundle: Path, workdir: Path, key: str, args: argparse.N
         "retried_events_already_stored": sum(c.already_stored for c in clients),
     }
     result["met"] = (result["lost_or_unreadable"] == 0 and result["duplicates"] == 0 and result["acknowledged"] > 0
-                     and result["replay_applied"] == len(stored) and result["kills"] == args.kills)
+                     and result["replay_applied"] == len(stored) and result["kills"] == cfg.kills)
     return result
 
 
+def measure(workdir: Path, stores: list[str], cfg: Durability) -> list[dict[str, Any]]:
+    """Every store in ``stores`` ("file", "redis") measured in ``workdir`` (keys, the synthetic
+    bundle, the events and Redis's files go there); one result per store, ``met`` on each."""
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    key = write_keys(workdir)
+    bundle = synthetic_bundle(workdir / f"synth-{cfg.members}x{cfg.products}", cfg.members, cfg.products, 16)
+    results = []
+    for kind in stores:
+        old = workdir / "events-file"
+        if old.exists():
+            for f in old.iterdir():
+                f.unlink()
+        results.append(run_store(kind, bundle, workdir, key, cfg))
+    return results
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = [f"{'store':<6} {'kills':>5} {'acked':>8} {'lost/unreadable':>15} {'dupes':>5} {'applied':>8} "
+             f"{'torn':>5} {'retries':>7} {'dedup':>6}  met"]
+    for r in results:
+        lines.append(f"{r['store']:<6} {r['kills']:>5} {r['acknowledged']:>8} {r['lost_or_unreadable']:>15} "
+                     f"{r['duplicates']:>5} {r['replay_applied']!s:>8} {r['torn_fragments']:>5} {r['retries']:>7} "
+                     f"{r['retried_events_already_stored']:>6}  {'met' if r['met'] else 'NOT met'}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
+    d = Durability()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stores", default="file,redis", help="comma-separated: file, redis")
-    ap.add_argument("--kills", type=int, default=5)
-    ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=20, help="events per request")
-    ap.add_argument("--min-gap", type=float, default=2.0, help="seconds between kills, at least")
-    ap.add_argument("--max-gap", type=float, default=5.0, help="... at most")
-    ap.add_argument("--members", type=int, default=20_000)
-    ap.add_argument("--products", type=int, default=2_000)
+    ap.add_argument("--kills", type=int, default=d.kills)
+    ap.add_argument("--clients", type=int, default=d.clients)
+    ap.add_argument("--batch", type=int, default=d.batch, help="events per request")
+    ap.add_argument("--min-gap", type=float, default=d.min_gap, help="seconds between kills, at least")
+    ap.add_argument("--max-gap", type=float, default=d.max_gap, help="... at most")
+    ap.add_argument("--members", type=int, default=d.members)
+    ap.add_argument("--products", type=int, default=d.products)
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "recsys-bench-events")
     ap.add_argument("--json", type=Path, default=REPO / "experiments" / "results" / "events_durability.json")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    workdir = args.workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    key = write_keys(workdir)
-    bundle = synthetic_bundle(workdir / f"synth-{args.members}x{args.products}", args.members, args.products, 16)
-    results = []
-    for kind in [s.strip() for s in args.stores.split(",") if s.strip()]:
-        for old in (workdir / "events-file",):
-            if old.exists():
-                for f in old.iterdir():
-                    f.unlink()
-        results.append(run_store(kind, bundle, workdir, key, args))
-    print(f"\n{'store':<6} {'kills':>5} {'acked':>8} {'lost/unreadable':>15} {'dupes':>5} {'applied':>8} "
-          f"{'torn':>5} {'retries':>7} {'dedup':>6}  met")
-    for r in results:
-        print(f"{r['store']:<6} {r['kills']:>5} {r['acknowledged']:>8} {r['lost_or_unreadable']:>15} "
-              f"{r['duplicates']:>5} {r['replay_applied']!s:>8} {r['torn_fragments']:>5} {r['retries']:>7} "
-              f"{r['retried_events_already_stored']:>6}  "
-              f"{'met' if r['met'] else 'NOT met'}")
+    cfg = Durability(kills=args.kills, clients=args.clients, batch=args.batch, min_gap=args.min_gap,
+                     max_gap=args.max_gap, members=args.members, products=args.products)
+    results = measure(args.workdir, [s.strip() for s in args.stores.split(",") if s.strip()], cfg)
+    print("\n" + table(results))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                      "command": [sys.executable, *sys.argv], "results": results}, indent=1))

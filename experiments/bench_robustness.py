@@ -14,13 +14,20 @@ Checks, each a function printing its figures:
   still open after 20 s (target: none past the header timeout).
 * :func:`check_reloads` -- 100 registry reloads then SIGTERM: bytes left in the temporary folder
   (target 0) and resident memory after the 100th reload against after the first (within 10 %).
-* :func:`check_events_durability` -- the live-events section (kill -9 restarts with client
-  retries: 0 acknowledged events lost or unreadable, 0 duplicates); left to the events work.
+* :func:`check_events_durability` -- the live-events section: ``bench_events_durability.py``'s
+  measurement (its own ``recsys serve`` on a small synthetic bundle, on the events file and on a
+  Redis stream, killed with SIGKILL five times under client threads that retry each batch until
+  acknowledged; target: 0 acknowledged events lost or unreadable, 0 duplicates, the replay applying
+  every stored event). It kills its own server, never the Ta-Feng one the other checks use; by
+  default test-sized (2,000 synthetic members, 1-2 s between kills: 1.5 min per store on a loaded
+  2-core machine, most of it the restarts),
+  ``--events-members`` / ``--events-gap`` to push harder.
 
 Run after ``make demo`` (it needs ``mlflow.db`` with ``recsys-tafeng`` and ``data/demo-keys.*``)::
 
     flock /work/.heavy.lock .venv/bin/python experiments/bench_robustness.py
     .venv/bin/python experiments/bench_robustness.py --reloads 10 --fuzz-requests 2000   # quicker
+    .venv/bin/python experiments/bench_robustness.py --skip fuzz,body,slow,reloads       # events only (no demo needed)
 
 Figures go to ``experiments/results/robustness.json``.
 """
@@ -338,11 +345,21 @@ def check_reloads(server: Server, keys: dict[str, str], n: int) -> dict[str, Any
 
 
 # --------------------------------------------------------------------------- live events
-def check_events_durability(server: Server, keys: dict[str, str]) -> dict[str, Any]:
-    """Acknowledged events across kill -9 restarts with client retries: 0 lost or unreadable, 0
-    duplicates (issue 12's live-events target). Not measured here yet: the live-events work
-    (event ids, replay) adds it."""
-    return {"measured": False, "note": "left to the live-events work (kill -9 restarts with client retries)"}
+def check_events_durability(workdir: Path, stores: list[str], kills: int = 5, members: int = 2_000,
+                            gap: tuple[float, float] = (1.0, 2.0)) -> dict[str, Any]:
+    """Acknowledged events across ``kills`` kill -9 restarts with client retries, per store: 0 lost
+    or unreadable, 0 duplicates (issue 12's live-events target), measured by
+    :func:`experiments.bench_events_durability.measure` in ``workdir``."""
+    sys.path.insert(0, str(ROOT))
+    from experiments.bench_events_durability import Durability, measure, table
+
+    cfg = Durability(kills=kills, min_gap=gap[0], max_gap=gap[1], members=members, products=max(members // 10, 30))
+    results = measure(workdir, stores, cfg)
+    print(table(results))
+    keep = ("kills", "acknowledged", "lost_or_unreadable", "duplicates", "replay_applied", "stored_ids",
+            "torn_fragments", "retries", "retried_events_already_stored", "ready_seconds", "met")
+    return {"members": members, "gap_seconds": list(gap),
+            "stores": {r["store"]: {k: r[k] for k in keep} for r in results}}
 
 
 # --------------------------------------------------------------------------- main
@@ -355,22 +372,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fuzz-requests", type=int, default=26_000)
     ap.add_argument("--reloads", type=int, default=100)
     ap.add_argument("--skip", default="", help="comma-separated checks to skip: fuzz,body,slow,reloads,events")
+    ap.add_argument("--events-stores", default="file,redis", help="events stores the events check kills: file, redis")
+    ap.add_argument("--events-kills", type=int, default=5)
+    ap.add_argument("--events-members", type=int, default=2_000, help="synthetic members of the events check's bundle")
+    ap.add_argument("--events-gap", type=float, nargs=2, default=(1.0, 2.0), metavar=("MIN", "MAX"),
+                    help="seconds between the events check's kills")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    needs_server = bool({"fuzz", "body", "slow", "reloads"} - skip)  # the events check starts its own
     secrets = args.keys.with_suffix(".secrets")
-    if not args.keys.exists() or not secrets.exists():
+    if needs_server and (not args.keys.exists() or not secrets.exists()):
         print(f"no demo keys at {args.keys} / {secrets}: run `make demo` first (or pass --keys)", file=sys.stderr)
         return 2
-    keys = read_keys(secrets)
-    skip = set(filter(None, args.skip.split(",")))
+    keys = read_keys(secrets) if needs_server else {}
     workdir = Path(tempfile.mkdtemp(prefix="bench-robustness-"))
-    results: dict[str, Any] = {"model": args.registered_model, "host_cpus": os.cpu_count()}
+    results: dict[str, Any] = {"model": args.registered_model if needs_server else None, "host_cpus": os.cpu_count()}
     try:
-        server = Server(workdir, args.keys, args.tracking_uri, args.registered_model)
-        results["start_seconds"] = round(server.wait_ready(), 1)
-        results["rss_after_start_mb"] = round(server.rss_mb(), 1)
-        print(f"server ready in {results['start_seconds']} s, RSS {results['rss_after_start_mb']} MB, "
-              f"temporary folder {server.tmp_bytes()[0]:,} bytes")
+        if needs_server:
+            server = Server(workdir, args.keys, args.tracking_uri, args.registered_model)
+            results["start_seconds"] = round(server.wait_ready(), 1)
+            results["rss_after_start_mb"] = round(server.rss_mb(), 1)
+            print(f"server ready in {results['start_seconds']} s, RSS {results['rss_after_start_mb']} MB, "
+                  f"temporary folder {server.tmp_bytes()[0]:,} bytes")
         if "fuzz" not in skip:
             results["fuzz"] = check_fuzz(server, keys, args.fuzz_requests)
         if "body" not in skip:
@@ -378,10 +402,12 @@ def main(argv: list[str] | None = None) -> int:
         if "slow" not in skip:
             results["slow_headers"] = check_slow_headers(server)
         if "events" not in skip:
-            results["events"] = check_events_durability(server, keys)
+            stores = [s.strip() for s in args.events_stores.split(",") if s.strip()]
+            results["events"] = check_events_durability(workdir / "events", stores, args.events_kills,
+                                                        args.events_members, tuple(args.events_gap))
         if "reloads" not in skip:
             results["reloads"] = check_reloads(server, keys, args.reloads)  # ends with SIGTERM
-        else:
+        elif needs_server:
             server.stop()
             results["tmp_bytes_after_sigterm"] = server.tmp_bytes()[0]
     finally:
@@ -400,6 +426,10 @@ def main(argv: list[str] | None = None) -> int:
             and b["cases"]["announced, admin key"]["status"] == [413] and b["rss_growth_mb"] < 10)
     if "slow_headers" in results:
         targets["slow headers: no connection open after 20 s"] = results["slow_headers"]["still_open_at_end"] == 0
+    if "events" in results:
+        for store, e in results["events"]["stores"].items():
+            targets[f"events ({store}): 0 acknowledged lost or unreadable, 0 duplicates across "
+                    f"{args.events_kills} kill -9 restarts"] = e["met"]
     if "reloads" in results:
         r = results["reloads"]
         targets["0 bytes left in the temporary folder after the reloads and a SIGTERM"] = r["tmp_bytes_after_sigterm"] == 0
