@@ -246,6 +246,7 @@ def test_the_cli_serves_two_workers_by_default_on_a_stream(monkeypatch: pytest.M
     seen: dict[str, Any] = {}
     monkeypatch.setattr(cli, "check_events", lambda settings: seen.update(stream=settings.events_stream))
     monkeypatch.setattr(cli, "run_workers", lambda app, **kw: seen.update(workers=kw["workers"]))
+    monkeypatch.setenv("RECSYS_CAMPAIGN_DB", f"sqlite:///{listed_bundle.parent / 'campaigns.db'}")  # not the cwd's
     cli.serve(listed_bundle, events="redis://127.0.0.1:1/0", auth_disabled=True)
     assert seen == {"stream": "redis://127.0.0.1:1/0", "workers": 2}
     with pytest.raises(InputError, match="give a folder, or a Redis URL"):
