@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -80,7 +81,8 @@ def scale(workdir: Path, members: int, products: int, factors: int, k: int) -> d
     load_s = time.perf_counter() - t
     log(f"state loaded in {load_s:.0f} s")
     out: dict[str, Any] = {"members": members, "products": products, "factors": factors, "k": k,
-                           "load_seconds": round(load_s, 1)}
+                           "load_seconds": round(load_s, 1),
+                           "load_average_start": [round(x, 2) for x in os.getloadavg()]}
 
     # baseline: every member's top-k read from the lists (what any export of them must do)
     rows = np.arange(state.members.n_base, dtype=np.int64)
@@ -140,6 +142,7 @@ def scale(workdir: Path, members: int, products: int, factors: int, k: int) -> d
         "export_seconds": round(aud_export, 2), "rows_exported": exp.table.num_rows,
     }
     log(f"audience campaign: {out['audience_campaign']}")
+    out["load_average_end"] = [round(x, 2) for x in os.getloadavg()]  # the machine may be shared
     db.dispose()
     return out
 

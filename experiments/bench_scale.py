@@ -15,7 +15,8 @@ Each step's wall time and the peak memory of its whole process tree (the larger 
 ``ru_maxrss`` for the process and its reaped children, and the resident memory summed over the
 live tree every 0.2 s -- see ``bench_foundation.run_step``) go to
 ``experiments/results/scale.json``: one object per step (``members``, ``lines``, ``products``,
-``step``, ``wall_s``, ``peak_rss_bytes`` + the return code, and for ``train`` the run's own
+``step``, ``wall_s``, ``peak_rss_bytes`` + the return code, the load average as the step started
+and ended (``load_start``, ``load_end``: the machine may be shared), and for ``train`` the run's own
 stage timings and headline metrics, read from its output). Results of sizes not run this time are
 kept, so sizes can be measured one at a time. A table is printed at the end, with the targets of
 issue 16: at 1M members every step under 12 GB and ``recsys train`` under 20 minutes; at 2M
@@ -98,6 +99,8 @@ class ScaleStep:
     metrics: dict[str, float] = field(default_factory=dict)  # train: headline metrics
     log: str = ""
     code: str = ""  # the commit measured (+ "-dirty" with uncommitted changes)
+    load_start: list[float] = field(default_factory=list)  # load average (1, 5, 15 min) as the step started
+    load_end: list[float] = field(default_factory=list)  # ... and as it ended: the machine is shared
 
 
 def code_version() -> str:
@@ -155,10 +158,12 @@ def run_size(recsys: str, members: int, workdir: Path, steps: tuple[str, ...], a
     print(f"\n== {members:,} members x {products:,} products x {lines:,} lines  ({root})", flush=True)
     for step in steps:
         started = time.strftime("%Y-%m-%dT%H:%M:%S")
+        load_start = [round(x, 2) for x in os.getloadavg()]
         res = run_step(StepResult(f"m{members}", step, commands[step]), log_dir, env)
         shown = ["recsys", *(c.replace(str(workdir), "WORKDIR") for c in commands[step][1:])]  # no local paths
         row = ScaleStep(members, lines, products, step, round(res.wall_s, 2), res.peak_rss_bytes, res.returncode,
-                        shown, started, code=code_version())
+                        shown, started, code=code_version(), load_start=load_start,
+                        load_end=[round(x, 2) for x in os.getloadavg()])
         if step == "train" and res.ok:
             row.parts, row.metrics = read_train_summary(Path(res.log))
         if not res.ok:
@@ -255,7 +260,15 @@ def main(argv: list[str] | None = None) -> int:
         rows += run_size(recsys, members, workdir, steps, args, env)
         merged = merge(rows, args.json)  # written after every size: a later failure loses nothing
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine_line(), "steps": merged}, indent=1), encoding="utf-8")
+        extra = {}  # other top-level keys (a note on earlier rows) are kept
+        if args.json.exists():
+            try:
+                extra = {k: v for k, v in json.loads(args.json.read_text(encoding="utf-8")).items()
+                         if k not in ("machine", "steps")}
+            except (json.JSONDecodeError, AttributeError):
+                extra = {}
+        args.json.write_text(json.dumps({"machine": machine_line(), "steps": merged, **extra}, indent=1),
+                             encoding="utf-8")
     lines, targets, ok = table([asdict(r) for r in rows])
     print("\n" + "\n".join(lines))
     print("\n".join(["", *targets]) if targets else "")
