@@ -290,12 +290,15 @@ os.environ.setdefault("RECSYS_SPARK_MASTER", "local[2]")  # a model fitted witho
 
 
 @pytest.fixture(scope="session")
-def spark() -> Iterator[Any]:
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """One local[2] SparkSession for the whole test session; Spark tests use small data."""
     pytest.importorskip("pyspark", reason="Spark tests need the spark extra: pip install -e '.[spark]'")
     from recsys.spark.session import SparkSettings, get_spark
 
-    session = get_spark(SparkSettings(master="local[2]", conf={"spark.driver.memory": "2g"}))
+    # its warehouse folder in the test's temporary folder, not spark-warehouse/ in the working directory
+    warehouse = tmp_path_factory.mktemp("spark-warehouse")
+    session = get_spark(SparkSettings(master="local[2]", conf={"spark.driver.memory": "2g",
+                                                              "spark.sql.warehouse.dir": str(warehouse)}))
     session.conf.set("spark.sql.shuffle.partitions", "2")  # small data: few tasks
     yield session
     session.stop()
