@@ -9,8 +9,6 @@ Parquet file per table (zstd), rows in key order, so the snapshots compare file 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,19 +106,10 @@ class SparkEngine:
     def copy(self, sql: str, order: str, target: Path) -> int:
         """One Parquet file sorted by ``order`` (Spark writes a folder of parts; the one part
         becomes ``target``)."""
-        import pyarrow.parquet as pq
-
         frame = self.sql(f"SELECT * FROM ({sql}) AS f").repartition(1).sortWithinPartitions(order)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
-            frame.write.mode("overwrite").option("compression", "zstd").parquet(str(staging / "out"))
-            parts = sorted((staging / "out").glob("part-*.parquet"))
-            if len(parts) != 1:
-                raise RuntimeError(f"Spark wrote {len(parts)} files for {target.name}, expected one")
-            shutil.move(str(parts[0]), target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return int(pq.read_metadata(target).num_rows)
+        from recsys.spark.session import write_single_parquet
+
+        return write_single_parquet(frame, target)
 
     def close(self) -> None:
         for frame in self._cached:

@@ -16,8 +16,6 @@ every executor (a shared filesystem); the output folder likewise.
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,19 +93,9 @@ class SparkConnection:
     def copy(self, query: str, target: Path) -> int:
         """``query`` (its ORDER BY last) as one Parquet file: the sorted partitions are joined
         in order, never shuffled again."""
-        import pyarrow.parquet as pq
+        from recsys.spark.session import write_single_parquet
 
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
-            self.sql(query).coalesce(1).write.mode("overwrite").option("compression", "zstd").parquet(
-                str(staging / "out"))
-            parts = sorted((staging / "out").glob("part-*.parquet"))
-            if len(parts) != 1:
-                raise RuntimeError(f"Spark wrote {len(parts)} files for {target.name}, expected one")
-            shutil.move(str(parts[0]), target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return int(pq.read_metadata(target).num_rows)
+        return write_single_parquet(self.sql(query).coalesce(1), target)
 
     def drop(self, name: str) -> None:
         frame = self.views.pop(name, None)

@@ -274,3 +274,21 @@ def describe(spark: SparkSession) -> dict[str, Any]:
     conf = {k: v for k, v in sorted(conf.items()) if k.startswith("spark.") and not _SECRET.search(k)}
     master = conf.get("spark.master") or conf.get("spark.remote") or ""
     return {"engine": "spark", "spark_version": spark.version, "master": master, "conf": conf}
+
+
+def write_single_parquet(frame: Any, target: Path) -> int:
+    """Write a DataFrame of one partition as the single Parquet file ``target`` (zstd), the layout
+    the DuckDB engine writes; returns its rows. Spark writes a folder of part files: it is written
+    beside the target and its one part moved into place, so a reader never sees a partial file."""
+    import pyarrow.parquet as pq
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        frame.write.mode("overwrite").option("compression", "zstd").parquet(str(staging / "out"))
+        parts = sorted((staging / "out").glob("part-*.parquet"))
+        if len(parts) != 1:
+            raise RuntimeError(f"Spark wrote {len(parts)} files for {target.name}, expected one")
+        shutil.move(str(parts[0]), target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return int(pq.read_metadata(target).num_rows)
