@@ -1,6 +1,6 @@
 """Campaign benchmarks and backtests (issue 17): figures printed and written to
-``experiments/results/campaigns.json``. Heavy: run under the heavy lock,
-``flock /work/.heavy.lock .venv/bin/python experiments/bench_campaigns.py``.
+``experiments/results/campaigns.json``. Heavy: on a shared machine run it alone,
+``.venv/bin/python experiments/bench_campaigns.py``.
 
 ``--scale``   a picks campaign for every member of a synthetic bundle (1,000,000 by default; random
               clustered ALS factors, as ``bench_serving.py`` builds them, each member's top 20 discover

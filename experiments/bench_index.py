@@ -13,7 +13,7 @@ found (``recsys.ann.recall_vs_exact``). Figures go to ``experiments/results/inde
 Usage (from the repository root)::
 
     .venv/bin/python experiments/bench_index.py --members 1000000
-    flock /work/.heavy.lock .venv/bin/python experiments/bench_index.py --members 10000000
+    .venv/bin/python experiments/bench_index.py --members 10000000
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ Checks, each a function printing its figures:
 
 Run after ``make demo`` (it needs ``mlflow.db`` with ``recsys-tafeng`` and ``data/demo-keys.*``)::
 
-    flock /work/.heavy.lock .venv/bin/python experiments/bench_robustness.py
+    .venv/bin/python experiments/bench_robustness.py
     .venv/bin/python experiments/bench_robustness.py --reloads 10 --fuzz-requests 2000   # quicker
     .venv/bin/python experiments/bench_robustness.py --skip fuzz,body,slow,reloads       # events only (no demo needed)
 

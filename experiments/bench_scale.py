@@ -23,13 +23,13 @@ issue 16: at 1M members every step under 12 GB and ``recsys train`` under 20 min
 members every step completes under 22 GB.
 
 A size's data is deleted once its steps are done (``--keep`` keeps it): 2M members are ~100M
-lines. Sizes of 200k members and up are heavy: run them under ``flock /work/.heavy.lock`` on a
-shared machine, and look at ``free -g`` first.
+lines. Sizes of 200k members and up are heavy: on a shared machine run them alone, and look at
+``free -g`` first.
 
 Usage (from the repository root)::
 
     .venv/bin/python experiments/bench_scale.py --sizes 20k                # a minute
-    flock /work/.heavy.lock .venv/bin/python experiments/bench_scale.py --sizes 200k,1m
+    .venv/bin/python experiments/bench_scale.py --sizes 200k,1m
     .venv/bin/python experiments/bench_scale.py --sizes 20k --steps train --keep   # re-train only
 
 Exit code 0 when every step ran and every target of the sizes run was met, 1 otherwise.

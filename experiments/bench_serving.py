@@ -50,7 +50,7 @@ Usage (from the repository root)::
 
     .venv/bin/python experiments/bench_serving.py --json /tmp/bench_serving.json
     .venv/bin/python experiments/bench_serving.py --quick            # 4 s runs, 250k members
-    flock /work/.heavy.lock .venv/bin/python experiments/bench_serving.py --skip-tafeng --skip-configs  # 10M
+    .venv/bin/python experiments/bench_serving.py --skip-tafeng --skip-configs  # 10M
     .venv/bin/python experiments/bench_serving.py --skip-configs --skip-synth
     .venv/bin/python experiments/bench_serving.py --skip-configs --skip-synth --skip-replicas  # no Redis
 

@@ -20,8 +20,8 @@
    Spark transpilation -- each run on Spark and compared with DuckDB's result: rows that differ,
    or the error.
 
-Figures are printed and written to ``experiments/results/spark.json``. Heavy: run it under the
-machine's heavy-job lock, e.g. ``flock /work/.heavy.lock .venv/bin/python experiments/bench_spark.py``.
+Figures are printed and written to ``experiments/results/spark.json``. Heavy: on a shared
+machine run it alone (``.venv/bin/python experiments/bench_spark.py``).
 """
 
 from __future__ import annotations
