@@ -400,16 +400,6 @@ def _batch(job: str, bundle: Path | None, registered_model: str | None, alias: s
     console.print_json(data=summary)
 
 
-def _where(items: list[str] | None) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for item in items or []:
-        tag, sep, values = item.partition("=")
-        if not sep or not tag.strip() or not values.strip():
-            raise RecsysError(f"--where {item!r} is not TAG=VALUE[,VALUE...], e.g. --where lifecycle=active,sleeping")
-        out.setdefault(tag.strip(), []).extend(v.strip() for v in values.split(",") if v.strip())
-    return out
-
-
 @batch_app.command("pre-rank")
 def batch_pre_rank(
     bundle: BundleOpt = None, registered_model: RegisteredOpt = None, alias: AliasOpt = "champion",
@@ -470,7 +460,8 @@ def batch_audiences(
     from recsys.spark.batch import audience_export
 
     try:
-        filters = _where(where)
+        from recsys.tags import parse_where
+        filters = parse_where(where)
     except RecsysError as exc:
         _fail(exc)
     _batch("audiences", bundle, registered_model, alias, tracking_uri, spark_master, spark_conf,
@@ -494,7 +485,8 @@ def batch_push_lists(
     from recsys.spark.batch import push_lists
 
     try:
-        filters = _where(where)
+        from recsys.tags import parse_where
+        filters = parse_where(where)
     except RecsysError as exc:
         _fail(exc)
     _batch("push-lists", bundle, registered_model, alias, tracking_uri, spark_master, spark_conf,

@@ -536,3 +536,15 @@ BUILTIN_TAGS: tuple[TagDef, ...] = (
         description="no sale before the as-of date",
     ),
 )
+
+
+def parse_where(items: Sequence[str] | None) -> dict[str, list[str]]:
+    """Command-line tag filters, ``--where TAG=VALUE[,VALUE...]`` (repeatable), as a filters
+    mapping ``{tag: [values]}``; InputError for an item that is not of that form."""
+    out: dict[str, list[str]] = {}
+    for item in items or []:
+        tag, sep, values = item.partition("=")
+        if not sep or not tag.strip() or not values.strip():
+            raise InputError(f"--where {item!r} is not TAG=VALUE[,VALUE...], e.g. --where lifecycle=active,sleeping")
+        out.setdefault(tag.strip(), []).extend(v.strip() for v in values.split(",") if v.strip())
+    return out

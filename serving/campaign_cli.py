@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from recsys.errors import RecsysError
+from recsys.tags import parse_where
 
 app = typer.Typer(no_args_is_help=True, help="Campaigns: create, export, measure, import; suppression lists.")
 console = Console()
@@ -59,16 +60,6 @@ def _state(bundle: Path | None, registered_model: str | None, alias: str, tracki
     return settings, resolve_and_build(settings)
 
 
-def _where(items: list[str] | None) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for item in items or []:
-        tag, sep, values = item.partition("=")
-        if not sep or not tag.strip() or not values.strip():
-            raise RecsysError(f"--where {item!r} is not TAG=VALUE[,VALUE...], e.g. --where lifecycle=active,sleeping")
-        out.setdefault(tag.strip(), []).extend(v.strip() for v in values.split(",") if v.strip())
-    return out
-
-
 def _print_summary(s: Any) -> None:
     console.print_json(data=json.loads(s.model_dump_json()))
 
@@ -103,7 +94,7 @@ def create(
     from serving.service import campaigns as service
 
     try:
-        body: dict[str, Any] = {"name": name, "filters": _where(where), "size": size, "holdout_share": holdout_share,
+        body: dict[str, Any] = {"name": name, "filters": parse_where(where), "size": size, "holdout_share": holdout_share,
                                 "seed": seed, "window_days": window_days,
                                 "send_date": date.fromisoformat(send_date) if send_date else None}
         if product:
