@@ -70,7 +70,7 @@ def run_window(label: str, overrides: dict[str, object], baselines: bool, data_d
         model = get_model(model_name)(params).fit(data)
         fit_s = time.perf_counter() - t0
         m = evaluate_audiences(model, truth, seen, sizes=(1000, 5000), min_buyers_known=ev.min_buyers_known,
-                               min_buyers_new=ev.min_buyers_new, reference=reference)
+                               min_buyers_new=ev.min_buyers_new, reference=reference, catalogue=data)
         m["fit_s"], m["total_s"] = fit_s, time.perf_counter() - t0
         out[name] = m
         print(f"  {label} {name}: sold {m['audience_known_lift_most_active@1000']:.3f}x, never-sold "

@@ -456,6 +456,29 @@ _PRICE_BAND = """CASE
     ELSE 'mid'
 END"""
 
+
+def price_band_of(price: float | None, q_low: float | None, q_high: float | None) -> str:
+    """The ``price_band`` tag's rule (``_PRICE_BAND`` above, which the features build evaluates)
+    for one price against its category's thresholds: what band a product not yet in the catalogue
+    falls in (None or NaN: unknown, as SQL's NULL). Keep the two in step: a test checks this one
+    against the features build's bands.
+
+    Examples
+    --------
+    >>> [price_band_of(p, 10.0, 20.0) for p in (5.0, 10.0, 20.0, 25.0, None)]
+    ['low', 'mid', 'mid', 'high', 'unknown']
+    """
+    def null(v: float | None) -> bool:
+        return v is None or v != v
+
+    if null(q_low) or null(price):
+        return "unknown"
+    if price < q_low:  # type: ignore[operator]
+        return "low"
+    if not null(q_high) and price > q_high:  # type: ignore[operator]
+        return "high"
+    return "mid"
+
 BUILTIN_TAGS: tuple[TagDef, ...] = (
     # The standard Chinese RFM eight-segment model; flags in R, F, M order (H = score >= rfm_high_score).
     TagDef(

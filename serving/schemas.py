@@ -163,8 +163,9 @@ class AudienceResponse(BaseModel):
     model_version: str
     product_id: str | None
     reference_products: list[str] = Field(
-        description="The products the audience was scored from (the product itself, or the reference "
-        "products of a product not yet sold)"
+        description="The products the audience was scored from: the product itself; for a product not yet "
+        "sold, none when the model scores it from its attributes (its never-sold audience model, as the report "
+        "measures), else the reference products of its category (the notes say which)"
     )
     members: list[AudienceMember]
     profile: AudienceProfile

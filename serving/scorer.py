@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.ann import AnnIndex, model_vectors
-from recsys.models.base import NEG_INF, Capability, Recommender, topk_rows
+from recsys.models.base import NEG_INF, Capability, ProductDescription, Recommender, topk_rows
 from serving.index import VectorIndex, _sort_candidates
 from serving.settings import IndexSettings
 
@@ -70,6 +70,18 @@ class Scorer(ABC):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``n`` members for the product group ``products`` (one product, or the reference
         products of a product not yet sold) among ``member_mask``; shapes ``(n,)``."""
+
+    def described_audience(
+        self, product: ProductDescription, n: int, member_mask: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` members for a product described by attributes, scored by the model itself
+        (``Capability.ATTRIBUTE_AUDIENCE``: :meth:`~recsys.models.base.Recommender.described_audience`,
+        what the report's by-attributes audiences rank by) among ``member_mask``; shapes ``(n,)``.
+        The same for every scorer: the model scores its own members (a member folded in live
+        has no row of the model, so no score)."""
+        mask = None if member_mask is None else member_mask[: self.model.n_members]
+        idx, sc = self.model.described_audience([product], n, member_mask=mask)
+        return idx[0], sc[0]
 
     @abstractmethod
     def similar(self, product: int, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

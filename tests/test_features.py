@@ -324,6 +324,20 @@ def test_product_price_band(prod: dict[str, dict]) -> None:
     }
 
 
+def test_the_price_band_rule_in_python_is_the_features_builds(snap: FeatureSnapshot, prod: dict[str, dict]) -> None:
+    # a product described by attributes is banded by recsys.tags.price_band_of against the same
+    # thresholds (training.data.category_price_bands): it must give every product the build's band
+    from recsys.tags import price_band_of
+    from training.data import category_price_bands
+
+    bands = category_price_bands(snap.out_dir)
+    assert bands
+    for pid, row in prod.items():
+        band_price = row["median_unit_price"] if row["median_unit_price"] is not None else row["price"]
+        lo, hi = bands.get(row["category"], (None, None))
+        assert price_band_of(band_price, lo, hi) == row["price_band"], pid
+
+
 def test_product_never_sold_and_is_new(prod: dict[str, dict]) -> None:
     n = prod["pn_c1"]
     assert (n["never_sold"], n["n_buyers"], n["n_lines"], n["quantity"]) == (True, 0, 0, 0.0)

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 import recsys.models  # noqa: F401  (registers every model)
 from recsys.models import MODELS, Recommender, TrainData
-from recsys.models.base import CAPABILITY_METHODS, Capability, CapabilityError
+from recsys.models.base import CAPABILITY_METHODS, Capability, CapabilityError, ProductDescription
 from recsys.models.baselines import TopFrequency
 
 PARAMS: dict[str, dict[str, Any]] = {
@@ -392,6 +392,7 @@ def test_undeclared_capabilities_refuse_by_name(fitted, name):
         "purchase_probability": (np.zeros(3, np.float32),), "factor_vectors": (), "item_vectors": (),
         "fold_in_member": (np.array([0]), np.array([1.0], np.float32)), "purchase_ages": (),
         "purchase_counts": (), "watch_iterations": (None,), "planned_iterations": (), "snapshot": (),
+        "attribute_member_scores": ([ProductDescription("c0")],), "read_attributes": ([ProductDescription("c0")],),
     }
     assert set(calls) == {m for methods in CAPABILITY_METHODS.values() for m in methods}
     for cap, methods in CAPABILITY_METHODS.items():

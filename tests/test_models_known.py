@@ -365,6 +365,7 @@ def test_hybrid_block_audience_logits_equal_weights_times_pair_features(zeroed: 
     # group columns and sparse terms: both must give w @ features, whichever weights are zero
     from recsys.models.hybrid.audiences import (
         AUDIENCE_FEATURES,
+        ProductSide,
         audience_logits,
         audience_pair_features,
     )
@@ -384,7 +385,7 @@ def test_hybrid_block_audience_logits_equal_weights_times_pair_features(zeroed: 
     w = rng.standard_normal(len(AUDIENCE_FEATURES)).astype(np.float32)
     w[[AUDIENCE_FEATURES.index(f) for f in zeroed]] = 0.0
     products = np.arange(0, s.n_products, 7)
-    block = audience_logits(s, products, w)  # (products, members)
+    block = audience_logits(s, ProductSide.of_rows(s, products), w)  # (products, members)
     assert block.shape == (len(products), s.n_members)
     mem = rng.integers(0, s.n_members, 2000)
     col = rng.integers(0, len(products), 2000)

@@ -147,6 +147,9 @@ def test_audience_for_a_product_not_yet_sold(client: Any) -> None:
     # nearest-priced dairy product is p0 (12.0, band high): the reference is p0 alone
     assert body["reference_products"] == ["p0"]
     assert ids(body["members"], "member_id") == ["m0", "m4", "m5"]
+    # top_frequency scores no product from attributes: the notes say how it was scored instead
+    assert any("does not declare Capability.ATTRIBUTE_AUDIENCE" in n and "1 reference products" in n
+               for n in body["notes"]), body["notes"]
     body = client.post("/v1/audiences", json={"attributes": {"category": "dairy"}, "size": 1},
                        headers=auth("merchandiser")).json()
     # both dairy products, most bought first; score = mean purchase days: m0 (3 + 1) / 2

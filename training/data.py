@@ -61,10 +61,23 @@ def _tags(table: Path, key: str, ids: IdMap, names: tuple[str, ...]) -> tuple[di
         tags[n] = Tag.from_values(values)
     numeric: dict[str, np.ndarray] = {}
     for n in extra:
-        arr = np.full(len(ids), np.nan, dtype=np.float32)
-        arr[idx[keep]] = np.asarray(data[n], dtype=np.float32)[keep]
+        # float64, as the features build compares prices with its band thresholds
+        arr = np.full(len(ids), np.nan, dtype=np.float64)
+        arr[idx[keep]] = np.asarray(data[n], dtype=np.float64)[keep]
         numeric[n] = arr
     return tags, numeric
+
+
+def category_price_bands(features: Path) -> dict[str, tuple[float, float]] | None:
+    """The snapshot's per-category price-band thresholds ``{category: (q_low, q_high)}``
+    (``category_price_bands.parquet``; categories without priced lines left out, their band is
+    unknown); None for a snapshot without the table."""
+    path = features / "category_price_bands.parquet"
+    if not path.exists():
+        return None
+    t = pq.read_table(path, columns=[Col.CATEGORY, "q_low", "q_high"]).to_pydict()
+    return {str(c): (float(lo), float(hi)) for c, lo, hi in zip(t[Col.CATEGORY], t["q_low"], t["q_high"], strict=True)
+            if c is not None and lo is not None and hi is not None and lo == lo and hi == hi}
 
 
 def snapshot_tags(features: Path) -> TagRegistry:
@@ -113,7 +126,7 @@ def load_split(paths: DataPaths, cutoff: date, end: date | None = None) -> tuple
     member_tags, _ = _tags(paths.features / "members.parquet", Col.MEMBER, train.members, member_names)
     product_tags, numeric = _tags(paths.features / "products.parquet", Col.PRODUCT, products, product_names)
     price = numeric.get("price")
-    data = TrainData(train, member_tags, product_tags, price)
+    data = TrainData(train, member_tags, product_tags, price, category_price_bands(paths.features))
     return data, Split(train, test, cutoff, test_end)
 
 

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from recsys import metrics as M
 from recsys.interactions import Interactions
-from recsys.models.base import Capability, Recommender
+from recsys.models.base import Capability, Recommender, TrainData
 from recsys.precompute import PreRanked
 
 
@@ -83,14 +83,19 @@ def evaluate_audiences(
     batch: int = 500,
     max_products: int | None = None,
     seed: int = 0,
+    catalogue: TrainData | None = None,
 ) -> dict[str, float]:
     """Product -> person: for every product bought in the test window by enough known members,
     rank all members; recall@N is the share of its test buyers inside the top N.
 
     Reported separately for products sold before the cutoff (``known_``), never sold before
-    (``new_``), and the same never-sold products scored from their attributes alone (``attr_``:
-    :meth:`~recsys.models.base.Recommender.attribute_audience`, as for a product not yet in the
-    catalogue), with lift over a random audience (N / n_members) and, when ``reference`` is given
+    (``new_``), and the same never-sold products scored from their attributes alone (``attr_``, as
+    for a product not yet in the catalogue: for a model that declares
+    ``Capability.ATTRIBUTE_AUDIENCE``, each product's category, price and brand from ``catalogue``
+    (the data the model was trained on) through
+    :meth:`~recsys.models.base.Recommender.described_audience`, what the server answers a request
+    by attributes with; otherwise, or without ``catalogue``,
+    :meth:`~recsys.models.base.Recommender.attribute_audience`), with lift over a random audience (N / n_members) and, when ``reference`` is given
     (a model, or a fixed member ranking such as the most active members first), over that
     audience. A model with calibrated audience scores (``Capability.PROBABILITIES``) also gets
     ``expected_over_actual@N``: the expected buyers of its audiences (the sum of their members'
@@ -113,6 +118,11 @@ def evaluate_audiences(
         "new": (new, model.audience),
         "attr": (new, model.attribute_audience),
     }
+    if catalogue is not None and model.has(Capability.ATTRIBUTE_AUDIENCE):
+        def by_attributes(products: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+            return model.described_audience(catalogue.describe(products), n=n)
+
+        groups["attr"] = (new, by_attributes)
     truth_t = sp.csr_matrix(buyers.T)  # products x members
     out: dict[str, float] = {}
     nmax = min(max(sizes), n_members)

@@ -190,7 +190,8 @@ def fold_train_data(data: NextBasketData, fold: UserFold) -> TrainData:
         np.concatenate([h.quantity, t.quantity[keep_t]]), np.concatenate([h.amount, t.amount[keep_t]]),
         h.as_of,
     )
-    return TrainData(x, data.train.member_tags, data.train.product_tags, data.train.product_price)
+    return TrainData(x, data.train.member_tags, data.train.product_tags, data.train.product_price,
+                     data.train.category_price_bands)
 
 
 def basket_metrics(

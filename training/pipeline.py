@@ -166,7 +166,7 @@ def _fit_and_evaluate(
         audiences = pool.submit(
             staged, "evaluate_audiences_s", "evaluating audiences", None, "products", evaluate_audiences, model,
             truth, seen, sizes=tuple(ev.audience_sizes), min_buyers_known=ev.min_buyers_known,
-            min_buyers_new=ev.min_buyers_new, reference=reference, max_products=max_products,
+            min_buyers_new=ev.min_buyers_new, reference=reference, max_products=max_products, catalogue=data,
         )
         lists = ranked.result() if ranked is not None else None
         with progress.stage("evaluating picks"):

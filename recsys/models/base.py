@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -57,6 +57,8 @@ class Capability(StrEnum):
     PURCHASE_AGES = "purchase_ages"  # each member's days since their last purchase of each product
     PURCHASE_COUNTS = "purchase_counts"  # purchase days per member and product
     ITERATIONS = "iterations"  # trains in iterations it reports, and can be scored between them
+    # scores every member for a product described only by attributes (in no row of the model)
+    ATTRIBUTE_AUDIENCE = "attribute_audience"
 
 
 CAPABILITY_METHODS: dict[Capability, tuple[str, ...]] = {
@@ -67,6 +69,7 @@ CAPABILITY_METHODS: dict[Capability, tuple[str, ...]] = {
     Capability.PURCHASE_AGES: ("purchase_ages",),
     Capability.PURCHASE_COUNTS: ("purchase_counts",),
     Capability.ITERATIONS: ("watch_iterations", "planned_iterations", "snapshot"),
+    Capability.ATTRIBUTE_AUDIENCE: ("attribute_member_scores", "read_attributes"),
 }
 # a capability that only makes sense on top of another
 CAPABILITY_NEEDS: dict[Capability, Capability] = {Capability.FOLD_IN: Capability.VECTORS}
@@ -109,23 +112,49 @@ class Tag:
         return lab[self.codes]
 
 
+@dataclass(frozen=True)
+class ProductDescription:
+    """A product known only by what a merchandiser can say of it before it is in the catalogue:
+    its category label, its list price (None: unknown) and its brand label (None: unknown)."""
+
+    category: str
+    price: float | None = None
+    brand: str | None = None
+
+
 @dataclass
 class TrainData:
     """What a model learns from: purchase occasions plus member and product attributes.
 
     ``member_tags`` are aligned with ``interactions.members`` (value_segment, lifecycle, ...),
     ``product_tags`` with ``interactions.products`` (category, price_band, brand, ...), and
-    ``product_price`` is the product's typical unit price (NaN when unknown).
+    ``product_price`` is the product's list price (NaN when unknown), and
+    ``category_price_bands`` the features snapshot's per-category unit-price thresholds
+    ``{category: (q_low, q_high)}`` that its ``price_band`` tag was computed with
+    (:func:`recsys.tags.price_band_of`): what places the price of a product not yet in the
+    catalogue in a band.
     """
 
     interactions: Interactions
     member_tags: dict[str, Tag] = field(default_factory=dict)
     product_tags: dict[str, Tag] = field(default_factory=dict)
     product_price: np.ndarray | None = None
+    category_price_bands: dict[str, tuple[float, float]] | None = None
 
     @property
     def n_members(self) -> int:
         return len(self.interactions.members)
+
+    def describe(self, products: np.ndarray) -> list[ProductDescription]:
+        """Product rows as a merchandiser would describe them: category, list price, brand (what
+        :meth:`Recommender.attribute_member_scores` scores a product not in the catalogue from)."""
+        rows = np.asarray(products, dtype=np.int64)
+        cat, brand = self.product_tags.get("category"), self.product_tags.get("brand")
+        cats = cat.values()[rows] if cat is not None else np.full(len(rows), "", dtype=object)
+        brands = brand.values()[rows] if brand is not None else np.full(len(rows), None, dtype=object)
+        price = self.product_price[rows] if self.product_price is not None else np.full(len(rows), np.nan)
+        return [ProductDescription(str(c), None if p != p else float(p), None if b is None else str(b))
+                for c, p, b in zip(cats, price, brands, strict=True)]
 
     @property
     def n_products(self) -> int:
@@ -335,6 +364,23 @@ class Recommender(ABC):
         of the next :meth:`fit` (None: stop)."""
         raise self._lacks(Capability.ITERATIONS)
 
+    def attribute_member_scores(self, products: Sequence[ProductDescription]) -> np.ndarray:
+        """ATTRIBUTE_AUDIENCE: ``(len(products), n_members)`` audience scores (as :meth:`audience`
+        returns them: with PROBABILITIES they convert by :meth:`purchase_probability`) for products
+        described only by attributes (:class:`ProductDescription`), products in no row of the
+        model: what the model's never-sold audiences score from those attributes, so that a
+        product row scored by :meth:`attribute_audience` gets exactly these scores from its own
+        category, price and brand. An unknown category is an :class:`~recsys.errors.InputError`
+        naming the known ones; an unknown brand (or none) contributes nothing, as a brand nobody
+        bought."""
+        raise self._lacks(Capability.ATTRIBUTE_AUDIENCE)
+
+    def read_attributes(self, products: Sequence[ProductDescription]) -> list[dict[str, str | None]]:
+        """ATTRIBUTE_AUDIENCE: what :meth:`attribute_member_scores` reads of each described product,
+        ``{"category", "price_band", "brand"}`` labels (the band the price falls in; None where the
+        model knows no such value, so it contributes nothing): what a user is told it was scored by."""
+        raise self._lacks(Capability.ATTRIBUTE_AUDIENCE)
+
     def planned_iterations(self) -> int:
         """ITERATIONS: how many iterations a fit runs."""
         raise self._lacks(Capability.ITERATIONS)
@@ -458,16 +504,20 @@ class Recommender(ABC):
         return self._top_members(self._score_members, products, n, member_mask, batch_size)
 
     def _top_members(
-        self, score: Any, products: np.ndarray, n: int, member_mask: np.ndarray | None, batch_size: int = 64
+        self, score: Any, products: np.ndarray, n: int, member_mask: np.ndarray | None, batch_size: int = 64,
+        groups: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-n members for each product by ``score(products) -> (len(products), n_members)``."""
+        """Top-n members for each product by ``score(products) -> (len(products), n_members)``;
+        ``groups``: what to batch the products by (their category codes by default)."""
         self.check_fitted()
         products = np.asarray(products, dtype=np.int64)
         out_i = np.empty((len(products), n), dtype=np.int64)
         out_s = np.empty((len(products), n), dtype=np.float32)
         # batches of products of one category: a model that scores by category (or by anything
         # its products share) computes each category's part once rather than once per batch
-        order = np.argsort(self.category[products], kind="stable") if self.category is not None else None
+        if groups is None and self.category is not None:
+            groups = self.category[products]
+        order = np.argsort(groups, kind="stable") if groups is not None else None
         for sl in _batches(len(products), batch_size):
             rows = order[sl] if order is not None else sl
             scores = np.asarray(score(products[rows]), dtype=np.float32)
@@ -486,6 +536,21 @@ class Recommender(ABC):
         vectors come from category and price band, category buyers from the category); a model that
         reads more of a never-sold product overrides it."""
         return self.audience(products, n, member_mask=member_mask)
+
+    def described_audience(
+        self, products: Sequence[ProductDescription], n: int = 1000, *, member_mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-n members for each product described by attributes (ATTRIBUTE_AUDIENCE:
+        :meth:`attribute_member_scores`), ``(len(products), n)``, ranked and tie-broken as
+        :meth:`attribute_audience` ranks product rows (batched by category the same way, so the
+        two give the same lists for a never-sold product and its own attributes)."""
+        if not self.has(Capability.ATTRIBUTE_AUDIENCE):
+            raise self._lacks(Capability.ATTRIBUTE_AUDIENCE)
+        products = list(products)
+        # category labels order as their codes do (Tag labels are sorted): the same batches
+        labels = np.array([p.category for p in products], dtype=object)
+        return self._top_members(lambda rows: self.attribute_member_scores([products[r] for r in rows]),
+                                 np.arange(len(products)), n, member_mask, groups=labels)
 
     def similar_items(self, products: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Top-k most similar products (cosine of the model's product vectors, or of buyers)."""

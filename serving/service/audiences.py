@@ -1,17 +1,18 @@
 """Audiences for a product (``/v1/audiences``, its CSV export and ``/v1/audiences/options``): the
-member filter, the reference products of a product not yet sold, the members and their profile,
-and the expected buyers of the random and most-active baselines."""
+member filter, the target (a product, or a product not yet sold described by attributes: scored
+by the model's never-sold audience model, or from reference products for a model without one),
+the members and their profile, and the expected buyers of the random and most-active baselines."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from recsys.errors import InputError
-from recsys.models.base import Capability
+from recsys.models.base import Capability, ProductDescription
 from recsys.tags import tag_counts
 from serving.schemas import (
     AudienceBaseline,
@@ -19,6 +20,7 @@ from serving.schemas import (
     AudienceProfile,
     AudienceRequest,
     AudienceResponse,
+    ProductAttributes,
 )
 from serving.service.common import listing, product_column, product_row
 from serving.service.tags import tag_infos
@@ -45,9 +47,9 @@ def member_mask(
 
 
 def _reference_products(state: ServingState, category: str, price: float | None, brand: str | None) -> tuple[np.ndarray, list[str]]:
-    """Products that stand in for a product not yet sold: the most bought of the same category,
-    narrowed to the price band of the nearest-priced product and then to the brand when enough
-    such products exist."""
+    """Products that stand in for a product not yet sold, for a model that scores no product from
+    attributes: the most bought of the same category, narrowed to the price band of the
+    nearest-priced product and then to the brand when enough such products exist."""
     code = state.category.code(category)
     if code < 0:
         raise InputError(f"unknown category {category!r}; categories: {listing(state.category.labels)}")
@@ -78,7 +80,57 @@ def _reference_products(state: ServingState, category: str, price: float | None,
             notes.append(f"brand {brand!r}")
     rows = np.flatnonzero(cand)
     rows = rows[np.lexsort((rows, -sold[rows]))][:MAX_REFERENCE_PRODUCTS]
+    notes.append(f"this model scores no product from attributes (it does not declare "
+                 f"Capability.{Capability.ATTRIBUTE_AUDIENCE.name}): each member's score is the mean of "
+                 f"their scores for these {len(rows)} reference products")
     return rows, notes
+
+
+@dataclass
+class AudienceTarget:
+    """What an audience is ranked for: product rows (one product, or the reference products of a
+    product not yet sold, for a model that scores no product from attributes), or a product
+    described by attributes that the model scores itself (``described``; ``reference`` empty)."""
+
+    reference: np.ndarray
+    described: ProductDescription | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def rank(self, state: ServingState, n: int, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` members for the target among ``mask`` (the scorer's answer, shapes ``(n,)``)."""
+        if self.described is not None:
+            return state.scorer.described_audience(self.described, n, mask)
+        return state.scorer.audience(self.reference, n, mask)
+
+    @property
+    def dense(self) -> bool:
+        """Whether ranking scores every member anyway (the model's own scoring, no vector search)."""
+        return self.described is not None
+
+
+def audience_target(
+    state: ServingState, product_row: int | None, attributes: ProductAttributes | None
+) -> AudienceTarget:
+    """The one way an audience's target is resolved (audiences, their CSV export, campaigns): a
+    product row, or a product described by attributes -- scored by the model's never-sold
+    audience model when it declares ``Capability.ATTRIBUTE_AUDIENCE`` (what the report measures),
+    else from reference products (:func:`_reference_products`)."""
+    if product_row is not None:
+        return AudienceTarget(np.array([product_row], dtype=np.int64))
+    assert attributes is not None  # the request models guarantee one of the two
+    model = state.bundle.model
+    if not model.has(Capability.ATTRIBUTE_AUDIENCE):
+        rows, notes = _reference_products(state, attributes.category, attributes.price, attributes.brand)
+        return AudienceTarget(rows, notes=notes)
+    described = ProductDescription(attributes.category, attributes.price, attributes.brand)
+    read = model.read_attributes([described])[0]  # an unknown category: InputError naming the known ones
+    brand = (f"brand {read['brand']!r}" if read["brand"] is not None
+             else "no brand" if attributes.brand is None
+             else f"brand {attributes.brand!r} unknown to the model (it contributes nothing)")
+    price = "no price" if attributes.price is None else f"price {attributes.price:g}"
+    notes = [f"scored from category {read['category']!r}, price band {read['price_band']!r} ({price}), {brand} "
+             "by the model's never-sold audience model (as the report's by-attributes audiences)"]
+    return AudienceTarget(np.empty(0, dtype=np.int64), described, notes)
 
 
 @dataclass
@@ -117,20 +169,16 @@ def audience(state: ServingState, req: AudienceRequest, scope: Scope | None = No
     those the filters keep and, for a scoped key, inside its ``scope``."""
     if req.size > state.settings.max_audience:
         raise InputError(f"size must be between 1 and {state.settings.max_audience}; got {req.size}")
-    notes: list[str] = []
-    if req.product_id is not None:
-        reference = np.array([product_row(state, req.product_id)], dtype=np.int64)
-    else:
-        attrs = req.attributes
-        assert attrs is not None  # the request model guarantees one of the two
-        reference, notes = _reference_products(state, attrs.category, attrs.price, attrs.brand)
+    row = product_row(state, req.product_id) if req.product_id is not None else None
+    target = audience_target(state, row, req.attributes)
+    notes = list(target.notes)
     with state.lock:  # live events may add member rows: mask and search see the same rows
         mask = member_mask(state, req.filters, scope)
         if req.exclude_bought_within_days is not None:
-            if req.product_id is None:
+            if row is None:
                 notes.append("exclude_bought_within_days ignored: a product not yet sold has no buyers")
             else:
-                recent, dated = state.recent_buyers(int(reference[0]), req.exclude_bought_within_days)
+                recent, dated = state.recent_buyers(row, req.exclude_bought_within_days)
                 if not dated:
                     notes.append(
                         "purchase dates are not in this bundle: every past buyer of the product is excluded "
@@ -138,23 +186,23 @@ def audience(state: ServingState, req: AudienceRequest, scope: Scope | None = No
                     )
                 mask = (np.ones(len(state.members), dtype=bool) if mask is None else mask) & ~recent
         whole = None
-        if _probabilities(state) is not None and state.scorer.kind == "model":
+        if _probabilities(state) is not None and (state.scorer.kind == "model" or target.dense):
             # the baselines need every pool member's score: rank the pool once and take its head
             # (the model's top-n is the head of its top-(n+1): recsys.models.base.topk_rows)
             n_rows = state.scorer.n_members
             pool = n_rows if mask is None else int(np.count_nonzero(mask[:n_rows]))
-            whole = state.scorer.audience(reference, max(pool, req.size), mask)
+            whole = target.rank(state, max(pool, req.size), mask)
             idx, sc = whole[0][: req.size], whole[1][: req.size]
         else:
-            idx, sc = state.scorer.audience(reference, req.size, mask)
+            idx, sc = target.rank(state, req.size, mask)
         ok = idx >= 0
         rows, scores = idx[ok], sc[ok]
         result = profile(state, rows, scores)
-        _add_baselines(state, result, reference, mask, whole)
+        _add_baselines(state, result, target, mask, whole)
     return AudienceResult(
         model_version=state.info.version,
         product_id=req.product_id,
-        reference_products=state.products.to_external(reference).tolist(),
+        reference_products=state.products.to_external(target.reference).tolist(),
         member_ids=state.members.external(rows),
         scores=scores.tolist(),
         profile=result,
@@ -190,7 +238,7 @@ def member_activity(state: ServingState) -> np.ndarray:
 
 
 def _add_baselines(
-    state: ServingState, result: AudienceProfile, reference: np.ndarray, mask: np.ndarray | None,
+    state: ServingState, result: AudienceProfile, target: AudienceTarget, mask: np.ndarray | None,
     whole: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """The pool the filters keep and, when the model gives calibrated purchase probabilities, the
@@ -205,7 +253,7 @@ def _add_baselines(
     if hook is None or result.expected_buyers is None or n == 0 or pool_size == 0:
         return
     # every pool member's score for the product: the same scorer call as the audience itself
-    idx, sc = whole if whole is not None else state.scorer.audience(reference, pool_size, mask)
+    idx, sc = whole if whole is not None else target.rank(state, pool_size, mask)
     ok = (idx >= 0) & np.isfinite(sc)
     rows = idx[ok]
     if not len(rows):

@@ -50,7 +50,7 @@ from serving.campaign_schemas import (
 )
 from serving.db import Campaign, CampaignMember, Database, SuppressedMember, SuppressionList
 from serving.errors import NotFoundError
-from serving.service.audiences import _reference_products, member_mask
+from serving.service.audiences import audience_target, member_mask
 from serving.service.common import listing
 from serving.state import Scope, ServingState
 
@@ -123,24 +123,20 @@ def _check_product(state: ServingState, product_id: str) -> int:
 
 def rank_audience(state: ServingState, req: CampaignRequest, pool: np.ndarray | None) -> Ranked:
     """Every pool member, in the model's order for the product (best first)."""
-    notes: list[str] = []
-    if req.product_id is not None:
-        reference = np.array([_check_product(state, req.product_id)], dtype=np.int64)
-    else:
-        assert req.attributes is not None
-        reference, notes = _reference_products(state, req.attributes.category, req.attributes.price,
-                                               req.attributes.brand)
+    row = _check_product(state, req.product_id) if req.product_id is not None else None
+    target = audience_target(state, row, req.attributes)
+    notes = list(target.notes)
     n_rows = state.scorer.n_members
     mask = None if pool is None else pool[:n_rows]
     n_pool = n_rows if mask is None else int(mask.sum())
-    if req.exclude_bought_within_days is not None and req.product_id is not None:
-        recent, _ = state.recent_buyers(int(reference[0]), req.exclude_bought_within_days)
+    if req.exclude_bought_within_days is not None and row is not None:
+        recent, _ = state.recent_buyers(row, req.exclude_bought_within_days)
         mask = (np.ones(n_rows, dtype=bool) if mask is None else mask.copy()) & ~recent[:n_rows]
         n_pool = int(mask.sum())
     if n_pool == 0:
         return Ranked(np.empty(0, np.int64), np.empty(0, np.float32), None, notes=notes)
     with state.lock:
-        idx, sc = state.scorer.audience(reference, n_pool, mask)
+        idx, sc = target.rank(state, n_pool, mask)
     ok = (idx >= 0) & np.isfinite(sc)
     rows, scores = idx[ok].astype(np.int64), sc[ok].astype(np.float64)
     return Ranked(rows, scores, _probabilities(state, scores), notes=notes)

@@ -175,7 +175,7 @@ class TrialRunner:
             truth = self.sub_truth_products if subsample else self.truth
             return evaluate_audiences(model, truth, self.seen, sizes=tuple(ev.audience_sizes),
                                       min_buyers_known=ev.min_buyers_known, min_buyers_new=ev.min_buyers_new,
-                                      reference=self.reference)
+                                      reference=self.reference, catalogue=self.data)
         data = self.sub_nbr if subsample else self.nbr
         return {f"nbr_{k}": v for k, v in evaluate_next_basket(model, data, tuple(ev.ks)).items()}
 

@@ -15,7 +15,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys.models.hybrid.params import HybridParams
-from recsys.models.hybrid.state import FeatureState, gather, knn_affinity
+from recsys.models.hybrid.state import (
+    FeatureState,
+    cat_band_codes,
+    cold_factors,
+    gather,
+    knn_affinity,
+)
 
 AUDIENCE_FEATURES = (
     "log_count", "log_category_count", "category_share", "log_member_occ", "log_member_days",
@@ -27,8 +33,65 @@ AUDIENCE_FEATURES = (
 
 
 
-def audience_logits(s: FeatureState, products: np.ndarray, w: np.ndarray, with_line: bool = True) -> np.ndarray:
-    """``(len(products), n_members)`` float32: ``w @ features`` for each product against every
+@dataclass(frozen=True)
+class ProductSide:
+    """What the audience models read of the products they score, one entry per product: gathered
+    from product rows of the state (:meth:`of_rows`) or from attributes alone, for a product in no
+    row (:meth:`of_attributes`), so both are scored by one code path."""
+
+    cat: np.ndarray  # category codes
+    band: np.ndarray  # price-band codes (-1 unknown)
+    cat_band: np.ndarray | None  # (category, price band) codes (None: the state has no bands)
+    brand: np.ndarray | None  # brand codes (-1 unknown; None: the state has no brands)
+    line: np.ndarray | None  # product-line codes (None: left out)
+    factors: np.ndarray  # (k, f) ALS product vectors
+    level: np.ndarray  # (k, 2) product_level
+    warm: np.ndarray  # sold in the history (the sold-product model scores those)
+    rows: np.ndarray | None  # product rows, for the terms of the member's own purchases; None: none
+
+    @classmethod
+    def of_rows(cls, s: FeatureState, products: np.ndarray, with_line: bool = True) -> ProductSide:
+        i = np.atleast_1d(np.asarray(products, dtype=np.int64))
+        return cls(
+            cat=s.item_cat[i], band=s.item_band[i],
+            cat_band=s.item_cat_band[i] if s.item_cat_band is not None else None,
+            brand=s.item_brand[i] if s.item_brand is not None else None,
+            line=s.item_line[i] if with_line and s.item_line is not None else None,
+            factors=s.item_factors[i], level=product_level(s, i),
+            warm=np.diff(s.counts_csc.indptr)[i] > 0, rows=i,
+        )
+
+    @classmethod
+    def of_attributes(
+        cls, s: FeatureState, cat: np.ndarray, band: np.ndarray, brand: np.ndarray, keys: tuple[str, ...]
+    ) -> ProductSide:
+        """Products in no row, by category, price-band and brand codes (-1 unknown): never sold,
+        no product line, the ALS vector a never-sold product of those attributes gets
+        (:func:`~recsys.models.hybrid.state.cold_factors`; ``keys``: the product tags the state
+        was built with)."""
+        cat, band, brand = (np.atleast_1d(np.asarray(a, dtype=np.int64)) for a in (cat, band, brand))
+        n_bands = int(s.item_band.max()) + 1
+        return cls(
+            cat=cat, band=band,
+            cat_band=cat_band_codes(cat, band, n_bands) if s.item_cat_band is not None else None,
+            brand=brand if s.item_brand is not None else None, line=None,
+            factors=cold_factors(s, cat, band, keys), level=np.zeros((len(cat), 2), np.float32),
+            warm=np.zeros(len(cat), dtype=bool), rows=None,
+        )
+
+    def take(self, sel: np.ndarray) -> ProductSide:
+        def part(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[sel]
+
+        return ProductSide(self.cat[sel], self.band[sel], part(self.cat_band), part(self.brand), part(self.line),
+                           self.factors[sel], self.level[sel], self.warm[sel], part(self.rows))
+
+    def __len__(self) -> int:
+        return len(self.cat)
+
+
+def audience_logits(s: FeatureState, side: ProductSide, w: np.ndarray) -> np.ndarray:
+    """``(len(side), n_members)`` float32: ``w @ features`` for each product against every
     member, the features being :func:`audience_pair_features`'s, without materialising them.
 
     The audience score is linear in its features, and most features depend on the member and on
@@ -37,10 +100,10 @@ def audience_logits(s: FeatureState, products: np.ndarray, w: np.ndarray, with_l
     neighbours. So the score is a member term, plus one dense row per distinct group in the
     block (copied to its products), plus a factor product, plus sparse terms added where they are
     non-zero: a few dense passes per block instead of one per feature. Features whose weight is
-    zero (the never-sold model leaves most of them out) are not computed at all. ``with_line =
-    False`` scores the products as if their product line were unknown (a product described by its
-    category, price and brand alone)."""
-    products = np.atleast_1d(np.asarray(products, dtype=np.int64))
+    zero (the never-sold model leaves most of them out) are not computed at all. A side without
+    product lines (``ProductSide.of_rows(..., with_line=False)``) scores the products as if their
+    line were unknown (a product described by its category, price and brand alone); one without
+    rows (``of_attributes``) has no purchases or neighbours of its own."""
     wt = {f: float(w[j]) for j, f in enumerate(AUDIENCE_FEATURES)}
     occ = s.member_occ
     log_occ = np.log1p(occ)
@@ -52,9 +115,9 @@ def audience_logits(s: FeatureState, products: np.ndarray, w: np.ndarray, with_l
         + wt["member_repeat_share"] * s.member_repeat + wt["log_early_adoptions"] * np.log1p(early)
         + wt["early_adoption_share"] * early * inv_occ
     ).astype(np.float32)
-    out = np.empty((len(products), s.n_members), dtype=np.float32)
+    out = np.empty((len(side), s.n_members), dtype=np.float32)
     if wt["cf"] != 0.0:
-        np.matmul(wt["cf"] * s.item_factors[products], s.user_factors.T, out=out)
+        np.matmul(wt["cf"] * side.factors, s.user_factors.T, out=out)
         out += member
     else:
         out[:] = member
@@ -90,15 +153,15 @@ def audience_logits(s: FeatureState, products: np.ndarray, w: np.ndarray, with_l
             t += wt["log_brand_knn"] * np.log1p(rows(s.counts_csc @ s.csc("brand_knn")[:, b], slice(None)))
         return t
 
-    add_group(s.item_cat[products], category_term)
-    if s.item_brand is not None and (wt["log_brand_count"] or wt["log_brand_knn"]):
-        add_group(s.item_brand[products], brand_term)
-    if with_line and s.item_line is not None and s.member_line_csc is not None and wt["log_line_count"]:
-        add_group(s.item_line[products], lambda g: wt["log_line_count"] * np.log1p(rows(s.member_line_csc, g)))
+    add_group(side.cat, category_term)
+    if side.brand is not None and (wt["log_brand_count"] or wt["log_brand_knn"]):
+        add_group(side.brand, brand_term)
+    if side.line is not None and s.member_line_csc is not None and wt["log_line_count"]:
+        add_group(side.line, lambda g: wt["log_line_count"] * np.log1p(rows(s.member_line_csc, g)))
     if wt["band_share"]:
-        add_group(s.item_band[products],
+        add_group(side.band,
                   lambda g: (wt["band_share"] * s.member_band[:, g].T * inv_occ).astype(np.float32))
-    if wt["cat_band_share"] and s.item_cat_band is not None and s.member_cat_band_csc is not None:
+    if wt["cat_band_share"] and side.cat_band is not None and s.member_cat_band_csc is not None:
         n_bands = int(s.item_band.max()) + 1
 
         def cat_band_term(g: np.ndarray) -> np.ndarray:
@@ -106,7 +169,10 @@ def audience_logits(s: FeatureState, products: np.ndarray, w: np.ndarray, with_l
             in_cat = np.maximum(rows(s.member_cat_csc, g // n_bands), 1.0)
             return (wt["cat_band_share"] * rows(s.member_cat_band_csc, g) / in_cat).astype(np.float32)
 
-        add_group(s.item_cat_band[products], cat_band_term)
+        add_group(side.cat_band, cat_band_term)
+    if side.rows is None:  # a product in no row: nobody bought it or a neighbour of it
+        return out
+    products = side.rows
     # sparse terms: the member bought the product (count, recency) or one of its neighbours (kNN);
     # the (member, product) pairs of a column slice are distinct, so a fancy-index add is exact
     if wt["log_count"] or wt["log_count_x_recency"]:
@@ -267,18 +333,19 @@ def fit_audience(ex: AudienceExamples, p: HybridParams) -> tuple[np.ndarray, np.
     return w, g, bias
 
 def audience_scores(
-    s: FeatureState, products: np.ndarray, w: np.ndarray, g: np.ndarray, bias: np.ndarray, with_line: bool = True
+    s: FeatureState, products: np.ndarray | ProductSide, w: np.ndarray, g: np.ndarray, bias: np.ndarray,
+    with_line: bool = True,
 ) -> np.ndarray:
     """Audience logits ``(len(products), n_members)``: the sold-product model for products
     with sales, the never-sold one for the others, each plus its product-level offset
-    (``w``, ``g``, ``bias``: what :func:`fit_audience` returned)."""
-    products = np.asarray(products, dtype=np.int64)
-    out = np.empty((len(products), s.n_members), dtype=np.float32)
-    warm = np.diff(s.counts_csc.indptr)[products] > 0
-    offset = (g @ product_level(s, products).T + bias[:, None]).astype(np.float32)
-    for model, sel in ((0, np.flatnonzero(warm)), (1, np.flatnonzero(~warm))):
+    (``w``, ``g``, ``bias``: what :func:`fit_audience` returned). ``products``: product rows, or a
+    :class:`ProductSide` (products described by attributes: ``ProductSide.of_attributes``)."""
+    side = products if isinstance(products, ProductSide) else ProductSide.of_rows(s, products, with_line)
+    out = np.empty((len(side), s.n_members), dtype=np.float32)
+    offset = (g @ side.level.T + bias[:, None]).astype(np.float32)
+    for model, sel in ((0, np.flatnonzero(side.warm)), (1, np.flatnonzero(~side.warm))):
         if len(sel):
-            out[sel] = audience_logits(s, products[sel], w[model], with_line=with_line)
+            out[sel] = audience_logits(s, side.take(sel), w[model])
             out[sel] += offset[model, sel][:, None]
     return out
 

@@ -4,6 +4,7 @@ the final feature state), scoring through the contract's hooks, and saving / loa
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -11,10 +12,11 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from recsys.errors import RecsysError
-from recsys.models.base import Capability, Recommender, TrainData
+from recsys.errors import InputError, RecsysError
+from recsys.models.base import Capability, ProductDescription, Recommender, Tag, TrainData
 from recsys.models.hybrid.audiences import (
     AudienceExamples,
+    ProductSide,
     audience_examples,
     audience_scores,
     fit_audience,
@@ -30,6 +32,7 @@ from recsys.models.hybrid.ranker import (
 )
 from recsys.models.hybrid.state import build_state, id_prefix_codes, state_arrays, state_from_arrays
 from recsys.models.hybrid.windows import label_windows
+from recsys.tags import price_band_of
 
 NEG_INF = np.float32(-np.inf)
 
@@ -41,22 +44,32 @@ class Hybrid(Recommender):
     Params = HybridParams
     # 2: price-band and recent-category audience features; 3: product-level audience terms;
     # 4: product-line and brand / category kNN audience features; 5: the member's price band within
-    # a category (members x (category, band) table, an audience feature)
-    state_version = 5
+    # a category (members x (category, band) table, an audience feature); 6: the labels of the
+    # product attributes and the categories' price-band thresholds (products described by attributes)
+    state_version = 6
     capabilities = frozenset({Capability.PROBABILITIES, Capability.ITEM_VECTORS, Capability.PURCHASE_AGES,
-                              Capability.PURCHASE_COUNTS})
+                              Capability.PURCHASE_COUNTS, Capability.ATTRIBUTE_AUDIENCE})
 
     def _tags(self, data: TrainData) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Category, brand and product-line codes of every product (brand and line: ``None`` when
-        unknown)."""
+        unknown). Keeps the labels behind the codes (and the categories' price-band thresholds),
+        which place a product described by attributes (:meth:`attribute_member_scores`)."""
         cat = data.product_tags.get("category")
         brand = data.product_tags.get("brand")
+        band = data.product_tags.get("price_band")
         item_cat = cat.codes if cat is not None else np.zeros(data.n_products, np.int32)
         item_brand = brand.codes if brand is not None and (brand.codes >= 0).any() else None
+        brand_labels = brand.labels if item_brand is not None and brand is not None else ()
         ids = data.interactions.products.external_ids.astype(str)
         if item_brand is None and self.params.brand_from_id_prefix:
             item_brand = id_prefix_codes(ids, self.params.brand_from_id_prefix)
         item_line = id_prefix_codes(ids, self.params.line_from_id_prefix) if self.params.line_from_id_prefix else None
+        self.attribute_labels = {
+            "category": list(cat.labels) if cat is not None else None,
+            "price_band": list(band.labels) if band is not None else None,
+            "brand": list(brand_labels),  # a brand from the id prefix has no label a merchandiser names
+        }
+        self.price_bands = {c: [float(lo), float(hi)] for c, (lo, hi) in (data.category_price_bands or {}).items()}
         return item_cat, item_brand, item_line
 
     def _fit(self, data: TrainData) -> None:
@@ -137,6 +150,49 @@ class Hybrid(Recommender):
             lambda p: audience_scores(self.state, p, self.audience_w, self.audience_g, self.audience_b, with_line=False),
             products, n, member_mask)
 
+    def attribute_member_scores(self, products: Sequence[ProductDescription]) -> np.ndarray:
+        """Products described by attributes, scored by the never-sold model exactly as
+        :meth:`attribute_audience` scores a never-sold row: category code, the price band the
+        features build would give the price in that category (:func:`recsys.tags.price_band_of`
+        against the thresholds the model was trained with), brand code, the ALS vector of a
+        never-sold product of that category and band, no sales, no product line."""
+        self._require_audiences()
+        cat, band, brand = self.attribute_codes(products)
+        keys = tuple(k for k in ("category", "price_band") if self.attribute_labels.get(k) is not None)
+        side = ProductSide.of_attributes(self.state, cat, band, brand, keys)
+        return audience_scores(self.state, side, self.audience_w, self.audience_g, self.audience_b)
+
+    def read_attributes(self, products: Sequence[ProductDescription]) -> list[dict[str, str | None]]:
+        cat, band, brand = self.attribute_codes(products)
+        labels = self.attribute_labels
+
+        def label(kind: str, code: int) -> str | None:
+            known = labels.get(kind) or []
+            return str(known[code]) if 0 <= code < len(known) else None
+
+        return [{"category": p.category, "price_band": label("price_band", int(b)), "brand": label("brand", int(r))}
+                for p, b, r in zip(products, band, brand, strict=True)]
+
+    def attribute_codes(self, products: Sequence[ProductDescription]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Category, price-band and brand codes of described products (-1: unknown band or
+        brand); an unknown category is an :class:`InputError` naming the known ones."""
+        labels = self.attribute_labels
+        cats = Tag(np.zeros(0, np.int32), tuple(labels.get("category") or ()))
+        bands = Tag(np.zeros(0, np.int32), tuple(labels.get("price_band") or ()))
+        brands = Tag(np.zeros(0, np.int32), tuple(labels.get("brand") or ()))
+        out = np.full((3, len(products)), -1, dtype=np.int64)
+        for j, p in enumerate(products):
+            c = cats.code(p.category) if labels.get("category") is not None else 0
+            if c < 0:
+                known = sorted(cats.labels)
+                shown = ", ".join(known[:30]) + (f", ... ({len(known)} in all)" if len(known) > 30 else "")
+                raise InputError(f"unknown category {p.category!r}; categories: {shown}")
+            lo, hi = self.price_bands.get(p.category, (None, None))
+            out[0, j] = c
+            out[1, j] = bands.code(price_band_of(p.price, lo, hi))
+            out[2, j] = brands.code(p.brand) if p.brand is not None else -1
+        return out[0], out[1], out[2]
+
     def purchase_probability(self, scores: np.ndarray) -> np.ndarray:
         """Audience scores (logits) -> calibrated purchase probabilities in a label window."""
         return 1.0 / (1.0 + np.exp(-np.asarray(scores, dtype=np.float64)))
@@ -157,6 +213,7 @@ class Hybrid(Recommender):
             "ranker": self.ranker.booster_.model_to_string(),
             "keep_cols": self.keep_cols, "audience_w": self.audience_w, "audience_g": self.audience_g,
             "audience_b": self.audience_b, "training_summary": self.training_summary,
+            "attribute_labels": self.attribute_labels, "price_bands": self.price_bands,
         }
         out.update({f"s_{k}": v for k, v in state_arrays(self.state).items()})
         return out
@@ -169,4 +226,5 @@ class Hybrid(Recommender):
         self.keep_cols = st["keep_cols"]
         self.audience_w, self.audience_g, self.audience_b = st["audience_w"], st["audience_g"], st["audience_b"]
         self.training_summary = st.get("training_summary", {})
+        self.attribute_labels, self.price_bands = st["attribute_labels"], st["price_bands"]
         self.state = state_from_arrays({k[2:]: v for k, v in st.items() if k.startswith("s_")})

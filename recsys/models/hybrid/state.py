@@ -208,12 +208,29 @@ def build_state(
     )
 
 
-def cat_band_codes(item_cat: np.ndarray, item_band: np.ndarray) -> np.ndarray | None:
-    """One code per (category, price band) pair a product has (-1 when either is unknown)."""
-    if not (item_band >= 0).any():
-        return None
-    n_bands = int(item_band.max()) + 1
+def cat_band_codes(item_cat: np.ndarray, item_band: np.ndarray, n_bands: int | None = None) -> np.ndarray | None:
+    """One code per (category, price band) pair a product has (-1 when either is unknown);
+    ``n_bands``: the state's band count when coding products beyond its own (None: from
+    ``item_band``, and None when no product has a band)."""
+    if n_bands is None:
+        if not (item_band >= 0).any():
+            return None
+        n_bands = int(item_band.max()) + 1
     return np.where((item_cat >= 0) & (item_band >= 0), item_cat.astype(np.int64) * n_bands + item_band, -1)
+
+
+def cold_factors(s: FeatureState, cat: np.ndarray, band: np.ndarray, keys: tuple[str, ...]) -> np.ndarray:
+    """``(len(cat), f)`` ALS vectors for products in no row, by category and price-band codes:
+    exactly what :func:`build_state` gave a never-sold product of those codes
+    (:func:`~recsys.models.factorization.attribute_vectors` over the same sold products, in the
+    same order; ``keys``: which of ``category`` / ``price_band`` the state was built with)."""
+    warm = np.diff(s.counts_csc.indptr) > 0
+    n_warm, k = int(warm.sum()), len(cat)
+    vectors = np.concatenate([s.item_factors[warm], np.zeros((k, s.item_factors.shape[1]), s.item_factors.dtype)])
+    is_warm = np.r_[np.ones(n_warm, dtype=bool), np.zeros(k, dtype=bool)]
+    codes = {"category": np.r_[s.item_cat[warm], cat], "price_band": np.r_[s.item_band[warm], band]}
+    tags = {key: Tag(codes[key].astype(np.int32), ()) for key in keys if key in codes}
+    return attribute_vectors(vectors, is_warm, tags)[n_warm:]
 
 
 def early_adoptions(x: Interactions, weeks: int = 2) -> np.ndarray:

@@ -74,8 +74,9 @@ function renderForm(form, result, ctx) {
     if (st.results.length) showResults(resultsBox, null, () => renderForm(form, result, ctx));
   } else {
     targetBox = h("div", { class: "target" },
-      h("p", { class: "muted small" }, "描述一款尚未销售的商品：按同类目（价格带、品牌）的参照商品打分。"
-        + " Describe a product not yet on sale; it is scored from reference products of its category."),
+      h("p", { class: "muted small" }, "描述一款尚未销售的商品：模型按类目、价格带与品牌为其打分（不支持的模型按同类目参照商品打分）。"
+        + " Describe a product not yet on sale; the model scores it from its category, price band and brand"
+        + " (a model that cannot: from reference products of its category)."),
       h("div", { class: "fields-3" },
         h("label", {}, "类目 Category", h("select", { id: "new-category" }, categoryOptions(f.category || st.options.categories[0]))),
         h("label", {}, "价格 Price (¥)", h("input", { id: "new-price", type: "number", min: "0", step: "0.01", value: f.price })),
@@ -185,7 +186,9 @@ function describe(req, resp) {
   }
   const a = req.attributes;
   return `新品 New product · ${a.category}${a.price ? ` · ¥${a.price}` : ""}${a.brand ? ` · ${a.brand}` : ""}`
-    + ` (参照 reference: ${resp.reference_products.slice(0, 5).join(", ")}${resp.reference_products.length > 5 ? "…" : ""})`;
+    + (resp.reference_products.length
+      ? ` (参照 reference: ${resp.reference_products.slice(0, 5).join(", ")}${resp.reference_products.length > 5 ? "…" : ""})`
+      : " (按属性打分 scored from its attributes)");
 }
 
 export function renderResult(result, req, resp) {
