@@ -91,6 +91,25 @@ def test_attribute_scores_equal_the_never_sold_rows_scores(fitted: tuple[Recomme
     np.testing.assert_array_equal(sc_d, sc)
 
 
+def test_a_brand_from_the_id_prefix_is_named_by_that_prefix(fitted: tuple[Recommender, TrainData]) -> None:
+    """A shop without a brand column whose brands come from the barcode prefix: a merchandiser
+    names the brand by the prefix, and gets what the never-sold row of that prefix gets."""
+    model, data = fitted
+    no_brand = dataclasses.replace(data, product_tags={k: v for k, v in data.product_tags.items() if k != "brand"})
+    params = {**model.params.model_dump(), "brand_from_id_prefix": 8}
+    prefixed = get_model("hybrid")(params).fit(no_brand)
+    ids = no_brand.interactions.products.external_ids
+    s = prefixed.state
+    for j in never_sold(prefixed):
+        desc = dataclasses.replace(describe(data, j), brand=str(ids[j])[:8])
+        by_row = audience_scores(s, np.array([j]), prefixed.audience_w, prefixed.audience_g, prefixed.audience_b,
+                                 with_line=False)
+        np.testing.assert_array_equal(prefixed.attribute_member_scores([desc]), by_row)
+    j = never_sold(prefixed)[0]
+    named = prefixed.read_attributes([dataclasses.replace(describe(data, j), brand=str(ids[j])[:8])])
+    assert named[0]["brand"] == str(ids[j])[:8]
+
+
 def test_the_price_places_the_product_in_a_band(fitted: tuple[Recommender, TrainData]) -> None:
     model, data = fitted
     cat, band, _ = model.attribute_codes([ProductDescription("c0", p) for p in (1.0, 2.5, 5.5, 9.0, None)])

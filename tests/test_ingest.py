@@ -51,7 +51,7 @@ def _write(path: Path, text: str) -> Path:
 
 
 def _mapping(tmp_path: Path, lines: str = LINES, columns: dict[str, str] | None = None,
-             **tables: dict) -> MappingConfig:
+             **tables: object) -> MappingConfig:
     src = _write(tmp_path / "src" / "lines.csv", lines)
     raw = {"name": "shop",
            "transactions": {"path": str(src), "columns": columns or TXN_COLUMNS}, **tables}
@@ -444,6 +444,10 @@ def test_tafeng_full_ingest(tmp_path: Path) -> None:
     assert (lo, hi) == ("2000-11-01", "2001-02-28")
     assert con.execute(f"SELECT count(*) FROM {memb}").fetchone()[0] == 32_266
     assert con.execute(f"SELECT count(*) FROM {prod}").fetchone()[0] == 23_812
+    # the mapping's brand_from_id_prefix: barcode ids name their maker in the first 8 digits
+    branded, wrong = con.execute(f"SELECT count(brand), count(*) FILTER (brand <> substr(product_id, 1, 8)) "
+                                 f"FROM {prod}").fetchone()
+    assert branded == report.tables["products"]["brand"]["branded"] > 20_000 and wrong == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -662,6 +666,27 @@ def test_product_master_without_price_gets_the_median_paid(tmp_path: Path) -> No
     buf = StringIO()
     report.print(Console(file=buf, width=200))
     assert "no price column" in buf.getvalue()
+
+
+def test_a_barcode_prefix_is_the_brand_of_products_without_one(tmp_path: Path) -> None:
+    """``brand_from_id_prefix``: a product with no brand whose id is a barcode (12+ characters)
+    gets the id's first N characters as its brand; a given brand and a short id are left alone."""
+    products = _write(tmp_path / "src" / "products.csv",
+                      "id,cat,brand\n4710001000011,dairy,Own\n4710001000028,dairy,\n"
+                      "0088400000123,bakery,\nP9,bakery,\n")
+    prod_map = {"path": str(products), "columns": {"product_id": "id", "category": "cat", "brand": "brand"}}
+    lines = ("card,sku,date,qty,paid\nM1,4710001000011,2024-01-01,1,10\nM2,4710001000028,2024-01-02,2,30\n"
+             "M3,P9,2024-01-03,1,11\n")
+    cols = {k: v for k, v in TXN_COLUMNS.items() if k != "cost"}
+    out = tmp_path / "out"
+    report = ingest(_mapping(tmp_path, lines, cols, products=prod_map, brand_from_id_prefix=8), out)
+    assert _rows(out / "products.parquet", "SELECT product_id, brand FROM t ORDER BY product_id") == [
+        ("0088400000123", "00884000"), ("4710001000011", "Own"), ("4710001000028", "47100010"), ("P9", None)]
+    assert report.tables["products"]["brand"]["branded"] == 3
+    assert "first 8 characters" in report.tables["products"]["brand"]["source"]
+    # without the setting, nothing is made up
+    ingest(_mapping(tmp_path, lines, cols, products=prod_map), tmp_path / "plain")
+    assert _rows(tmp_path / "plain" / "products.parquet", "SELECT count(brand) FROM t") == [(1,)]
 
 
 # ---------------------------------------------------------------------------------------------

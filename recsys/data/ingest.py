@@ -440,7 +440,7 @@ def _run(con: Any, mapping: MappingConfig, out_dir: Path, tmp_dir: Path,
                    "max_quantity": mapping.limits.max_quantity},
     }
 
-    outputs = _write_outputs(con, out_dir, tmp_dir, prod, memb is not None, tables)
+    outputs = _write_outputs(con, out_dir, tmp_dir, prod, memb is not None, tables, mapping.brand_from_id_prefix)
     for s in sources.values():
         s.info["sha256"] = sha256sum(s.mapping.path)
     return ValidationReport(
@@ -981,11 +981,12 @@ def _raise_first_transaction(con: duckdb.DuckDBPyConnection, src: _Source,
 
 
 PRICE_FROM_LINES = "median amount / quantity of its kept sales lines"
+BARCODE_MIN_LENGTH = 12  # EAN-13 / GS1 ids (12 digits and up): their leading digits name the maker
 
 
 def _write_outputs(con: duckdb.DuckDBPyConnection, out_dir: Path, tmp_dir: Path,
                    prod: _Source | None, has_members: bool,
-                   tables: dict[str, dict[str, Any]]) -> dict[str, int]:
+                   tables: dict[str, dict[str, Any]], brand_prefix: int | None = None) -> dict[str, int]:
     staged = tmp_dir / "out"
     staged.mkdir()
     # A NULL-only column gets an explicit type so the Parquet schema is the same for every source.
@@ -996,6 +997,10 @@ def _write_outputs(con: duckdb.DuckDBPyConnection, out_dir: Path, tmp_dir: Path,
           staged / "transactions.parquet")
 
     line_price = "SELECT product_id, median(amount / quantity) AS line_price FROM t_kept GROUP BY 1"
+    brand = Col.BRAND
+    if brand_prefix is not None:  # a barcode's leading digits name its maker (MappingConfig)
+        brand = (f"coalesce({Col.BRAND}, CASE WHEN length({Col.PRODUCT}) >= {BARCODE_MIN_LENGTH} "
+                 f"THEN substr({Col.PRODUCT}, 1, {int(brand_prefix)}) END)")
     if prod is not None:
         # Products never sold stay; a bad or missing list price falls back to the median paid.
         products = f"""
@@ -1010,7 +1015,7 @@ def _write_outputs(con: duckdb.DuckDBPyConnection, out_dir: Path, tmp_dir: Path,
             LEFT JOIN ({_mode(Col.PRODUCT, Col.CATEGORY)}) c USING (product_id)
             LEFT JOIN ({_mode(Col.PRODUCT, Col.BRAND)}) b USING (product_id)
             LEFT JOIN ({_mode(Col.PRODUCT, Col.NAME)}) n USING (product_id)"""
-    prod_cols = ", ".join(f"CAST({c} AS {t}) AS {c}" for c, t in PRODUCT_OUTPUT.items())
+    prod_cols = ", ".join(f"CAST({brand if c == Col.BRAND else c} AS {t}) AS {c}" for c, t in PRODUCT_OUTPUT.items())
     _copy(con, f"SELECT {prod_cols} FROM ({products}) ORDER BY product_id",
           staged / "products.parquet")
 
@@ -1055,6 +1060,12 @@ def _write_outputs(con: duckdb.DuckDBPyConnection, out_dir: Path, tmp_dir: Path,
         "source": (f"list price column {prod.columns[Col.PRICE]!r}, else the {PRICE_FROM_LINES}"
                    if listed else PRICE_FROM_LINES),
         "derived": not listed, "priced": int(priced), "without_price": int(unpriced)}
+    if brand_prefix is not None:
+        tables["products"]["brand"] = {
+            "source": f"the brand column, else the first {brand_prefix} characters of a barcode-like id "
+                      f"({BARCODE_MIN_LENGTH}+ characters)",
+            "branded": int(con.execute(f"SELECT count(brand) FROM read_parquet("
+                                       f"{_lit(str(out_dir / 'products.parquet'))})").fetchone()[0])}
     return outputs
 
 

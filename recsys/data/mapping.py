@@ -176,6 +176,10 @@ class MappingConfig(BaseModel):
     members: TableMapping | None = None
     identities: TableMapping | None = None
     limits: Limits = Field(default_factory=Limits)
+    # A product without a brand takes the first N characters of its id when the id is a retail
+    # barcode (EAN-13 / GS1: 12 characters or more), whose leading digits name the maker: a brand a
+    # merchandiser can name (and filter and describe a new product by) for data with no brand column.
+    brand_from_id_prefix: int | None = Field(default=None, ge=1, le=20)
 
     @field_validator("name")
     @classmethod

@@ -30,7 +30,13 @@ from recsys.models.hybrid.ranker import (
     ranker_examples,
     score_candidates,
 )
-from recsys.models.hybrid.state import build_state, id_prefix_codes, state_arrays, state_from_arrays
+from recsys.models.hybrid.state import (
+    build_state,
+    id_prefix_codes,
+    id_prefix_tag,
+    state_arrays,
+    state_from_arrays,
+)
 from recsys.models.hybrid.windows import label_windows
 from recsys.tags import price_band_of
 
@@ -62,12 +68,13 @@ class Hybrid(Recommender):
         brand_labels = brand.labels if item_brand is not None and brand is not None else ()
         ids = data.interactions.products.external_ids.astype(str)
         if item_brand is None and self.params.brand_from_id_prefix:
-            item_brand = id_prefix_codes(ids, self.params.brand_from_id_prefix)
+            prefix = id_prefix_tag(ids, self.params.brand_from_id_prefix)
+            item_brand, brand_labels = prefix.codes, prefix.labels
         item_line = id_prefix_codes(ids, self.params.line_from_id_prefix) if self.params.line_from_id_prefix else None
         self.attribute_labels = {
             "category": list(cat.labels) if cat is not None else None,
             "price_band": list(band.labels) if band is not None else None,
-            "brand": list(brand_labels),  # a brand from the id prefix has no label a merchandiser names
+            "brand": list(brand_labels),  # from the id prefix: the prefixes
         }
         self.price_bands = {c: [float(lo), float(hi)] for c, (lo, hi) in (data.category_price_bands or {}).items()}
         return item_cat, item_brand, item_line

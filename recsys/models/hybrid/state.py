@@ -278,12 +278,17 @@ def knn_affinity(s: FeatureState, u: np.ndarray, i: np.ndarray, table: str = "kn
 _KNN_BLOCK_ENTRIES = 4_000_000  # members x columns of one dense block (16 MB)
 
 
-def id_prefix_codes(ids: np.ndarray, n: int) -> np.ndarray:
-    """Codes of the first ``n`` characters of product ids that look like retail barcodes (EAN-13 /
-    GS1: 12 digits or more), whose prefixes name the maker and, longer, the product line; other ids
-    stay unknown (-1)."""
+def id_prefix_tag(ids: np.ndarray, n: int) -> Tag:
+    """The first ``n`` characters of product ids that look like retail barcodes (EAN-13 / GS1: 12
+    digits or more), whose prefixes name the maker and, longer, the product line; other ids stay
+    unknown (-1). The labels are the prefixes (what a merchandiser names)."""
     prefix = np.array([i[:n] if len(i) >= 12 else "" for i in ids], dtype=object)
-    return Tag.from_values(prefix).codes
+    return Tag.from_values(prefix)
+
+
+def id_prefix_codes(ids: np.ndarray, n: int) -> np.ndarray:
+    """:func:`id_prefix_tag`'s codes."""
+    return id_prefix_tag(ids, n).codes
 
 
 
