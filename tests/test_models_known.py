@@ -418,6 +418,33 @@ def test_hybrid_within_product_logistic_is_scikit_learns_optimum(l2: float) -> N
     np.testing.assert_allclose(_logistic_within(A, b, group, l2), want, rtol=1e-4, atol=1e-5)
 
 
+def test_hybrid_never_sold_fit_within_ranks_members_of_a_product_by_what_holds_within_it() -> None:
+    # a feature whose relation across products is the reverse of its relation within one (members
+    # of the best-selling products score high on it, yet within any product the lower-scoring
+    # members are the buyers): pooled over every never-sold product's examples the regression
+    # follows the products; with one intercept per product ("within") it follows the members,
+    # which is what ranking the members of one product needs
+    from recsys.models.hybrid.audiences import AUDIENCE_FEATURES, AudienceExamples, fit_audience
+    from recsys.models.hybrid.params import HybridParams
+
+    rng = np.random.default_rng(3)
+    n, groups = 20_000, 200
+    group = rng.integers(0, groups, n)
+    level = rng.standard_normal(groups) * 2.0  # how much each product sells
+    deviation = rng.standard_normal(n) * 0.5
+    feature = level[group] + deviation
+    b = (rng.random(n) < 1 / (1 + np.exp(-(1.5 * level[group] - 2.0 * deviation - 2.0)))).astype(float)
+    A = np.zeros((n, len(AUDIENCE_FEATURES)), np.float32)
+    col = AUDIENCE_FEATURES.index("log_category_knn")
+    A[:, col] = feature
+    ex = AudienceExamples(A=A, b=b, cold=np.ones(n, bool), group=group, level=np.zeros((n, 2), np.float32),
+                          rate=np.full(n, 0.1))
+    weights = {fit: fit_audience(ex, HybridParams(cold_audience_fit=fit, cold_audience_features=["log_category_knn"]))[0]
+               for fit in ("pooled", "within")}
+    assert weights["pooled"][1, col] > 0  # follows the products
+    assert weights["within"][1, col] < 0  # follows the members
+
+
 def test_hybrid_product_line_codes_come_only_from_barcode_ids() -> None:
     # a line is a longer id prefix of a barcode (12+ characters); other ids get no line (-1), so a
     # retailer whose ids are not barcodes gets a zero line feature rather than a wrong one

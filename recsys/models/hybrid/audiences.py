@@ -329,7 +329,16 @@ def fit_audience(ex: AudienceExamples, p: HybridParams) -> tuple[np.ndarray, np.
     rows = ex.cold
     if rows.sum() < 50 or len(np.unique(ex.b[rows])) < 2:
         rows = np.ones(len(ex.b), dtype=bool)  # too few cold examples: learn from all products
-    w[1, cold_cols], bias[1] = _logistic(ex.A[rows][:, cold_cols], ex.b[rows], p.audience_l2, rate)
+    Ac, bc = ex.A[rows][:, cold_cols], ex.b[rows]
+    if p.cold_audience_fit == "within":
+        # weights from differences between members of the same product (they are logit slopes
+        # already); only the level is then fitted. A never-sold product has no sales to set its
+        # level from, so a second fit of the score's scale across products would learn how
+        # products differ (and could even turn the ranking over): the scale stays as learnt.
+        rank_c = _logistic_within(Ac, bc, ex.group[rows], p.audience_l2)
+        w[1, cold_cols], bias[1] = rank_c, _offset(Ac @ rank_c, bc, rate)
+    else:
+        w[1, cold_cols], bias[1] = _logistic(Ac, bc, p.audience_l2, rate)
     return w, g, bias
 
 def audience_scores(
@@ -395,6 +404,21 @@ def _logistic_within(A: np.ndarray, b: np.ndarray, group: np.ndarray, l2: float,
         if decrement < tol * len(y):
             break
     return (w / std).astype(np.float32)
+
+
+def _offset(score: np.ndarray, b: np.ndarray, rate: float, max_iter: int = 100) -> float:
+    """The intercept of a logistic regression whose slope is fixed (``sigmoid(score + c)``: the
+    c where the expected positives equal the observed ones), plus the sampling correction
+    ``log(rate)`` as in :func:`_logistic`."""
+    s, y = np.asarray(score, np.float64), float(np.sum(b))
+    c = float(np.log(max(y, 1e-9) / max(len(s) - y, 1e-9)) - np.median(s))
+    for _ in range(max_iter):  # Newton on the concave log-likelihood in c
+        q = 1.0 / (1.0 + np.exp(-(s + c)))
+        step = (y - q.sum()) / max(float((q * (1.0 - q)).sum()), 1e-12)
+        c += step
+        if abs(step) < 1e-10:
+            break
+    return float(c + np.log(rate))
 
 
 def _logistic(A: np.ndarray, b: np.ndarray, l2: float, rate: float) -> tuple[np.ndarray, float]:

@@ -17,7 +17,8 @@ class HybridParams(ModelParams):
     bm25_b: float = 0.8
     knn_neighbours: int = 100
     # Without a brand column, a product id that is a retail barcode (EAN-13 / GS1) still names its
-    # maker in its first digits: group products by that prefix as a stand-in for brand.
+    # maker in its first digits: group products by that prefix as a stand-in for brand. (Better at
+    # ingest, the mapping's ``brand_from_id_prefix``: the brand is then a tag every part sees.)
     brand_from_id_prefix: int | None = None
     # ... and a longer prefix names a product line (one maker's sizes and flavours of a product): a
     # never-sold product is often a new variant of a line that sold
@@ -44,12 +45,22 @@ class HybridParams(ModelParams):
     audience_negatives: int = 20
     audience_max_products: int = 3000
     audience_l2: float = 1.0
-    # a never-sold product has no purchase history to learn from, and a model with many free
-    # weights over-fits the one window it learns from: keep it to the signals that transfer
+    # a never-sold product has no purchase history to learn from: the never-sold model reads the
+    # member's affinity to the product's category, brand, line and price band, and how they shop.
+    # Chosen on the validation windows (experiments/launch_audiences.py; lift over the most-active
+    # members for never-sold products, December / January): the list before, fitted pooled, 0.66x /
+    # 1.04x; fitted within products 0.72x / 1.07x; plus the member's category share, category x
+    # activity, days, recency and early-adoption share 1.12x / 1.06x; without the ALS vector ("cf",
+    # for a never-sold product an average over its category and band) 1.16x / 1.07x
     cold_audience_features: list[str] = [
-        "log_category_count", "log_member_occ", "cf", "log_brand_count", "log_early_adoptions", "band_share",
+        "log_category_count", "log_member_occ", "log_brand_count", "log_early_adoptions", "band_share",
         "log_category_recent", "log_line_count", "log_brand_knn", "log_category_knn", "cat_band_share",
+        "category_share", "log_category_x_occ", "log_member_days", "log_member_last_age", "early_adoption_share",
     ]
+    # how the never-sold model learns: "within", weights from differences between members of the
+    # same product (one intercept per product, as the sold-product model), then only its level;
+    # "pooled", one logistic regression over every never-sold product's examples
+    cold_audience_fit: Literal["pooled", "within"] = "within"
     # audience features the sold-product model leaves out (it uses every other one)
     warm_audience_exclude: list[str] = []
     seed: int = 0
