@@ -353,9 +353,25 @@ def tag_column(tag: TagDef, column: pa.ChunkedArray | pa.Array) -> Tag | MultiTa
         seen = {str(v) for row in lists if row for v in row if v is not None and v != ""}
         labels = declared + sorted(seen - set(declared))
         return MultiTag.from_lists(lists, labels)
+    if pa.types.is_boolean(column.type) or pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        # in Arrow, not row by row in Python: 10M members' tags load in seconds, not a minute
+        import pyarrow.compute as pc
+
+        text = pc.if_else(column, TRUE, FALSE) if pa.types.is_boolean(column.type) else column
+        encoded = pc.dictionary_encode(text)
+        chunks = encoded.chunks if isinstance(encoded, pa.ChunkedArray) else [encoded]
+        found = sorted({v for c in chunks for v in c.dictionary.to_pylist() if v is not None and v != ""})
+        known = set(declared)
+        labels = tuple(declared + [v for v in found if v not in known])
+        lookup = {label: i for i, label in enumerate(labels)}
+        parts = []
+        for c in chunks:  # each chunk's dictionary codes -> label codes (-1: null or empty)
+            remap = np.array([lookup.get(v, -1) if v is not None else -1 for v in c.dictionary.to_pylist()] + [-1],
+                             dtype=np.int32)
+            idx = c.indices.fill_null(len(c.dictionary)).to_numpy(zero_copy_only=False)
+            parts.append(remap[idx])
+        return Tag(np.concatenate(parts) if parts else np.zeros(0, np.int32), labels)
     raw = column.to_pylist()
-    if pa.types.is_boolean(column.type):
-        raw = [None if v is None else (TRUE if v else FALSE) for v in raw]
     seen = {str(v) for v in raw if v is not None and v != ""}
     labels = tuple(declared + sorted(seen - set(declared)))
     lookup = {label: i for i, label in enumerate(labels)}
@@ -384,6 +400,8 @@ def tag_counts(column: Tag | MultiTag, rows: np.ndarray) -> tuple[np.ndarray, in
 def registry_of_table(table: pa.Table, entity: Entity, key: str) -> TagRegistry:
     """For a table written before tags were recorded: every text column but ``key`` as a tag,
     labelled by the built-in tag of that name where there is one, values as found."""
+    import pyarrow.compute as pc
+
     builtin = {t.name: t for t in BUILTIN_TAGS if t.entity == entity}
     out = []
     for name in table.column_names:
@@ -391,7 +409,7 @@ def registry_of_table(table: pa.Table, entity: Entity, key: str) -> TagRegistry:
         if name == key or not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
             continue
         base = builtin.get(name)
-        seen = {str(v) for v in column.to_pylist() if v is not None and v != ""}
+        seen = {v for v in pc.unique(column).to_pylist() if v is not None and v != ""}
         if base is None:
             try:
                 base = TagDef(name=name, entity=entity, zh=name, en=name, open=True, expr=name,

@@ -109,6 +109,18 @@ def test_seen_values() -> None:
     assert built.label("store") == ("门店", "store") and built.label("wechat") == ("wechat", "wechat")
 
 
+def test_a_chunked_text_column_codes_as_row_by_row() -> None:
+    # tags are coded in Arrow (dictionary-encoded per chunk, each chunk's dictionary its own):
+    # every row gets the code of its label, declared labels first, undeclared ones after them
+    # sorted, and a null or an empty value no label
+    column = pa.chunked_array([["lost", None, "zzz-custom", "", "new"], ["active", "lost", "aaa-custom", None]])
+    tag = tag_column(LIFECYCLE, column)
+    assert tag.labels == (*LIFECYCLE.value_names, "aaa-custom", "zzz-custom")
+    rows = column.to_pylist()
+    assert [tag_of(tag, i) for i in range(len(rows))] == [v if v else None for v in rows]
+    assert tag_column(LIFECYCLE, pa.chunked_array([], pa.string())).codes.tolist() == []
+
+
 def test_tag_columns_from_arrow() -> None:
     single = tag_column(LIFECYCLE, pa.array(["lost", None, "new", "lost"]))
     assert single.labels == LIFECYCLE.value_names
