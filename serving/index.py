@@ -128,10 +128,7 @@ class VectorIndex:
         self.settings = settings
         self._n = len(vecs)
         self._n_indexed = len(vecs)
-        # the caller's array until the first change (copied then, under the write lock): at 10M
-        # members a copy at load costs seconds that most replicas never need
-        self._vecs = vecs
-        self._borrowed = True
+        self._vecs = vecs.copy()
         self._dirty = np.zeros(len(vecs), dtype=bool)
         self._n_dirty = 0
         self._write = threading.Lock()
@@ -192,14 +189,9 @@ class VectorIndex:
                     dirty = np.zeros(cap, dtype=bool)
                     dirty[: self._n] = self._dirty[: self._n]
                     self._vecs, self._dirty = grown, dirty
-                    self._borrowed = False
-                elif self._borrowed:
-                    self._vecs, self._borrowed = self._vecs.copy(), False
                 self._vecs[row] = vec
                 self._n += 1
             elif 0 <= row < self._n:
-                if self._borrowed:  # readers keep the caller's array, unchanged
-                    self._vecs, self._borrowed = self._vecs.copy(), False
                 self._vecs[row] = vec
             else:
                 raise IndexError(f"row {row} is outside 0..{self._n}")

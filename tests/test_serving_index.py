@@ -76,17 +76,6 @@ def test_changed_and_added_rows_are_found_exactly(vectors: np.ndarray, exact_max
     assert 7 not in idx[0].tolist()
 
 
-def test_the_index_changes_its_own_copy_never_the_models_vectors(vectors: np.ndarray) -> None:
-    # the index reads the model's array until a row changes, then changes a copy of it
-    model_vectors = vectors.copy()
-    ix = VectorIndex(model_vectors, exact_max=10_000, settings=IndexSettings())
-    before = ix.vectors
-    ix.set(3, np.full(16, 5.0, dtype=np.float32))
-    np.testing.assert_array_equal(model_vectors, vectors)  # the model's vectors are as they were
-    np.testing.assert_array_equal(before, vectors)  # a search that took the old rows keeps them
-    assert ix.vectors[3].tolist() == [5.0] * 16
-
-
 def test_vector_answers_equal_the_models_dense_scoring(
     serving_client: Callable[..., Any], serving_bundles: dict[str, Path]
 ) -> None:
