@@ -35,3 +35,8 @@ class Columns:
 
 
 Col = Columns
+
+# A product id this long or longer is taken for a retail barcode (EAN-13 / GS1), whose leading
+# digits name the maker and, longer, the product line (ingest's brand_from_id_prefix, the
+# hybrid's id-prefix brands and lines)
+BARCODE_MIN_LENGTH = 12

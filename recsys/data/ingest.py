@@ -48,7 +48,7 @@ import duckdb
 from rich.console import Console
 from rich.table import Table
 
-from recsys.columns import Col
+from recsys.columns import BARCODE_MIN_LENGTH, Col
 from recsys.data.fetch import sha256sum
 from recsys.data.mapping import MappingConfig, TableMapping
 from recsys.errors import InputError, RecsysError, StrictValidationError
@@ -981,7 +981,6 @@ def _raise_first_transaction(con: duckdb.DuckDBPyConnection, src: _Source,
 
 
 PRICE_FROM_LINES = "median amount / quantity of its kept sales lines"
-BARCODE_MIN_LENGTH = 12  # EAN-13 / GS1 ids (12 digits and up): their leading digits name the maker
 
 
 def _write_outputs(con: duckdb.DuckDBPyConnection, out_dir: Path, tmp_dir: Path,
@@ -1044,8 +1043,8 @@ def _write_outputs(con: duckdb.DuckDBPyConnection, out_dir: Path, tmp_dir: Path,
         file = staged / f"{name}.parquet"
         outputs[f"{name}.parquet"] = con.execute(
             f"SELECT count(*) FROM read_parquet({_lit(str(file))})").fetchone()[0]
-    priced, unpriced = con.execute(
-        f"SELECT count(price), count(*) - count(price) "
+    priced, unpriced, branded = con.execute(
+        f"SELECT count(price), count(*) - count(price), count(brand) "
         f"FROM read_parquet({_lit(str(staged / 'products.parquet'))})").fetchone()
     for name in ("transactions", "products", "members"):
         file = staged / f"{name}.parquet"
@@ -1064,8 +1063,7 @@ def _write_outputs(con: duckdb.DuckDBPyConnection, out_dir: Path, tmp_dir: Path,
         tables["products"]["brand"] = {
             "source": f"the brand column, else the first {brand_prefix} characters of a barcode-like id "
                       f"({BARCODE_MIN_LENGTH}+ characters)",
-            "branded": int(con.execute(f"SELECT count(brand) FROM read_parquet("
-                                       f"{_lit(str(out_dir / 'products.parquet'))})").fetchone()[0])}
+            "branded": int(branded)}
     return outputs
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
+from recsys.columns import BARCODE_MIN_LENGTH
 from recsys.interactions import Interactions
 from recsys.models.base import Tag
 from recsys.models.factorization import attribute_vectors, item_similarity
@@ -282,7 +283,7 @@ def id_prefix_tag(ids: np.ndarray, n: int) -> Tag:
     """The first ``n`` characters of product ids that look like retail barcodes (EAN-13 / GS1: 12
     digits or more), whose prefixes name the maker and, longer, the product line; other ids stay
     unknown (-1). The labels are the prefixes (what a merchandiser names)."""
-    prefix = np.array([i[:n] if len(i) >= 12 else "" for i in ids], dtype=object)
+    prefix = np.array([i[:n] if len(i) >= BARCODE_MIN_LENGTH else "" for i in ids], dtype=object)
     return Tag.from_values(prefix)
 
 
