@@ -37,6 +37,13 @@ read from its tables (every text column a tag, labelled where a built-in tag has
 as found; see :func:`recsys.tags.registry_of_table`). A bundle that has ``tags`` must carry a
 column for each.
 
+Which live events a bundle already holds -- its **events watermark** (:func:`events_watermark`) --
+is the start (00:00 UTC) of the day its data ends (``as_of`` in ``bundle.json``): it was trained on
+every purchase before that instant, and a server replays into it only the live events at or after
+it (live events are the same purchases the retailer's export delivers later). The events log may
+drop an event once it is below the watermark of every bundle that is served or could be loaded
+(``recsys events trim``, :meth:`serving.events.EventStore.trim`).
+
 The indexes are optional in the same way: a bundle without them (older bundles, models without
 vectors, vectors small enough to search exactly) loads as before and a server builds what it needs
 at load; with them, a server memory-maps them and is ready without building an index (at ten
@@ -54,7 +61,7 @@ import struct
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +88,29 @@ DECODE_ERRORS: tuple[type[BaseException], ...] = (
 
 class BundleError(RecsysError):
     """A bundle that cannot be served: missing, broken or of another format version."""
+
+
+DATE_KEYS = ("as_of", "trained_on", "train_end")  # bundle.json keys that say when the data ends
+
+
+def data_end(meta: dict[str, Any]) -> date | None:
+    """The day a bundle's data ends (exclusive): ``as_of`` / ``trained_on`` / ``train_end`` in
+    ``bundle.json``, else the day it was saved; None when it records neither."""
+    for key in (*DATE_KEYS, "saved_at"):
+        value = meta.get(key)
+        if value:
+            try:
+                return date.fromisoformat(str(value)[:10])
+            except ValueError:
+                continue
+    return None
+
+
+def events_watermark(meta: dict[str, Any]) -> datetime | None:
+    """The bundle's events watermark (see the module docstring): 00:00 UTC of :func:`data_end`.
+    A live event whose purchase time is before it is in the bundle's data already."""
+    end = data_end(meta)
+    return None if end is None else datetime.combine(end, datetime.min.time(), tzinfo=UTC)
 
 
 @dataclass

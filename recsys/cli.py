@@ -48,6 +48,15 @@ def _audit_app() -> typer.Typer:
 
 app.add_typer(_audit_app(), name="audit")
 
+
+def _events_app() -> typer.Typer:
+    from serving.events_cli import app as events  # typer and rich only; trim imports its layer
+
+    return events
+
+
+app.add_typer(_events_app(), name="events")
+
 console = Console()
 err_console = Console(stderr=True)
 

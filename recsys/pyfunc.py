@@ -15,6 +15,7 @@ in :mod:`recsys` imports it at module level.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import ssl
@@ -348,24 +349,57 @@ def download_bundle(
     return local
 
 
-def _download_into(client: MlflowClient, registered_model: str, version: str, root: str, out: Path,
-                   uri: str) -> Path:
+def _bundle_path(registered_model: str, version: str, root: str, uri: str) -> str:
+    """Where the bundle folder is inside a registered version's artifacts (read from its MLmodel)."""
     from mlflow.artifacts import download_artifacts
-    from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
     from recsys.bundle import BundleError
 
+    with tempfile.TemporaryDirectory(prefix="recsys-mlmodel-") as tmp:
+        mlmodel = download_artifacts(artifact_uri=f"{root}/MLmodel", dst_path=tmp, tracking_uri=uri)
+        flavor = Model.load(mlmodel).flavors.get("python_function", {})
+    rel = flavor.get("artifacts", {}).get(BUNDLE_ARTIFACT, {}).get("path")
+    if not rel:
+        raise BundleError(
+            f"{registered_model} v{version} is not a recsys model (no {BUNDLE_ARTIFACT!r} "
+            "artifact); register it with training.tracking.log_bundle_model"
+        )
+    return str(rel)
+
+
+def registered_bundle_meta(client: MlflowClient, registered_model: str, version: str, uri: str) -> dict[str, Any]:
+    """``bundle.json`` of a registered version: only that file (and the small ``MLmodel``) is
+    downloaded, to a temporary folder removed before returning."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    from recsys.bundle import BundleError
+
+    root = client.get_model_version_download_uri(registered_model, version).rstrip("/")
     try:
-        with tempfile.TemporaryDirectory(prefix="recsys-mlmodel-") as tmp:
-            mlmodel = download_artifacts(artifact_uri=f"{root}/MLmodel", dst_path=tmp, tracking_uri=uri)
-            flavor = Model.load(mlmodel).flavors.get("python_function", {})
-        rel = flavor.get("artifacts", {}).get(BUNDLE_ARTIFACT, {}).get("path")
-        if not rel:
-            raise BundleError(
-                f"{registered_model} v{version} is not a recsys model (no {BUNDLE_ARTIFACT!r} "
-                "artifact); register it with training.tracking.log_bundle_model"
-            )
+        rel = _bundle_path(registered_model, version, root, uri)
+        with tempfile.TemporaryDirectory(prefix="recsys-bundle-meta-") as tmp:
+            path = download_artifacts(artifact_uri=f"{root}/{rel}/bundle.json", dst_path=tmp, tracking_uri=uri)
+            meta = json.loads(Path(path).read_text(encoding="utf-8"))
+    except MlflowException as exc:
+        raise RecsysError(f"cannot read bundle.json of {registered_model} v{version} from {uri} ({exc.message})") from None
+    except ValueError as exc:
+        raise BundleError(f"{registered_model} v{version}: bundle.json is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{registered_model} v{version}: bundle.json is not a JSON object")
+    return meta
+
+
+def _download_into(client: MlflowClient, registered_model: str, version: str, root: str, out: Path,
+                   uri: str) -> Path:
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    from recsys.bundle import BundleError
+
+    try:
+        rel = _bundle_path(registered_model, version, root, uri)
         local = Path(download_artifacts(artifact_uri=f"{root}/{rel}", dst_path=str(out), tracking_uri=uri))
     except MlflowException as exc:
         raise RecsysError(

@@ -1,5 +1,5 @@
 """The FastAPI application: :func:`create_app` wires settings, keys, metrics and routers; the
-``lifespan`` loads the model (once) and tails the live-events file.
+``lifespan`` loads the model (once), tails the live-events file and records what it serves there.
 
 Nothing heavy happens at import or in :func:`create_app`: the bundle, FAISS indexes and tag columns
 are built in the lifespan (in a worker thread, so ``/health/live`` answers while a large bundle
@@ -40,6 +40,7 @@ from serving.keys import load_key_store
 from serving.limits import BodyLimitMiddleware
 from serving.memory import release_memory
 from serving.metrics import Metrics, MetricsMiddleware
+from serving.replicas import ReplicaReport
 from serving.routers import (
     admin,
     audiences,
@@ -121,7 +122,9 @@ async def _load(app: FastAPI) -> None:
         state = await anyio.to_thread.run_sync(lambda: resolve_and_build(settings))
         holder.state, holder.error = state, None
         app.state.metrics.set_model(state.info.version, state.info.model, state.info.run_id)
+        app.state.replica.add(state)
         del state
+        await anyio.to_thread.run_sync(app.state.replica.publish)
         await anyio.to_thread.run_sync(release_memory)  # what loading needed only while it ran
     except RecsysError as exc:
         holder.error = str(exc)
@@ -148,6 +151,16 @@ async def _tail_events(app: FastAPI, every: float) -> None:
             await asyncio.sleep(every)
 
 
+async def _heartbeat(app: FastAPI, every: float) -> None:
+    """Refresh this app's record of what it serves in the events store (serving.replicas)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await anyio.to_thread.run_sync(app.state.replica.publish, abandon_on_cancel=True)
+        except Exception:  # noqa: BLE001 - a failed heartbeat must not stop the loop
+            log.exception("recording what this replica serves failed")
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: ServingSettings = app.state.settings
@@ -159,6 +172,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await _load(app)
     if settings.events_poll_seconds > 0:
         tasks.append(asyncio.create_task(_tail_events(app, settings.events_poll_seconds)))
+    if settings.events_replica_heartbeat_seconds > 0:
+        tasks.append(asyncio.create_task(_heartbeat(app, settings.events_replica_heartbeat_seconds)))
     try:
         yield
     finally:
@@ -167,6 +182,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await anyio.to_thread.run_sync(app.state.replica.withdraw)  # this app no longer holds the log back
         remove_in_progress()  # a load still running in a worker thread leaves no download behind
 
 
@@ -188,6 +204,7 @@ def create_app(settings: ServingSettings) -> FastAPI:
     app.state.db = Database(settings.campaign_db)  # migrated on first use (serving.db)
     app.state.audit = AuditLog(app.state.db)  # the audit trail: a table of the same database
     app.state.challengers = {}  # registry alias / version -> state, for A/B campaigns
+    app.state.replica = ReplicaReport(app.state.metrics)  # what this app serves, recorded for trimming
     if settings.auth_disabled:
         log.warning("RECSYS_AUTH_DISABLED is set: every request is treated as admin (development only)")
 

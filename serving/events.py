@@ -37,6 +37,25 @@ batch_id       the request's ``Idempotency-Key``, or null
 Nothing is acknowledged that cannot be read back: every record is serialised and parsed again
 (:func:`check_round_trip`) before it is written. Reading never fails on a bad line or entry: it
 is counted and skipped with a log line.
+
+**Trimming** (:meth:`EventStore.trim`, one rule for both stores). A bundle holds every purchase
+before its events watermark (:func:`recsys.bundle.events_watermark`: 00:00 UTC of the day its data
+ends) and a server replays into it only the records at or after it. Given the lowest watermark of
+every bundle that is served or could be loaded (:mod:`serving.events_trim` works it out), a trim
+removes the longest *prefix* of the log whose records are all before it: it stops at the first
+record at or after the watermark and at the first entry it cannot parse, so nothing a bundle would
+replay is ever removed, and a restart replays the same state as before. A record of a late purchase
+(an old ``ts`` received after newer ones) waits behind the records before it. The ids of removed
+records are kept (the stream's ids hash; ``trimmed_ids.jsonl`` beside the file), so a late retry is
+still acknowledged once. The stream is trimmed with ``XTRIM MINID`` (exact) to the id of the first
+record kept; the file is rewritten under its lock from that record on, behind a header line
+(``{"log_start": N, ...}``) that keeps every reader's byte offsets valid: a cursor counts bytes
+since the log began, trimmed ones included.
+
+**Replicas** (:meth:`EventStore.report_replica`): every serving process records in the store which
+bundles it serves and their watermark (``{key}:replicas`` beside the stream; ``replicas/`` in the
+events folder), refreshed while it runs and withdrawn when it stops, so a trim never removes what a
+replica still serving an older bundle (a rolling reload) would replay.
 """
 
 from __future__ import annotations
@@ -45,11 +64,15 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
+import shutil
+import stat
 import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections import ChainMap
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -296,6 +319,87 @@ class ReadBatch:
 CatchUp = Callable[[], Mapping[str, Seen]]
 
 
+@dataclass(frozen=True)
+class LogEntry:
+    """One entry of the log as a trim scans it: where it starts and where the next one starts (a
+    stream id and its successor; logical byte offsets), and its record (None: cannot be parsed)."""
+
+    start: Cursor
+    end: Cursor
+    record: EventRecord | None
+
+
+@dataclass
+class Prefix:
+    """What :func:`folded_prefix` found: the records before the watermark at the head of the log."""
+
+    records: list[EventRecord]
+    bound: Cursor | None = None  # where the first entry kept starts (None: nothing to remove)
+    first_kept: LogEntry | None = None  # the record that stopped the scan (at or after the watermark)
+    unparsable_at: Cursor | None = None  # ... or the entry that could not be parsed
+
+
+def folded_prefix(entries: Iterable[LogEntry], watermark: datetime) -> Prefix:
+    """The longest run of entries from the head of the log whose records are all before
+    ``watermark`` -- what every bundle with that watermark or a later one holds already. The scan
+    stops at the first record at or after the watermark and at the first entry that cannot be
+    parsed (it might be a record another release wrote: it is never removed unread)."""
+    out = Prefix([])
+    end: Cursor | None = None
+    for entry in entries:
+        if entry.record is None or entry.record.ts >= watermark:
+            if entry.record is None:
+                out.unparsable_at = entry.start
+            else:
+                out.first_kept = entry
+            end = entry.start  # the log will start with the entry that stopped the scan
+            break
+        out.records.append(entry.record)
+        end = entry.end
+    out.bound = end if out.records else None
+    return out
+
+
+@dataclass(frozen=True)
+class TrimResult:
+    """What a trim removed (or, ``dry_run``, would remove) and where the log now starts."""
+
+    where: str
+    watermark: datetime
+    removed: int
+    bound: str | None  # the log now starts there (stream id / logical byte offset); None: unchanged
+    first_kept: dict[str, Any] | None  # position, event_id and ts of the record the scan stopped at
+    unparsable_at: str | None  # the unparsable entry the scan stopped at
+    removed_total: int | None  # removed by every trim of this log so far (None: dry run)
+    dry_run: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"where": self.where, "watermark": utc_iso(self.watermark), "removed": self.removed,
+                "bound": self.bound, "first_kept": self.first_kept, "unparsable_at": self.unparsable_at,
+                "removed_total": self.removed_total, "dry_run": self.dry_run}
+
+
+def _result(store: EventStore, watermark: datetime, prefix: Prefix, removed: int, total: int | None,
+            dry_run: bool) -> TrimResult:
+    first = prefix.first_kept
+    kept = None if first is None or first.record is None else {
+        "position": str(first.start), "event_id": first.record.event_id, "ts": utc_iso(first.record.ts)}
+    result = TrimResult(store.where, watermark, removed, None if prefix.bound is None else str(prefix.bound), kept,
+                        None if prefix.unparsable_at is None else str(prefix.unparsable_at), total, dry_run)
+    verb = "would remove" if dry_run else "trimmed"
+    log.info("events log %s: %s %d record(s) before the watermark %s%s", store.where, verb, removed,
+             utc_iso(watermark), f" (the log now starts at {result.bound}; {total} trimmed in all)"
+             if removed and not dry_run else "")
+    if result.unparsable_at is not None:
+        log.warning("events log %s: trimming stops at entry %s, which cannot be parsed: inspect it and remove it "
+                    "by hand if it is not an event (it is skipped by every replica)", store.where, result.unparsable_at)
+    return result
+
+
+def _replica_name(replica: str) -> str:
+    return re.sub(r"[^\w.-]", "_", replica)[:200] or "replica"
+
+
 class EventStore(ABC):
     """Where acknowledged events live. ``append`` returns only once the new records are durable;
     ``read`` / ``wait`` return what follows a cursor, in order, the same for every reader."""
@@ -335,16 +439,64 @@ class EventStore(ABC):
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "where": self.where, "error": self.error}
 
+    # ---------------------------------------------------------------- trimming
+    @abstractmethod
+    def trim(self, watermark: datetime, *, dry_run: bool = False) -> TrimResult:
+        """Remove the records at the head of the log that are before ``watermark``
+        (:func:`folded_prefix`); ``watermark`` must be at or below the events watermark of every
+        bundle that is served or could be loaded (:mod:`serving.events_trim`)."""
+
+    @abstractmethod
+    def trim_info(self) -> dict[str, Any] | None:
+        """The last trim (``at``, ``watermark``, ``removed``, ``removed_total``), None if never."""
+
+    # ---------------------------------------------------------------- what replicas serve
+    @abstractmethod
+    def report_replica(self, replica: str, record: Mapping[str, Any]) -> None:
+        """Record (or refresh) what serving process ``replica`` serves: ``record`` has its
+        ``watermark`` (the lowest of its bundles'), ``bundles`` and the time ``at``."""
+
+    @abstractmethod
+    def withdraw_replica(self, replica: str) -> None:
+        """Remove ``replica``'s record (it stops serving)."""
+
+    @abstractmethod
+    def replicas(self) -> dict[str, dict[str, Any]]:
+        """Every replica's record, by replica id (a record that cannot be read is left out)."""
+
+
+LOG_START = b'{"log_start":'  # the first line of a trimmed events file (see the module docstring)
+PARSE_ERRORS = (orjson.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError)
+
+
+def _header(fh: Any) -> tuple[int, int, dict[str, Any]]:
+    """(logical offset of the first byte after the header, header length, header) of an open
+    events file, left positioned after the header; (0, 0, {}) for a file that was never trimmed."""
+    fh.seek(0)
+    first = fh.readline()
+    if first.startswith(LOG_START) and first.endswith(b"\n"):
+        try:
+            doc = orjson.loads(first)
+            return int(doc["log_start"]), len(first), doc
+        except (*PARSE_ERRORS, AttributeError):
+            pass  # not a header after all: read (and counted unparsable) like any other line
+    fh.seek(0)
+    return 0, 0, {}
+
 
 class FileEventLog(EventStore):
-    """The events file: durable appends under ``flock``, incremental reads of complete lines."""
+    """The events file: durable appends under ``flock``, incremental reads of complete lines.
+    Cursors are logical byte offsets (bytes since the log began, trimmed ones included)."""
 
     kind = "file"
     start = 0
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.ids_path = self.path.with_name("trimmed_ids.jsonl")  # ids of trimmed records (de-duplication)
+        self.replicas_dir = self.path.parent / "replicas"
         self._lock = threading.Lock()
+        self._trimmed_ids: tuple[tuple[int, int], dict[str, Seen]] | None = None
 
     @property
     def where(self) -> str:
@@ -359,17 +511,47 @@ class FileEventLog(EventStore):
         if not os.access(folder, os.W_OK) or (self.path.exists() and not os.access(self.path, os.W_OK)):
             raise EventsUnavailableError(f"the events file {self.path} is not writable by this process")
 
+    def _open_locked(self) -> int:
+        """A descriptor of the events file as it is now (created if need be), under an exclusive
+        ``flock``: a trim replaces the file, so a lock taken on the file it replaced is let go
+        and taken again on the new one."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                mine = os.fstat(fd)
+                try:
+                    now = os.stat(self.path)
+                    current = (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino)
+                except FileNotFoundError:
+                    current = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if current:
+                return fd
+            os.close(fd)  # closing lets go of the lock on the replaced file
+
+    def _fsync_folder(self) -> None:
+        dfd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
     def append(self, items: Sequence[Incoming], catch_up: CatchUp) -> list[bool]:
         if not items:
             return []
         with self._lock:
             new = not self.path.exists()
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+            fd = self._open_locked()
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
                 try:
-                    fresh = classify(items, catch_up())  # every other writer's lines are read by now
+                    # every other writer's lines are read by now; ids of trimmed records count too
+                    known = catch_up()
+                    trimmed = self._known_trimmed()
+                    fresh = classify(items, ChainMap(known, trimmed) if trimmed else known)  # type: ignore[arg-type]
                     payload = b"".join(it.line + b"\n" for it, ok in zip(items, fresh, strict=True) if ok)
                     if payload:
                         size = os.fstat(fd).st_size
@@ -387,18 +569,16 @@ class FileEventLog(EventStore):
             finally:
                 os.close(fd)
             if new:  # the file's directory entry must be durable too
-                dfd = os.open(self.path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+                self._fsync_folder()
         return fresh
 
     def read(self, cursor: Cursor) -> ReadBatch:
         offset = int(cursor)
         try:
             with open(self.path, "rb") as fh:
-                fh.seek(offset)
+                base, head, _ = _header(fh)
+                offset = max(offset, base)  # before the log's start: those records were trimmed
+                fh.seek(head + offset - base)
                 data = fh.read()
         except FileNotFoundError:
             return ReadBatch([], offset)
@@ -412,11 +592,132 @@ class FileEventLog(EventStore):
                 continue
             try:
                 records.append(EventRecord.from_json(line))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError):
+            except PARSE_ERRORS:
                 bad += 1
         if bad:
             log.warning("%s: skipped %d unparsable event line(s) after byte %d", self.path, bad, offset)
         return ReadBatch(records, offset + end + 1, bad)
+
+    # ---------------------------------------------------------------- trimming
+    @staticmethod
+    def _entries(fh: Any, base: int) -> Iterator[LogEntry]:
+        """The complete lines from the file position (logical offset ``base``) on; blank lines are
+        folded into the entry after them."""
+        pos = start = base
+        for line in fh:
+            if not line.endswith(b"\n"):
+                return  # a line still being written, or a killed writer's fragment
+            pos += len(line)
+            if not line.strip():
+                continue
+            try:
+                record: EventRecord | None = EventRecord.from_json(line)
+            except PARSE_ERRORS:
+                record = None
+            yield LogEntry(start, pos, record)
+            start = pos
+
+    def _known_trimmed(self) -> dict[str, Seen]:
+        """The ids of trimmed records (read again whenever the file has changed)."""
+        try:
+            st = os.stat(self.ids_path)
+        except FileNotFoundError:
+            return {}
+        key = (st.st_ino, st.st_size)
+        if self._trimmed_ids is None or self._trimmed_ids[0] != key:
+            ids: dict[str, Seen] = {}
+            with open(self.ids_path, "rb") as fh:
+                for line in fh:
+                    try:
+                        event_id, seen = orjson.loads(line)
+                        ids[str(event_id)] = Seen.decode(str(seen))
+                    except (*PARSE_ERRORS, AttributeError):
+                        continue  # a line cut short by a crash: its ids are in the log still
+            self._trimmed_ids = (key, ids)
+        return self._trimmed_ids[1]
+
+    def trim(self, watermark: datetime, *, dry_run: bool = False) -> TrimResult:
+        with self._lock:
+            if not self.path.exists():
+                return _result(self, watermark, Prefix([]), 0, None if dry_run else self._total(), dry_run)
+            fd = self._open_locked()  # writers wait for the trim; readers go on reading the old file
+            try:
+                with open(self.path, "rb") as fh:
+                    base, head, doc = _header(fh)
+                    prefix = folded_prefix(self._entries(fh, base), watermark)
+                    removed = len(prefix.records)
+                    total = int(doc.get("trimmed_entries", 0) or 0)
+                    if dry_run or not removed:
+                        return _result(self, watermark, prefix, removed, None if dry_run else total, dry_run)
+                    assert prefix.bound is not None
+                    total += removed
+                    header = {"log_start": int(prefix.bound), "trimmed_at": utc_iso(datetime.now(UTC)),
+                              "watermark": utc_iso(watermark), "trimmed": removed, "trimmed_entries": total}
+                    tmp = self.path.with_name(self.path.name + ".trim")
+                    try:
+                        with open(tmp, "wb") as out:
+                            os.fchmod(out.fileno(), stat.S_IMODE(os.fstat(fd).st_mode))
+                            out.write(orjson.dumps(header) + b"\n")
+                            fh.seek(head + int(prefix.bound) - base)
+                            shutil.copyfileobj(fh, out, 1 << 20)
+                            out.flush()
+                            os.fsync(out.fileno())
+                        # the trimmed ids first: after a crash here they are in both files, never in neither
+                        with open(self.ids_path, "ab") as ids:
+                            ids.write(b"".join(orjson.dumps([r.event_id, Seen(r.content, utc_iso(r.ts)).encode()])
+                                               + b"\n" for r in prefix.records if r.event_id is not None))
+                            ids.flush()
+                            os.fsync(ids.fileno())
+                        os.replace(tmp, self.path)
+                    except BaseException:
+                        tmp.unlink(missing_ok=True)  # the log as it was; nothing left beside it
+                        raise
+            except OSError as exc:
+                raise EventsUnavailableError(f"the events file {self.path} cannot be trimmed ({exc}); nothing "
+                                             "was removed") from None
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+            self._fsync_folder()  # the rename is durable
+        return _result(self, watermark, prefix, removed, total, dry_run)
+
+    def _total(self) -> int:
+        info = self.trim_info()
+        return int(info["removed_total"]) if info else 0
+
+    def trim_info(self) -> dict[str, Any] | None:
+        try:
+            with open(self.path, "rb") as fh:
+                base, _, doc = _header(fh)
+        except FileNotFoundError:
+            return None
+        if not doc:
+            return None
+        return {"at": doc.get("trimmed_at"), "watermark": doc.get("watermark"), "removed": doc.get("trimmed"),
+                "removed_total": doc.get("trimmed_entries"), "log_start": str(base)}
+
+    # ---------------------------------------------------------------- what replicas serve
+    def report_replica(self, replica: str, record: Mapping[str, Any]) -> None:
+        self.replicas_dir.mkdir(parents=True, exist_ok=True)
+        path = self.replicas_dir / f"{_replica_name(replica)}.json"
+        tmp = path.with_name(path.name + f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(orjson.dumps({**record, "replica": replica}))
+        os.replace(tmp, path)
+
+    def withdraw_replica(self, replica: str) -> None:
+        (self.replicas_dir / f"{_replica_name(replica)}.json").unlink(missing_ok=True)
+
+    def replicas(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        if not self.replicas_dir.is_dir():
+            return out
+        for path in sorted(self.replicas_dir.glob("*.json")):
+            try:
+                doc = orjson.loads(path.read_bytes())
+                out[str(doc["replica"])] = doc
+            except (OSError, *PARSE_ERRORS):
+                continue  # withdrawn meanwhile, or not a record
+        return out
 
 
 # Atomic on the Redis server: refuse the whole batch on a conflicting id, else add each event whose
@@ -445,6 +746,16 @@ for i = 0, n - 1 do
   end
 end
 return out
+"""
+
+
+# Atomic on the Redis server: trim the stream below ARGV[1] and count it. KEYS: stream, trim hash.
+# ARGV: the bound (an entry id), now, the watermark.
+_TRIM_LUA = """
+local n = redis.call('XTRIM', KEYS[1], 'MINID', '=', ARGV[1])
+local total = redis.call('HINCRBY', KEYS[2], 'removed_total', n)
+redis.call('HSET', KEYS[2], 'at', ARGV[2], 'watermark', ARGV[3], 'bound', ARGV[1], 'removed', n)
+return {n, total}
 """
 
 
@@ -482,10 +793,25 @@ def stream_id(value: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def next_stream_id(value: str) -> str:
+    """The smallest entry id after ``value`` (``"1700000000000-3"`` -> ``"1700000000000-4"``)."""
+    ms, seq = stream_id(value)
+    return f"{ms}-{seq + 1}"
+
+
+def _stream_record(fields: Any) -> EventRecord:
+    """The record of a stream entry's fields; raises for anything that is not one."""
+    payload = fields.get(b"e", fields.get("e")) if isinstance(fields, Mapping) else None
+    if payload is None:
+        raise KeyError("field 'e'")
+    return EventRecord.from_json(payload if isinstance(payload, bytes) else str(payload).encode())
+
+
 class RedisEventStream(EventStore):
     """One Redis Stream shared by every replica (see the module docstring). Keys: ``{key}`` (the
     stream; one field ``e`` per entry, the record's JSON) and ``{key}:ids`` (event id -> content
-    digest and ts), both with the hash tag ``{key}`` so a cluster keeps them on one node."""
+    digest and ts), ``{key}:replicas`` (replica -> what it serves) and ``{key}:trim`` (the last
+    trim), all with the hash tag ``{key}`` so a cluster keeps them on one node."""
 
     kind = "redis"
     start = "0-0"
@@ -495,6 +821,7 @@ class RedisEventStream(EventStore):
 
         self.url, self._where = url, redact(url)
         self.stream, self.ids = f"{{{key}}}", f"{{{key}}}:ids"
+        self.replicas_key, self.trim_key = f"{{{key}}}:replicas", f"{{{key}}}:trim"
         self.timeout = timeout
         self._redis = redis
         try:
@@ -504,6 +831,7 @@ class RedisEventStream(EventStore):
         except ValueError as exc:
             raise InputError(f"events stream URL {self._where!r}: {exc}") from None
         self._append = self.client.register_script(_APPEND_LUA)
+        self._trim = self.client.register_script(_TRIM_LUA)
         self._error: str | None = None
 
     @property
@@ -557,10 +885,7 @@ class RedisEventStream(EventStore):
         for sid, fields in _entries(reply):
             last = _text(sid)
             try:
-                payload = fields.get(b"e", fields.get("e")) if isinstance(fields, Mapping) else None
-                if payload is None:
-                    raise KeyError("field 'e'")
-                records.append(EventRecord.from_json(payload if isinstance(payload, bytes) else str(payload).encode()))
+                records.append(_stream_record(fields))
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError, AttributeError) as exc:
                 bad += 1
                 log.warning("events stream %s: entry %s skipped: cannot be parsed (%s)", self._where, last, exc)
@@ -579,6 +904,65 @@ class RedisEventStream(EventStore):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "stream": self.stream}
+
+    # ---------------------------------------------------------------- trimming
+    def _scan(self) -> Iterator[LogEntry]:
+        """Every entry from the head of the stream, read :data:`READ_CHUNK` at a time as the
+        caller goes on."""
+        after = "-"
+        while True:
+            reply = self._call("reading the stream to trim it",
+                               lambda lo=after: self.client.xrange(self.stream, min=lo, count=READ_CHUNK))
+            if not reply:
+                return
+            for sid, fields in reply:
+                sid = _text(sid)
+                try:
+                    record: EventRecord | None = _stream_record(fields)
+                except (*PARSE_ERRORS, AttributeError):
+                    record = None
+                yield LogEntry(sid, next_stream_id(sid), record)
+            after = "(" + _text(reply[-1][0])
+
+    def trim(self, watermark: datetime, *, dry_run: bool = False) -> TrimResult:
+        prefix = folded_prefix(self._scan(), watermark)
+        if dry_run or prefix.bound is None:
+            info = None if dry_run else self.trim_info()
+            total = None if dry_run else int((info or {}).get("removed_total") or 0)
+            return _result(self, watermark, prefix, len(prefix.records), total, dry_run)
+        bound = str(prefix.bound)  # an entry appended meanwhile has a greater id: XTRIM keeps it
+        removed, total = self._call("trimming the stream", lambda: self._trim(
+            keys=[self.stream, self.trim_key], args=[bound, utc_iso(datetime.now(UTC)), utc_iso(watermark)]))
+        return _result(self, watermark, prefix, int(removed), int(total), dry_run)
+
+    def trim_info(self) -> dict[str, Any] | None:
+        raw = self._call("reading the last trim", lambda: self.client.hgetall(self.trim_key))
+        if not raw:
+            return None
+        doc = {_text(k): _text(v) for k, v in raw.items()}
+        return {"at": doc.get("at"), "watermark": doc.get("watermark"), "removed": int(doc.get("removed", 0)),
+                "removed_total": int(doc.get("removed_total", 0)), "log_start": doc.get("bound")}
+
+    # ---------------------------------------------------------------- what replicas serve
+    def report_replica(self, replica: str, record: Mapping[str, Any]) -> None:
+        payload = orjson.dumps({**record, "replica": replica})
+        self._call("recording what this replica serves",
+                   lambda: self.client.hset(self.replicas_key, replica, payload))
+
+    def withdraw_replica(self, replica: str) -> None:
+        self._call("withdrawing this replica's record", lambda: self.client.hdel(self.replicas_key, replica))
+
+    def replicas(self) -> dict[str, dict[str, Any]]:
+        raw = self._call("reading what the replicas serve", lambda: self.client.hgetall(self.replicas_key))
+        out: dict[str, dict[str, Any]] = {}
+        for key, value in (raw or {}).items():
+            try:
+                doc = orjson.loads(value)
+            except PARSE_ERRORS:
+                continue
+            if isinstance(doc, dict):
+                out[_text(key)] = doc
+        return out
 
 
 def is_stream_url(value: str | None) -> bool:

@@ -2,8 +2,10 @@
 
 ``recsys_requests_total{route,method,status}``, ``recsys_request_seconds{route}``,
 ``recsys_fallbacks_total{reason}``, ``recsys_events_total`` (recorded), ``recsys_event_duplicates_total``
-(retries acknowledged again), ``recsys_reloads_total{outcome}``
-and ``recsys_model_info{version,model,run_id}`` (1 for the model being served).
+(retries acknowledged again), ``recsys_reloads_total{outcome}``,
+``recsys_model_info{version,model,run_id}`` (1 for the model being served), and for the events log
+``recsys_events_watermark_seconds`` (the served bundles' events watermark), ``recsys_events_log_trimmed``
+and ``recsys_events_log_last_trim_seconds`` (what ``recsys events trim`` removed, and when).
 
 With several uvicorn workers each process counts its own requests; a scrape reaches one worker.
 """
@@ -49,6 +51,18 @@ class Metrics:
         )
         self.exports = Counter("recsys_audience_exports", "Audience CSV exports", registry=self.registry)
         self.reloads = Counter("recsys_reloads", "Model reloads by outcome", ["outcome"], registry=self.registry)
+        self.events_watermark = Gauge(
+            "recsys_events_watermark_seconds", "Events watermark of the bundles this process serves, the lowest "
+            "(Unix time): live events before it are in the bundle's data", registry=self.registry,
+        )
+        self.events_trimmed = Gauge(
+            "recsys_events_log_trimmed", "Records removed from the events log by every trim so far (as the log "
+            "records it; read at each replica heartbeat)", registry=self.registry,
+        )
+        self.events_last_trim = Gauge(
+            "recsys_events_log_last_trim_seconds", "When the events log was last trimmed (Unix time)",
+            registry=self.registry,
+        )
         self.model_info = Gauge(
             "recsys_model_info", "The model being served (value 1)", ["version", "model", "run_id"],
             registry=self.registry,

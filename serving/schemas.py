@@ -352,7 +352,8 @@ class ModelResponse(BaseModel):
     events_applied: int
     events: dict[str, object] = Field(
         default_factory=dict, description="The live-events store (file or Redis stream), its last error, and "
-        "counts: applied, duplicates skipped, unparsable entries skipped, events for products of other bundles"
+        "counts: applied, duplicates skipped, unparsable entries skipped, events for products of other bundles; "
+        "the bundle's events watermark (earlier events are in its data) and the log's last trim"
     )
     scorer: dict[str, object]
     pre_ranked: dict[str, object] | None = Field(

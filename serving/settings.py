@@ -100,6 +100,9 @@ class ServingSettings(BaseSettings):
     events_stream: str | None = None  # redis://host:6379/0 (also rediss://, unix://); None: events_dir
     events_stream_key: str = Field("recsys:events", min_length=1, max_length=200)
     events_stream_timeout_seconds: float = Field(2.0, gt=0.0, le=60.0)
+    # how often a replica refreshes its record of what it serves in the events store (serving.replicas;
+    # `recsys events trim --stale-after` ignores a record not refreshed for longer); 0: only at loads
+    events_replica_heartbeat_seconds: float = Field(30.0, ge=0.0)
     # a purchase time is plausible from this many days before the model's data ends ...
     events_max_days_before_as_of: int = Field(366, ge=0, le=36_500)
     # ... to this long after now (clock skew between tills and the server)

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from recsys.bundle import Bundle, BundleError, load_bundle
+from recsys.bundle import Bundle, BundleError, data_end, load_bundle
 from recsys.columns import Col
 from recsys.errors import RecsysError
 from recsys.idmap import IdMap
@@ -100,22 +100,9 @@ class ModelInfo:
 
 
 def _as_of(meta: dict[str, Any]) -> date:
-    """The date the model's data ends (exclusive): ``as_of`` / ``trained_on`` in the bundle
-    metadata, else the day it was saved."""
-    for key in ("as_of", "trained_on", "train_end"):
-        value = meta.get(key)
-        if value:
-            try:
-                return date.fromisoformat(str(value)[:10])
-            except ValueError:
-                continue
-    saved = meta.get("saved_at")
-    if saved:
-        try:
-            return date.fromisoformat(str(saved)[:10])
-        except ValueError:
-            pass
-    return datetime.now(UTC).date()
+    """The date the model's data ends (exclusive, :func:`recsys.bundle.data_end`); today for a
+    bundle that records no date at all."""
+    return data_end(meta) or datetime.now(UTC).date()
 
 
 # --------------------------------------------------------------------------- members
@@ -356,8 +343,15 @@ class ServingState:
             applied += self._sync_locked()
         return fresh, applied
 
+    @property
+    def events_watermark(self) -> datetime:
+        """Live events before this instant are in the bundle's data already and are not applied
+        (:func:`recsys.bundle.events_watermark`); the events log may trim them once no other
+        bundle that is served or could be loaded needs them."""
+        return datetime.combine(self.as_of, datetime.min.time(), tzinfo=UTC)
+
     def _apply(self, records: list[EventRecord]) -> int:
-        start = datetime.combine(self.as_of, datetime.min.time(), tzinfo=UTC)
+        start = self.events_watermark
         touched: set[int] = set()
         applied = 0
         for rec in records:
@@ -393,10 +387,15 @@ class ServingState:
 
     def events_info(self) -> dict[str, Any]:
         """The events store and what this state read from it (``GET /v1/model``)."""
+        try:
+            trimmed = self.events.trim_info()
+        except EventsUnavailableError:
+            trimmed = None
         return {
             **self.events.describe(), "cursor": str(self.events_cursor), "applied": self.events_applied,
             "event_ids": len(self.event_ids), "repeated_skipped": self.events_repeated,
             "unparsable_skipped": self.events_unparsable, "other_products_skipped": self.events_skipped,
+            "watermark": utc_iso(self.events_watermark), "trimmed": trimmed,
         }
 
     def personalised(self, member: int) -> bool:

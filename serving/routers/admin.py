@@ -106,6 +106,9 @@ async def reload_model(
             metrics.reloads.labels(outcome="failed").inc()
             raise
         new.sync_events()  # anything appended while the new state was being built
+        replica = request.app.state.replica
+        replica.add(new)  # recorded with the old one until it is dropped: a trim keeps what either replays
+        await anyio.to_thread.run_sync(replica.publish)
         old = weakref.ref(holder.state) if holder.state is not None else None
         holder.state, holder.error = new, None  # the swap: one reference assignment
         metrics.set_model(new.info.version, new.info.model, new.info.run_id)
@@ -114,6 +117,7 @@ async def reload_model(
         del new
         # the old state's pages back to the OS, once the events tail has let go of it
         await release_when_dropped(old, within=settings.events_poll_seconds + 1.0)
+        await anyio.to_thread.run_sync(replica.publish)  # the old state's watermark no longer held
         return ReloadResponse(previous_version=previous, model_version=version, seconds=seconds)
     finally:
         holder.reload_lock.release()
