@@ -20,6 +20,7 @@ import pytest
 import redis
 from conftest import TRAIN_AS_OF, auth, serving_bundle
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from redis_server import RedisServer
 from typer.testing import CliRunner
 
@@ -210,6 +211,10 @@ def test_a_restart_after_a_trim_replays_the_same_state(events_at: str, serving_s
         assert (again["recorded"], again["duplicates"]) == (0, 1)
         info = c.get("/v1/model", headers=auth("admin")).json()["events"]
         assert info["watermark"] == utc_iso(WATERMARK) and info["trimmed"]["removed_total"] == 2
+        metrics = {m.name: m.samples[0].value for m in text_string_to_metric_families(c.get("/metrics").text)
+                   if m.samples}
+        assert metrics["recsys_events_log_trimmed"] == 2
+        assert metrics["recsys_events_watermark_seconds"] == WATERMARK.timestamp()
 
 
 # --------------------------------------------------------------------------- who holds the log back
