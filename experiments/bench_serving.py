@@ -580,13 +580,15 @@ def synthetic_bundle(path: Path, n_members: int, n_products: int, factors: int, 
     import pyarrow as pa
     import scipy.sparse as sp
 
-    from recsys.bundle import Bundle, load_bundle, save_bundle
+    from recsys.bundle import FORMAT_VERSION, Bundle, load_bundle, save_bundle
     from recsys.idmap import IdMap
     from recsys.models.base import get_model
 
     meta_path = path / "bundle.json"
+    # a bundle of an older format version is made again: it would load, but not as this release writes it
     key = {"n_members": n_members, "n_products": n_products, "bench_seed": seed, "bench_factors": factors,
-           "bench_vectors": vectors, "bench_lines_per_member": lines_per_member if vectors == "als" else None}
+           "bench_vectors": vectors, "bench_lines_per_member": lines_per_member if vectors == "als" else None,
+           "format_version": FORMAT_VERSION}
     if meta_path.exists():
         meta = json.loads(meta_path.read_text())
         if all(meta.get(k) == v for k, v in key.items()):
@@ -713,6 +715,7 @@ def index_bundle(bundle: Path, workdir: Path, args: argparse.Namespace) -> dict[
         log(f"  bundle indexes built earlier: {out['wall_s']:.0f} s, peak {out['peak_rss_bytes'] / 2**30:.1f} GB")
         return {**out, "cached": True}
     recsys = str(Path(PY).parent / "recsys")
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)  # before any server has made it
     step = run_step(StepResult("serving", "bundle-index", [recsys, "bundle", "index", str(bundle)]),
                     workdir / "logs", {**os.environ, "OPENBLAS_NUM_THREADS": "1"})
     if not step.ok:

@@ -5,7 +5,9 @@ Layout::
     bundle.json        format version, model name, run id, trained-on date, metrics, config, and
                        ``tags``: the tag registry (:mod:`recsys.tags`) of the features snapshot
                        the model was trained with -- every tag's labels, values and SQL
-    model/             the fitted recommender (``Recommender.save``)
+    model/             the fitted recommender (``Recommender.save``): ``model.json`` and one ``.npy``
+                       file per array under ``arrays/``, memory-mapped read-only at load (format 1:
+                       one ``arrays.npz``, read whole: an npz member cannot be mapped)
     members.parquet    member_id in matrix-row order + every member tag of ``tags`` (+ a few
                        aggregates: recency, frequency, ...)
     products.parquet   product_id in matrix-column order + category, price, brand, name + every
@@ -19,12 +21,17 @@ Layout::
                        time, file size)
 
 ``bundle.json`` lists every other file under ``files`` with its size and SHA-256, and
-:func:`load_bundle` checks them before reading anything: a truncated download or a flipped byte
-is refused naming the file, never half-read. A file a reader cannot decode (a bundle written
-before the list, damaged where no checksum looks) is refused the same way, naming the file.
+:func:`load_bundle` checks them: every size before anything is read, then each file's SHA-256 in
+background threads (:class:`FileChecks`; hashlib works outside the GIL), hashed in the order the
+loader reads the parts so that each part is decoded only once its files have matched, while the
+files after it are still being hashed -- at ten million members, hashing ~6 GB one file after the
+other took longer than the rest of the load. A truncated download or a flipped byte is refused
+naming the file, never half-read. A file a reader cannot decode (a bundle written before the list,
+damaged where no checksum looks) is refused the same way, naming the file.
 
-Loadable without any training code; a bundle of another format version is refused with a message
-that says what to do.
+Loadable without any training code. Format 2 (this release) keeps the model's arrays as ``.npy``
+files; a format 1 bundle (``model/arrays.npz``) still loads, read into memory as before; a bundle
+of another format version is refused with a message that says what to do.
 
 The pre-ranked lists are an optional part of format 1, not a new format: a bundle without them
 (older bundles, small test bundles) loads as before and is scored live, and a reader that does not
@@ -56,16 +63,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import struct
+import threading
 import zipfile
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -78,8 +87,15 @@ from recsys.precompute import FILE_NAME as PRE_RANKED_FILE
 from recsys.precompute import PreRanked
 from recsys.tags import MultiTag, TagRegistry, registry_of_table, tag_column
 
-FORMAT_VERSION = 1
+# 2: the model's arrays are one .npy file each (memory-mapped at load) instead of one arrays.npz;
+# a bundle of an older version this release still reads is in READS
+FORMAT_VERSION = 2
+READS = (1, 2)
 HASH_CHUNK = 1 << 20
+# the order load_bundle reads the parts in: files are hashed in this order, so a part is checked
+# just before it is read while the larger files after it are hashed
+LOAD_ORDER = ("members.parquet", "products.parquet", "model/model.json", "model", PRE_RANKED_FILE, INDEX_DIR)
+HASH_THREADS = 4  # at most (and at most the machine's cores): bundle files hashed in parallel
 # what numpy, zipfile and pyarrow raise on a file that is not what it should be
 DECODE_ERRORS: tuple[type[BaseException], ...] = (
     OSError, EOFError, KeyError, IndexError, TypeError, ValueError, zipfile.BadZipFile, zlib.error, struct.error,
@@ -186,45 +202,105 @@ def save_bundle(path: Path | str, bundle: Bundle) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Path, stop: threading.Event | None = None) -> str:
+    """The file's SHA-256 (hashlib and the reads release the GIL: files hash in parallel threads);
+    ``stop``: give up (returns "") when it is set."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            digest.update(chunk)
+    buf = bytearray(HASH_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            if stop is not None and stop.is_set():
+                return ""
+            digest.update(view[:n])
     return digest.hexdigest()
+
+
+def _hash_threads() -> int:
+    return max(1, min(HASH_THREADS, os.cpu_count() or 1))
 
 
 def file_manifest(path: Path) -> dict[str, dict[str, Any]]:
     """``{relative path: {"bytes", "sha256"}}`` of every file in the bundle folder but
     ``bundle.json`` (which carries the list)."""
-    return {
-        f.relative_to(path).as_posix(): {"bytes": f.stat().st_size, "sha256": _sha256(f)}
-        for f in sorted(path.rglob("*")) if f.is_file() and f.relative_to(path).as_posix() != "bundle.json"
-    }
+    files = [f for f in sorted(path.rglob("*")) if f.is_file() and f.relative_to(path).as_posix() != "bundle.json"]
+    with ThreadPoolExecutor(_hash_threads(), thread_name_prefix="bundle-hash") as pool:
+        digests = list(pool.map(_sha256, files))
+    return {f.relative_to(path).as_posix(): {"bytes": f.stat().st_size, "sha256": d}
+            for f, d in zip(files, digests, strict=True)}
+
+
+class FileChecks:
+    """The check of every file ``bundle.json`` lists: presence and size at once (raises
+    :class:`BundleError` naming the first that is wrong), then each file's SHA-256 in background
+    threads, in the order given (the order the loader reads them). :meth:`wait` blocks until the
+    files a reader is about to decode have matched, so nothing is decoded before its check, while
+    the files that follow are hashed during the decoding; :meth:`wait_all` before the bundle is
+    handed out. Use as a context manager: leaving it stops the hashing of what is left."""
+
+    def __init__(self, path: Path, files: Any, first: tuple[str, ...] = ()):
+        if not isinstance(files, dict):
+            raise BundleError(f"{path}/bundle.json: 'files' must be an object; re-export the bundle")
+        self.path = path
+        for rel, want in files.items():
+            file = path / rel
+            if not isinstance(want, dict) or ".." in Path(rel).parts or Path(rel).is_absolute():
+                raise BundleError(f"{path}/bundle.json: bad entry for {rel!r} under 'files'; re-export the bundle")
+            if not file.is_file():
+                raise BundleError(f"{path}: bundle is incomplete or corrupt ({rel} is missing); re-export it")
+            size = file.stat().st_size
+            if size != want.get("bytes"):
+                raise BundleError(
+                    f"{path}: bundle is incomplete or corrupt ({rel} has {size:,} bytes, bundle.json says "
+                    f"{want.get('bytes')}: truncated or replaced); re-export or download it again"
+                )
+        rank = {name: i for i, name in enumerate(first)}
+
+        def order(rel: str) -> tuple[int, str]:
+            top = next((i for name, i in rank.items() if rel == name or rel.startswith(name + "/")), len(rank))
+            return top, rel
+
+        self._want = {rel: files[rel].get("sha256") for rel in sorted(files, key=order)}
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(_hash_threads(), thread_name_prefix="bundle-hash")
+        self._futures: dict[str, Future[str]] = {
+            rel: self._pool.submit(_sha256, path / rel, self._stop) for rel in self._want
+        }
+
+    def wait(self, *names: str) -> None:
+        """Block until every listed file that is ``name`` or under ``name/`` has matched its
+        SHA-256; :class:`BundleError` names the first that does not."""
+        for rel, fut in self._futures.items():
+            if any(rel == n or rel.startswith(n.rstrip("/") + "/") for n in names):
+                self._check(rel, fut)
+
+    def wait_all(self) -> None:
+        for rel, fut in self._futures.items():
+            self._check(rel, fut)
+
+    def _check(self, rel: str, fut: Future[str]) -> None:
+        if fut.result() != self._want[rel]:
+            raise BundleError(
+                f"{self.path}: bundle is incomplete or corrupt ({rel} does not match its SHA-256 in bundle.json: "
+                "damaged in storage or transfer); re-export or download it again"
+            )
+
+    def close(self) -> None:
+        self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> FileChecks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def verify_files(path: Path, files: Any) -> None:
     """Check every file ``bundle.json`` lists is there with its size and SHA-256;
     :class:`BundleError` names the first that is not."""
-    if not isinstance(files, dict):
-        raise BundleError(f"{path}/bundle.json: 'files' must be an object; re-export the bundle")
-    for rel, want in files.items():
-        file = path / rel
-        if not isinstance(want, dict) or ".." in Path(rel).parts or Path(rel).is_absolute():
-            raise BundleError(f"{path}/bundle.json: bad entry for {rel!r} under 'files'; re-export the bundle")
-        if not file.is_file():
-            raise BundleError(f"{path}: bundle is incomplete or corrupt ({rel} is missing); re-export it")
-        size = file.stat().st_size
-        if size != want.get("bytes"):
-            raise BundleError(
-                f"{path}: bundle is incomplete or corrupt ({rel} has {size:,} bytes, bundle.json says "
-                f"{want.get('bytes')}: truncated or replaced); re-export or download it again"
-            )
-        if _sha256(file) != want.get("sha256"):
-            raise BundleError(
-                f"{path}: bundle is incomplete or corrupt ({rel} does not match its SHA-256 in bundle.json: "
-                "damaged in storage or transfer); re-export or download it again"
-            )
+    with FileChecks(path, files) as checks:
+        checks.wait_all()
 
 
 def load_bundle(path: Path | str) -> Bundle:
@@ -240,16 +316,21 @@ def load_bundle(path: Path | str) -> Bundle:
     if not isinstance(meta, dict):
         raise BundleError(f"{meta_path} is not a JSON object; re-export the bundle")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READS:
+        older = ", ".join(str(v) for v in READS if v != FORMAT_VERSION)
         raise BundleError(
-            f"{path}: bundle format version {version!r}, this server reads version {FORMAT_VERSION}; "
-            "retrain with this release (`recsys train`) or serve it with the release that wrote it"
+            f"{path}: bundle format version {version!r}, this server reads version {FORMAT_VERSION} "
+            f"(and {older}); retrain with this release (`recsys train`) or serve it with the release that wrote it"
         )
-    if "files" in meta:  # bundles written before the list load without the check
-        verify_files(path, meta["files"])
     import recsys.models  # noqa: F401  (registers every model)
 
-    def part(name: str, read: Any) -> Any:
+    # bundles written before the list of files load without the check
+    checks = FileChecks(path, meta["files"], first=LOAD_ORDER) if "files" in meta else None
+
+    def part(name: str, read: Any, *files: str) -> Any:
+        """``read()`` once ``files`` (default: ``name``) have matched their checksums."""
+        if checks is not None:
+            checks.wait(*(files or (name,)))
         try:
             return read()
         except (ModelStateVersionError, BundleError):
@@ -260,26 +341,32 @@ def load_bundle(path: Path | str) -> Bundle:
             ) from None
 
     try:
-        model = part("model", lambda: Recommender.load(path / "model"))
         member_table = part("members.parquet", lambda: pq.read_table(path / "members.parquet"))
         product_table = part("products.parquet", lambda: pq.read_table(path / "products.parquet"))
-        pre_ranked = part(_pre_ranked_name(meta), lambda: _load_pre_ranked(path, meta))
         for name, table, col in (("members.parquet", member_table, Col.MEMBER),
                                  ("products.parquet", product_table, Col.PRODUCT)):
             if col not in table.column_names:
                 raise BundleError(f"{path}: bundle is incomplete or corrupt ({name} has no {col} column); re-export it")
+        # (ValueError: ids that are not unique)
+        members = part("members.parquet", lambda: IdMap(member_table.column(Col.MEMBER)))
+        products = part("products.parquet", lambda: IdMap(product_table.column(Col.PRODUCT)))
+        model = part("model", lambda: Recommender.load(path / "model"))
+        pre_ranked = part(_pre_ranked_name(meta), lambda: _load_pre_ranked(path, meta))
         tags = TagRegistry.from_json(meta["tags"], "bundle.json: tags") if "tags" in meta else None
         if tags is not None:
             _check_tag_columns(tags, member_table, product_table)
-        indexes = part("indexes", lambda: _load_indexes(path, meta, model.n_members, model.n_products))
+        indexes = part("indexes", lambda: _load_indexes(path, meta, model.n_members, model.n_products), INDEX_DIR)
+        if checks is not None:
+            checks.wait_all()  # files no reader opened are as bundle.json says too
     except ModelStateVersionError as exc:
         raise BundleError(str(exc)) from None
     except (ValueError, RecsysError) as exc:  # the tag registry and the tables disagree
         if isinstance(exc, BundleError):
             raise
         raise BundleError(f"{path}: bundle is incomplete or corrupt ({exc}); re-export it") from None
-    members = IdMap(np.asarray(member_table.column(Col.MEMBER).to_pylist(), dtype=object))
-    products = IdMap(np.asarray(product_table.column(Col.PRODUCT).to_pylist(), dtype=object))
+    finally:
+        if checks is not None:
+            checks.close()
     if len(members) != model.n_members or len(products) != model.n_products:
         raise BundleError(
             f"{path}: id lists ({len(members)} members, {len(products)} products) do not match the model "

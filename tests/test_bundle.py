@@ -84,7 +84,7 @@ def test_corrupt_json_is_refused(tmp_path: Path) -> None:
 
 def test_missing_model_arrays_are_refused(tmp_path: Path) -> None:
     path = save_bundle(tmp_path / "b", tiny_bundle("simple_blend"))
-    (path / "model" / "arrays.npz").unlink()
+    (path / "model" / "arrays" / "history.data.npy").unlink()
     with pytest.raises(BundleError, match="incomplete or corrupt"):
         load_bundle(path)
 
@@ -247,3 +247,109 @@ def test_recsys_bundle_index_adds_the_indexes_to_a_bundle(tmp_path: Path) -> Non
     assert set(load_bundle(path).indexes) == {"members"}
     res = runner.invoke(app, ["bundle", "index", str(save_bundle(tmp_path / "p", tiny_bundle("popular")))])
     assert res.exit_code == 2 and "has no member and product vectors" in res.output
+
+
+# ------------------------------------------------------------------ the model's arrays, memory-mapped (issue 16)
+def _as_format_1(path: Path) -> Path:
+    """The bundle at ``path`` as format 1 wrote it: the model's arrays in one ``arrays.npz``."""
+    folder = path / "model" / "arrays"
+    np.savez(path / "model" / "arrays.npz", **{f.name.removesuffix(".npy"): np.load(f) for f in folder.iterdir()})
+    for f in folder.iterdir():
+        f.unlink()
+    folder.rmdir()
+    doc = json.loads((path / "model" / "model.json").read_text())
+    del doc["arrays"]
+    (path / "model" / "model.json").write_text(json.dumps(doc))
+    meta = json.loads((path / "bundle.json").read_text())
+    meta["format_version"] = 1
+    (path / "bundle.json").write_text(json.dumps(meta))
+    return reseal(path)
+
+
+def _answers(bundle: Bundle) -> list[np.ndarray]:
+    members = np.arange(len(MEMBERS))
+    out = [*bundle.model.recommend(members, 4, mode="discover"), *bundle.model.audience(np.arange(len(PRODUCTS)), 3)]
+    assert (out[0] >= 0).any()  # the comparison is not between two empty answers
+    return out
+
+
+def test_the_models_arrays_load_memory_mapped_read_only_with_identical_scores(tmp_path: Path) -> None:
+    original = tiny_bundle("als")
+    path = save_bundle(tmp_path / "b", original)
+    assert not (path / "model" / "arrays.npz").exists()
+    assert {"user_factors.npy", "item_factors.npy", "history.data.npy"} <= {
+        f.name for f in (path / "model" / "arrays").iterdir()}
+    assert {"model/arrays/user_factors.npy", "model/arrays/history.indices.npy"} <= set(
+        json.loads((path / "bundle.json").read_text())["files"])  # each checked by its SHA-256
+    loaded = load_bundle(path)
+    users = loaded.model.user_factors
+    assert type(users) is np.ndarray and not users.flags.writeable
+    assert isinstance(users.base, np.memmap | np.ndarray) and users.base is not None  # a view of the mapping
+    with pytest.raises(ValueError, match="read-only"):
+        users[0, 0] = 1.0
+    assert not loaded.model.history.data.flags.writeable
+    np.testing.assert_array_equal(users, original.model.user_factors)
+    for got, want in zip(_answers(loaded), _answers(original), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_format_1_bundle_with_arrays_npz_still_loads(tmp_path: Path) -> None:
+    original = tiny_bundle("als")
+    old = _as_format_1(save_bundle(tmp_path / "b", original))
+    loaded = load_bundle(old)
+    assert loaded.meta["format_version"] == 1
+    assert loaded.model.user_factors.flags.writeable  # read into memory, as format 1 always was
+    for got, want in zip(_answers(loaded), _answers(original), strict=True):
+        np.testing.assert_array_equal(got, want)
+    # saved again by this release: format 2, arrays as files, arrays.npz gone
+    again = load_bundle(save_bundle(tmp_path / "again", loaded))
+    assert again.meta["format_version"] == FORMAT_VERSION and not (tmp_path / "again/model/arrays.npz").exists()
+    for got, want in zip(_answers(again), _answers(original), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("checksums", [True, False], ids=["with-checksums", "older-bundle"])
+def test_a_damaged_npy_array_is_refused_naming_it(tmp_path: Path, checksums: bool) -> None:
+    for i, damage in enumerate(("flip", "truncate", "header")):
+        if damage == "flip" and not checksums:
+            continue  # a flipped byte among the numbers: only the checksum can tell
+        path = save_bundle(tmp_path / f"b{i}", tiny_bundle("als"))
+        file = path / "model" / "arrays" / "user_factors.npy"
+        data = bytearray(file.read_bytes())
+        if damage == "flip":
+            data[-8:] = bytes(b ^ 0xFF for b in data[-8:])
+        elif damage == "truncate":
+            data = data[: len(data) - 8]
+        else:
+            data[:6] = b"NOTNPY"
+        file.write_bytes(bytes(data))
+        if not checksums:
+            meta = json.loads((path / "bundle.json").read_text())
+            del meta["files"]
+            (path / "bundle.json").write_text(json.dumps(meta))
+        with pytest.raises(BundleError, match="incomplete or corrupt") as err:
+            load_bundle(path)
+        assert "user_factors.npy" in str(err.value), (damage, str(err.value))
+
+
+def test_a_damaged_file_is_named_by_its_checksum_before_anything_reads_it(tmp_path: Path) -> None:
+    # the tables are read first, the model's arrays are hashed meanwhile: whichever file is
+    # damaged, the refusal names it and says it does not match bundle.json
+    for name in ("members.parquet", "model/model.json", "model/arrays/history.indptr.npy"):
+        path = save_bundle(tmp_path / name.replace("/", "-"), tiny_bundle("als"))
+        file = path / name
+        data = bytearray(file.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        file.write_bytes(bytes(data))
+        with pytest.raises(BundleError, match="does not match its SHA-256") as err:
+            load_bundle(path)
+        assert name in str(err.value)
+
+
+def test_a_model_saved_with_an_unknown_array_layout_is_refused_by_name(tmp_path: Path) -> None:
+    path = save_bundle(tmp_path / "b", tiny_bundle("popular"))
+    doc = json.loads((path / "model" / "model.json").read_text())
+    doc["arrays"] = "parquet"
+    (path / "model" / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="arrays stored as 'parquet'"):
+        load_bundle(reseal(path))

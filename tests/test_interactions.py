@@ -211,6 +211,65 @@ def test_idmap_rejects_duplicates():
         IdMap(["a", "a"])
 
 
+class _DictMap:
+    """What IdMap was before it searched sorted arrays: a dict of the ids (the reference)."""
+
+    def __init__(self, ids: list[str]):
+        self.ids, self.index = ids, {e: i for i, e in enumerate(ids)}
+
+    def to_index(self, ids: list[object]) -> list[int]:
+        return [self.index.get(e, -1) if isinstance(e, str) else -1 for e in ids]
+
+
+@pytest.mark.parametrize("source", ["list", "numpy", "arrow"])
+@pytest.mark.parametrize("batch", ["searched", "dict"])
+def test_idmap_answers_as_a_dict_of_its_ids_would(source: str, batch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import recsys.idmap
+
+    if batch == "dict":  # every batch looked up in the dict made on first use
+        monkeypatch.setattr(recsys.idmap, "DICT_BATCH", 0)
+    rng = np.random.default_rng(3)
+    # unsorted, of several lengths, numeric-looking, non-ASCII, a prefix of another, empty
+    ids = [f"M{i:0{int(rng.integers(1, 9))}d}" for i in rng.permutation(3000)]
+    ids = list(dict.fromkeys([*ids, "", "會員-042", "a", "ab", "abc", "b\u00e9", "007", "7", "Z"]))
+    made = {"list": ids, "numpy": np.asarray(ids, dtype=object),
+            "arrow": pa.chunked_array([ids[:1000], ids[1000:]])}[source]
+    m, ref = IdMap(made), _DictMap(ids)
+    assert len(m) == len(ids)
+    assert m.external_ids.dtype == object and m.external_ids.tolist() == ids  # row order kept, str items
+    assert all(type(x) is str for x in m.external_ids[:50])
+    unknown = ["M-1", "zz", "a\x00", "ab ", "", "\u00e9", "M00000000000", "abcd", "會員", "A", "7.0"]
+    queries = [*rng.choice(ids, 500).tolist(), *unknown, "", "a"]
+    want = ref.to_index(queries)
+    assert m.to_index(queries, missing="ignore").tolist() == want
+    assert m.to_index(np.asarray(queries, dtype=object), missing="ignore").tolist() == want
+    assert [m.get(q) for q in queries] == want
+    assert [q in m for q in queries] == [w >= 0 for w in want]
+    assert m.to_index([5, None, "a"], missing="ignore").tolist() == [-1, -1, ref.index["a"]]  # not text: unknown
+    assert m.get(5) == -1 and 5 not in m  # type: ignore[arg-type]
+    known = [q for q, w in zip(queries, want, strict=True) if w >= 0]
+    assert m.to_index(known).dtype == np.int64 and m.to_index(known).tolist() == ref.to_index(known)
+    with pytest.raises(KeyError, match="M-1"):
+        m.to_index([known[0], "M-1"])
+    rows = rng.integers(len(ids), size=200)
+    assert m.to_external(rows).tolist() == [ids[r] for r in rows]
+    assert m.to_external(np.array([-1, 0])).tolist() == [ids[-1], ids[0]]  # numpy indexing, as before
+    assert m.to_external(rows.reshape(20, 10)).shape == (20, 10)
+    with pytest.raises(IndexError):
+        m.to_external([len(ids)])
+    assert m.to_index([], missing="ignore").tolist() == [] and m.to_external([]).tolist() == []
+
+
+def test_idmap_of_ten_thousand_sorted_ids_keeps_their_order_and_numbers_as_text() -> None:
+    ids = [f"{i:05d}" for i in range(10_000)]  # sorted already: no permutation is kept
+    m = IdMap(pa.array(ids))
+    assert m.to_index(["00000", "09999", "10000", "0"], missing="ignore").tolist() == [0, 9999, -1, -1]
+    assert IdMap([3, 1, 2]).external_ids.tolist() == ["3", "1", "2"]  # numbers are their text
+    assert IdMap(np.array([3, 1, 2])).get("1") == 1
+    with pytest.raises(ValueError, match="null"):
+        IdMap(pa.array(["a", None]))
+
+
 def test_load_with_an_empty_fixed_member_map_keeps_it_empty(tx_file):
     x = load_interactions(tx_file, AS_OF, members=IdMap([]))
     assert len(x.members) == 0 and len(x.member) == 0

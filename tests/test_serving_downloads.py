@@ -81,10 +81,10 @@ def test_a_cache_folder_keeps_one_copy_per_version_and_reuses_it(
         assert c.post("/v1/admin/reload", json={"alias": "2"}, headers=auth("admin")).status_code == 200
         assert sorted(p.name for p in cache.iterdir()) == [f"{MODEL}-v2"]  # keep=1: v1 pruned
         # a damaged cached copy is refused, removed, and downloaded again by the next reload
-        arrays = cache / f"{MODEL}-v2" / "model" / "arrays.npz"
+        arrays = cache / f"{MODEL}-v2" / "model" / "arrays" / "user_factors.npy"
         arrays.write_bytes(arrays.read_bytes()[:100])
         r = c.post("/v1/admin/reload", json={"alias": "2"}, headers=auth("admin"))
-        assert r.status_code == 422 and "model/arrays.npz" in r.json()["detail"]
+        assert r.status_code == 422 and "model/arrays/user_factors.npy" in r.json()["detail"]
         assert not (cache / f"{MODEL}-v2").exists()
         assert c.post("/v1/admin/reload", json={"alias": "2"}, headers=auth("admin")).status_code == 200
     assert _files(private_tmp) == []

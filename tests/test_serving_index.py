@@ -76,6 +76,20 @@ def test_changed_and_added_rows_are_found_exactly(vectors: np.ndarray, exact_max
     assert 7 not in idx[0].tolist()
 
 
+def test_the_index_changes_its_own_copy_never_the_models_vectors(vectors: np.ndarray) -> None:
+    # the model's vectors are memory-mapped read-only from the bundle: the index copies them
+    model_vectors = vectors.copy()
+    model_vectors.setflags(write=False)
+    ix = VectorIndex(model_vectors, exact_max=10_000, settings=IndexSettings())
+    before = ix.vectors.copy()
+    ix.set(3, np.full(16, 5.0, dtype=np.float32))
+    ix.set(len(ix), np.full(16, 2.0, dtype=np.float32))  # a new member: the copy grows
+    np.testing.assert_array_equal(model_vectors, vectors)  # the model's vectors are as they were
+    np.testing.assert_array_equal(before, vectors)
+    assert ix.vectors[3].tolist() == [5.0] * 16 and len(ix) == len(vectors) + 1
+    assert ix.search(np.full((1, 16), 1.0, np.float32), 1)[0][0, 0] == 3
+
+
 def test_vector_answers_equal_the_models_dense_scoring(
     serving_client: Callable[..., Any], serving_bundles: dict[str, Path]
 ) -> None:

@@ -18,7 +18,7 @@ from conftest import S_MEMBERS, DatedTopFrequency, auth, serving_bundle
 from fastapi.testclient import TestClient
 from helpers_data import N_MEMBERS, N_PRODUCTS, synthetic_data
 
-from recsys.bundle import Bundle, BundleError, load_bundle, save_bundle
+from recsys.bundle import FORMAT_VERSION, Bundle, BundleError, load_bundle, save_bundle
 from recsys.models import get_model
 from recsys.precompute import ListWriter, PreRanked, PreRankError, pre_rank
 from serving.app import create_app
@@ -163,7 +163,7 @@ def test_bundle_carries_the_lists_and_older_bundles_load_without(tmp_path: Path,
     loaded = load_bundle(bundles["top_frequency-2"])
     assert isinstance(loaded.pre_ranked, PreRanked) and loaded.pre_ranked.n == 2
     assert loaded.meta["pre_ranked"]["modes"] == ["replenish", "discover"]
-    assert loaded.meta["format_version"] == 1
+    assert loaded.meta["format_version"] == FORMAT_VERSION
     plain = load_bundle(save_bundle(tmp_path / "plain", serving_bundle("top_frequency")))
     assert plain.pre_ranked is None and "pre_ranked" not in plain.meta
     # re-saved without lists: the metadata no longer claims them

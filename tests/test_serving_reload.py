@@ -38,7 +38,7 @@ def wrong_version(tmp_path: Path, serving_bundles: dict[str, Path]) -> Path:
 def broken(tmp_path: Path, serving_bundles: dict[str, Path]) -> Path:
     path = tmp_path / "broken"
     shutil.copytree(serving_bundles["als"], path)
-    (path / "model" / "arrays.npz").write_bytes(b"truncated")
+    (path / "model" / "arrays" / "user_factors.npy").write_bytes(b"truncated")
     return path
 
 
@@ -158,7 +158,8 @@ def listed_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 DAMAGE = [
-    ("model/arrays.npz", _truncate), ("model/arrays.npz", _flip), ("model/model.json", _truncate),
+    ("model/arrays/user_factors.npy", _truncate), ("model/arrays/user_factors.npy", _flip),
+    ("model/arrays/history.indices.npy", _flip), ("model/model.json", _truncate),
     ("members.parquet", _truncate), ("products.parquet", _flip), ("pre_ranked.npz", _truncate),
     ("pre_ranked.npz", _flip),
 ]
@@ -169,7 +170,8 @@ def test_a_damaged_file_is_refused_naming_it_and_counted(
     client: Any, tmp_path: Path, listed_bundle: Path, checksums: bool
 ) -> None:
     # a truncated arrays.npz raised BadZipFile and 64 flipped bytes "Bad CRC-32": both answered
-    # 500 and were not counted as refused reloads
+    # 500 and were not counted as refused reloads. (The model's arrays are .npy files now: a
+    # flipped byte in one is found by its checksum alone, a truncated one by its header too.)
     before = answers(client)
     cases = DAMAGE if checksums else [(f, d) for f, d in DAMAGE if f.endswith(".npz") or d is _truncate]
     for i, (name, damage) in enumerate(cases):

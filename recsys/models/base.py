@@ -27,6 +27,8 @@ array of internal indices and returns ``(indices, scores)`` arrays with ``-1`` /
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -576,7 +578,9 @@ class Recommender(ABC):
         """Restore what ``_state`` returned; models without state keep the default."""
 
     def save(self, path: Path | str) -> Path:
-        """Write the model to a folder: ``model.json`` (name, params, JSON state) + ``arrays.npz``."""
+        """Write the model to a folder: ``model.json`` (name, params, JSON state) + one ``.npy``
+        file per array under ``arrays/`` (a sparse matrix as its ``data`` / ``indices`` /
+        ``indptr`` / ``shape``), which :meth:`load` memory-maps (see :data:`ARRAYS_DIR`)."""
         self.check_fitted()
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -595,13 +599,24 @@ class Recommender(ABC):
                 meta[key] = {"__array__": True}
             else:
                 meta[key] = value
-        np.savez(path / "arrays.npz", **arrays)
+        folder = path / ARRAYS_DIR
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir()
+        for key, value in arrays.items():
+            if not ARRAY_NAME.fullmatch(key):
+                raise ValueError(f"{type(self).__name__}: array name {key!r} is not a file name ({ARRAY_NAME.pattern})")
+            if value.dtype.hasobject:
+                raise ValueError(f"{type(self).__name__}: array {key!r} holds Python objects; save numbers or text")
+            np.save(folder / f"{key}.npy", np.ascontiguousarray(value), allow_pickle=False)
+        (path / "arrays.npz").unlink(missing_ok=True)  # a model saved over an older one
         doc = {
             "model": self.name,
             "state_version": self.state_version,
             "params": self.params.model_dump(mode="json"),
             "n_members": self.n_members,
             "n_products": self.n_products,
+            "arrays": ARRAYS_FORMAT,
             "state": meta,
         }
         (path / "model.json").write_text(json.dumps(doc, indent=1))
@@ -609,6 +624,10 @@ class Recommender(ABC):
 
     @classmethod
     def load(cls, path: Path | str) -> Recommender:
+        """A model written by :meth:`save`. Its arrays are memory-mapped read-only: loading
+        costs no read, pages come in as they are used (shared by every process that maps the
+        file), and a consumer that needs to change one works on a copy. A model saved before
+        the ``arrays/`` folder (one ``arrays.npz``) is read into memory as it always was."""
         path = Path(path)
         try:
             doc = json.loads((path / "model.json").read_text(encoding="utf-8"))
@@ -626,19 +645,20 @@ class Recommender(ABC):
             )
         model = model_cls(doc["params"])
         model.n_members, model.n_products = doc["n_members"], doc["n_products"]
-        try:
-            with np.load(path / "arrays.npz", allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except FileNotFoundError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - BadZipFile, bad CRC, zlib, a header numpy cannot parse
-            raise ValueError(f"{path / 'arrays.npz'}: unreadable ({type(exc).__name__}: {exc})") from None
+        layout = doc.get("arrays", "npz")
+        if layout == ARRAYS_FORMAT:
+            arrays = _ArrayFolder(path / ARRAYS_DIR)
+        elif layout == "npz":
+            arrays = _read_npz(path / "arrays.npz")
+        else:
+            raise ValueError(f"{path / 'model.json'}: arrays stored as {layout!r}, this release reads "
+                             f"{ARRAYS_FORMAT!r} or 'npz'; save the model with this release")
         state: dict[str, Any] = {}
         for key, value in doc["state"].items():
             if isinstance(value, dict) and value.get("__sparse__"):
                 state[key] = sp.csr_matrix(
                     (arrays[f"{key}.data"], arrays[f"{key}.indices"], arrays[f"{key}.indptr"]),
-                    shape=tuple(arrays[f"{key}.shape"]),
+                    shape=tuple(int(x) for x in arrays[f"{key}.shape"]),
                 )
             elif isinstance(value, dict) and value.get("__array__"):
                 state[key] = arrays[key]
@@ -699,3 +719,41 @@ def get_model(name: str) -> type[Recommender]:
         return MODELS[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}") from None
+
+
+# ----------------------------------------------------------------------------- saved arrays
+ARRAYS_DIR = "arrays"  # one NAME.npy per array of a saved model (``Recommender.save``)
+ARRAYS_FORMAT = "npy"  # what ``model.json`` says under "arrays"; models saved before it have one arrays.npz
+ARRAY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+class _ArrayFolder:
+    """The arrays of a saved model's ``arrays/`` folder, each memory-mapped read-only when asked
+    for (ValueError naming the file when one is missing or is not the ``.npy`` it should be)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if not ARRAY_NAME.fullmatch(key):
+            raise ValueError(f"{self.folder}: bad array name {key!r} in model.json")
+        file = self.folder / f"{key}.npy"
+        try:
+            arr = np.load(file, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise ValueError(f"{file}: missing") from None
+        except Exception as exc:  # noqa: BLE001 - a header numpy cannot parse, shorter than its header says
+            raise ValueError(f"{file}: unreadable ({type(exc).__name__}: {exc})") from None
+        # a plain read-only ndarray over the mapping (np.memmap's subclass leaks into results)
+        return arr.view(np.ndarray) if isinstance(arr, np.memmap) else arr
+
+
+def _read_npz(file: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``arrays.npz`` (models saved before ``arrays/``), read into memory."""
+    try:
+        with np.load(file, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - BadZipFile, bad CRC, zlib, a header numpy cannot parse
+        raise ValueError(f"{file}: unreadable ({type(exc).__name__}: {exc})") from None
