@@ -140,14 +140,22 @@ class Bundle:
     pre_ranked: PreRanked | None = None  # offline pick lists (recsys.precompute), when computed
     tags: TagRegistry | None = None  # the snapshot's tags; None: read from the tables (older bundles)
     indexes: dict[str, AnnIndex] = field(default_factory=dict)  # FAISS indexes built with the bundle (recsys.ann)
+    # the registry read from the tables (older bundles), for the tables it was read from
+    _read_tags: tuple[pa.Table, pa.Table, TagRegistry] | None = field(default=None, init=False, repr=False,
+                                                                      compare=False)
 
     @property
     def tag_registry(self) -> TagRegistry:
-        """The bundle's tags: :attr:`tags`, or for an older bundle the text columns of its tables."""
+        """The bundle's tags: :attr:`tags`, or for an older bundle the text columns of its tables
+        (read once: every distinct value of every text column)."""
         if self.tags is not None:
             return self.tags
-        return TagRegistry((*registry_of_table(self.member_table, "member", Col.MEMBER).tags,
-                            *registry_of_table(self.product_table, "product", Col.PRODUCT).tags))
+        read = self._read_tags
+        if read is None or read[0] is not self.member_table or read[1] is not self.product_table:
+            registry = TagRegistry((*registry_of_table(self.member_table, "member", Col.MEMBER).tags,
+                                    *registry_of_table(self.product_table, "product", Col.PRODUCT).tags))
+            read = self._read_tags = (self.member_table, self.product_table, registry)
+        return read[2]
 
     def member_tags(self, names: tuple[str, ...] | None = None) -> dict[str, Tag | MultiTag]:
         """Every member tag (or those in ``names``) as a column aligned with the member rows."""
