@@ -5,9 +5,12 @@ as the server (:mod:`serving.service.campaigns`). Commands that rank members loa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
@@ -45,19 +48,20 @@ def _db(url: str | None) -> Any:
     return Database(url or os.environ.get("RECSYS_CAMPAIGN_DB") or DEFAULT_DB)
 
 
-def _state(bundle: Path | None, registered_model: str | None, alias: str, tracking_uri: str | None,
-           events_dir: Path | None = None) -> Any:
-    import tempfile
-
+@contextlib.contextmanager
+def _state(bundle: Path | None, registered_model: str | None, alias: str, tracking_uri: str | None) -> Iterator[Any]:
+    """``(settings, state)`` of the model that ranks the members, for the ``with`` block. The
+    state replays no live events (a campaign command ranks on the bundle): its events folder is
+    a temporary one, removed on exit."""
     from serving.settings import ServingSettings
     from serving.state import resolve_and_build
 
     if (bundle is None) == (registered_model is None):
         raise RecsysError("give --bundle DIR or --registered-model NAME (the model that ranks the members)")
-    settings = ServingSettings(bundle=bundle, registered_model=registered_model, alias=alias,
-                               mlflow_tracking_uri=tracking_uri, auth_disabled=True,
-                               events_dir=events_dir or Path(tempfile.mkdtemp(prefix="recsys-campaign-events-")))
-    return settings, resolve_and_build(settings)
+    with tempfile.TemporaryDirectory(prefix="recsys-campaign-events-") as events_dir:
+        settings = ServingSettings(bundle=bundle, registered_model=registered_model, alias=alias,
+                                   mlflow_tracking_uri=tracking_uri, auth_disabled=True, events_dir=Path(events_dir))
+        yield settings, resolve_and_build(settings)
 
 
 def _print_summary(s: Any) -> None:
@@ -110,16 +114,16 @@ def create(
         except ValidationError as exc:
             e = exc.errors()[0]
             raise RecsysError(f"{'.'.join(map(str, e['loc'])) or 'campaign'}: {e['msg']}") from None
-        settings, state = _state(bundle, registered_model, alias, tracking_uri)
-        other = None
-        if challenger:
-            from serving.state import resolve_and_build
+        with _state(bundle, registered_model, alias, tracking_uri) as (settings, state):
+            other = None
+            if challenger:
+                from serving.state import resolve_and_build
 
-            if registered_model is None:
-                raise RecsysError("--challenger needs --registered-model (another version of it)")
-            other = resolve_and_build(settings, alias=challenger)
-        created = service.create_campaign(_db(db), state, req, key_id="cli", policy=service.ContactPolicy(
-            max_campaigns, cap_days), challenger=other)
+                if registered_model is None:
+                    raise RecsysError("--challenger needs --registered-model (another version of it)")
+                other = resolve_and_build(settings, alias=challenger)
+            created = service.create_campaign(_db(db), state, req, key_id="cli", policy=service.ContactPolicy(
+                max_campaigns, cap_days), challenger=other)
         _print_summary(created.summary)
         if export is not None:
             _export(db, created.campaign.id, export)
@@ -277,8 +281,8 @@ def import_cmd(
                             holdout_csv=holdout.read_text(encoding="utf-8") if holdout else None,
                             product_ids=product, category=category, brand=brand,
                             send_date=date.fromisoformat(send_date), window_days=window_days, seed=seed)
-        _, state = _state(bundle, registered_model, alias, tracking_uri)
-        _print_summary(service.import_campaign(_db(db), state, req, key_id="cli").summary)
+        with _state(bundle, registered_model, alias, tracking_uri) as (_, state):
+            _print_summary(service.import_campaign(_db(db), state, req, key_id="cli").summary)
     except (RecsysError, ValueError, OSError) as exc:
         _fail(exc)
 
@@ -295,9 +299,9 @@ def suppress(
     from serving.service import campaigns as service
 
     try:
-        _, state = _state(bundle, registered_model, alias, tracking_uri)
-        _print_summary(service.add_suppression_list(_db(db), state, name, channel, file.read_text(encoding="utf-8"),
-                                                    "cli"))
+        with _state(bundle, registered_model, alias, tracking_uri) as (_, state):
+            _print_summary(service.add_suppression_list(_db(db), state, name, channel,
+                                                        file.read_text(encoding="utf-8"), "cli"))
     except (RecsysError, OSError) as exc:
         _fail(exc)
 

@@ -166,3 +166,23 @@ def test_the_cli_campaign_export_is_audited_or_writes_no_file(serving_client: Ca
     result = runner.invoke(app, ["campaign", "export", str(c["id"]), "--out", str(again), "--db", campaign_db_url])
     assert result.exit_code == 2 and "the member list was not sent" in result.output
     assert sorted(p.name for p in tmp_path.iterdir() if "csv" in p.name) == ["treated.csv"]  # no list, no partial file
+
+
+def test_the_cli_campaign_create_writes_the_campaign_and_leaves_no_temporary_folder(
+        serving_bundles: dict[str, Path], campaign_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from recsys.cli import app
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    out = tmp_path / "treated.csv"
+    result = CliRunner().invoke(app, ["campaign", "create", "--name", "launch", "--product", "p1", "--seed", "1",
+                                      "--holdout-share", "0.2", "--bundle", str(serving_bundles["dated"]),
+                                      "--db", campaign_db_url, "--export", str(out)])
+    assert result.exit_code == 0, result.output
+    [entry] = audit_trail(campaign_db_url)
+    assert entry["route"] == "recsys campaign export"
+    assert entry["rows"] == len(out.read_text(encoding="utf-8").splitlines()) - 1 > 0
+    assert list(temp.iterdir()) == []  # the command's events folder is gone
