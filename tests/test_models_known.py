@@ -491,6 +491,28 @@ def test_hybrid_ranker_rows_built_a_block_of_members_at_a_time_are_the_same(monk
     assert blocks.training_summary == whole.training_summary
 
 
+def test_hybrid_audiences_learn_from_their_own_label_windows_and_picks_from_the_rankers() -> None:
+    # picks and audiences are chosen on validation separately: with audience_label_days set, the
+    # ranker is the one learnt from label_days' windows and the audience models the ones learnt
+    # from audience_label_days' windows, each exactly as a model with that one setting
+    params = {"factors": 8, "iterations": 3, "n_estimators": 10, "min_child_samples": 10, "knn_neighbours": 20,
+              "audience_negatives": 5, "num_threads": 1}
+    data = synthetic_data()
+    split = get_model("hybrid")({**params, "label_days": 7, "label_windows": 2, "audience_label_days": 14,
+                                         "audience_label_windows": 1}).fit(data)
+    picks_like = get_model("hybrid")({**params, "label_days": 7, "label_windows": 2}).fit(data)
+    audience_like = get_model("hybrid")({**params, "label_days": 14}).fit(data)
+    assert split.training_summary["label_windows"] == 2 and split.training_summary["audience_label_windows"] == 1
+    assert split.ranker.booster_.model_to_string() == picks_like.ranker.booster_.model_to_string()
+    assert audience_like.ranker.booster_.model_to_string() != picks_like.ranker.booster_.model_to_string()
+    for a, b, other in zip((split.audience_w, split.audience_b), (audience_like.audience_w, audience_like.audience_b),
+                           (picks_like.audience_w, picks_like.audience_b)):
+        assert np.array_equal(a, b) and not np.array_equal(a, other)
+    products = np.arange(data.n_products)
+    got, want = split.audience(products, n=10), audience_like.audience(products, n=10)
+    assert np.array_equal(got[0], want[0])
+
+
 def _barcode_hybrid() -> tuple[Any, TrainData]:
     """The hybrid fitted on the synthetic data with barcode-like ids (five products to a line)."""
     model = get_model("hybrid")({"factors": 8, "iterations": 3, "n_estimators": 10, "min_child_samples": 10,

@@ -37,7 +37,7 @@ from recsys.models.hybrid.state import (
     state_arrays,
     state_from_arrays,
 )
-from recsys.models.hybrid.windows import label_windows
+from recsys.models.hybrid.windows import carve_window, window_bounds
 from recsys.tags import price_band_of
 
 NEG_INF = np.float32(-np.inf)
@@ -88,23 +88,28 @@ class Hybrid(Recommender):
         audience_rng = np.random.default_rng([p.seed, 1])
         keep_cols = [j for j, f in enumerate(PAIR_FEATURES) if f not in set(p.drop_features)]
         X_parts, y_parts, examples = [], [], []
-        windows = label_windows(data.interactions, p)
-        if not windows:
-            raise ValueError("not enough history for a label window; lower label_days or add data")
+        ranker_bounds = window_bounds(data.interactions, p)
+        audience_bounds = window_bounds(data.interactions, p, audiences=True) if p.audiences else []
+        if not ranker_bounds or (p.audiences and not audience_bounds):
+            raise ValueError("not enough history for a label window; lower label_days (audience_label_days) "
+                             "or add data")
         # The final state (everything before the cut-off) depends on nothing learnt here, and the
         # ranker and the audience models on nothing of each other: they run side by side (each is
         # deterministic on its own, so the model is the same as one built in sequence). BLAS stays
-        # at one thread for the whole fit, so no worker's limit can lapse inside another's.
+        # at one thread for the whole fit, so no worker's limit can lapse inside another's. A
+        # window both use is carved and its state built once.
         with threadpool_limits(1, "blas"), ThreadPoolExecutor(2) as pool:
             lightgbm = pool.submit(importlib.import_module, "lightgbm")
             final = pool.submit(build_state, data.interactions, p, item_cat, item_brand, data.product_tags, item_line)
-            for w, (history, labels) in enumerate(windows):
+            for bounds in dict.fromkeys(ranker_bounds + audience_bounds):
+                history, labels = carve_window(data.interactions, bounds)
                 s = build_state(history, p, item_cat, item_brand, data.product_tags, item_line)
-                X_w, y_w = ranker_examples(s, labels, rng, p, keep_cols)
-                X_parts.append(X_w)
-                y_parts.append(y_w)
-                if p.audiences:
-                    examples.append(audience_examples(s, labels, audience_rng, p, window=w))
+                if bounds in ranker_bounds:
+                    X_w, y_w = ranker_examples(s, labels, rng, p, keep_cols)
+                    X_parts.append(X_w)
+                    y_parts.append(y_w)
+                if bounds in audience_bounds:
+                    examples.append(audience_examples(s, labels, audience_rng, p, window=audience_bounds.index(bounds)))
             ex = AudienceExamples.concat(examples) if p.audiences else None
             self.audience_w = self.audience_g = self.audience_b = None  # set from fit_audience
             audiences = pool.submit(fit_audience, ex, p) if ex is not None else None
@@ -112,7 +117,8 @@ class Hybrid(Recommender):
             self.ranker = fit_ranker(lightgbm.result(), X, y, p)
             self.keep_cols = np.asarray(keep_cols, dtype=np.int64)
             self.training_summary = {
-                "label_windows": len(windows), "ranker_rows": int(len(y)), "ranker_positive_rate": float(y.mean()),
+                "label_windows": len(ranker_bounds), "audience_label_windows": len(audience_bounds),
+                "ranker_rows": int(len(y)), "ranker_positive_rate": float(y.mean()),
             }
             if audiences is not None and ex is not None:
                 self.audience_w, self.audience_g, self.audience_b = audiences.result()

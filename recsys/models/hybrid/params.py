@@ -30,6 +30,11 @@ class HybridParams(ModelParams):
     label_mode: Literal["days", "last_basket"] = "days"
     label_days: int = 31
     label_windows: int = 1  # how many windows (newest usable first) to learn from
+    # the audience models' own label windows (None: the ranker's): picks and audiences are chosen
+    # on the validation windows separately (the picks sweep; experiments/launch_audiences.py), and
+    # what suits the ranker need not suit them
+    audience_label_days: int | None = None
+    audience_label_windows: int | None = None
     holidays: list[date] = []
     holiday_margin_days: int = 14
     # the picks ranker (LightGBM)
