@@ -126,7 +126,12 @@ def events_watermark(meta: dict[str, Any]) -> datetime | None:
     """The bundle's events watermark (see the module docstring): 00:00 UTC of :func:`data_end`.
     A live event whose purchase time is before it is in the bundle's data already."""
     end = data_end(meta)
-    return None if end is None else datetime.combine(end, datetime.min.time(), tzinfo=UTC)
+    return None if end is None else watermark_of(end)
+
+
+def watermark_of(day: date) -> datetime:
+    """00:00 UTC of ``day``: the events watermark of a bundle whose data ends (exclusive) that day."""
+    return datetime.combine(day, datetime.min.time(), tzinfo=UTC)
 
 
 @dataclass

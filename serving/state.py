@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from recsys.bundle import Bundle, BundleError, data_end, load_bundle
+from recsys.bundle import Bundle, BundleError, data_end, load_bundle, watermark_of
 from recsys.columns import Col
 from recsys.errors import RecsysError
 from recsys.idmap import IdMap
@@ -348,7 +348,7 @@ class ServingState:
         """Live events before this instant are in the bundle's data already and are not applied
         (:func:`recsys.bundle.events_watermark`); the events log may trim them once no other
         bundle that is served or could be loaded needs them."""
-        return datetime.combine(self.as_of, datetime.min.time(), tzinfo=UTC)
+        return watermark_of(self.as_of)
 
     def _apply(self, records: list[EventRecord]) -> int:
         start = self.events_watermark
