@@ -439,7 +439,10 @@ def test_hybrid_never_sold_fit_within_ranks_members_of_a_product_by_what_holds_w
     A[:, col] = feature
     ex = AudienceExamples(A=A, b=b, cold=np.ones(n, bool), group=group, level=np.zeros((n, 2), np.float32),
                           rate=np.full(n, 0.1))
-    weights = {fit: fit_audience(ex, HybridParams(cold_audience_fit=fit, cold_audience_features=["log_category_knn"]))[0]
+    # every example weighted alike: weighted per product, the big sellers' intercepts (under the L2
+    # penalty like every coefficient) shrink more and the feature takes part of their level
+    weights = {fit: fit_audience(ex, HybridParams(cold_audience_fit=fit, cold_audience_features=["log_category_knn"],
+                                                  audience_product_weight_power=0.0))[0]
                for fit in ("pooled", "within")}
     assert weights["pooled"][1, col] > 0  # follows the products
     assert weights["within"][1, col] < 0  # follows the members
@@ -561,3 +564,92 @@ def test_hybrid_category_price_band_share_is_the_members_share_within_the_catego
     assert (want > 0).sum() > 20 and (want < 1).sum() > 20
     got = audience_pair_features(s, members, products)[:, AUDIENCE_FEATURES.index("cat_band_share")]
     np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_hybrid_member_recent_activity_is_their_recency_weighted_purchases_and_the_sold_model_reads_it() -> None:
+    # log_member_recent: how much a member buys lately (purchases weighted 0.5 ** (age / 14 days));
+    # the sold-product audience model reads it by default (chosen on the validation windows), the
+    # never-sold one does not
+    from recsys.models.hybrid.audiences import (
+        AUDIENCE_FEATURES,
+        AudienceExamples,
+        audience_pair_features,
+        fit_audience,
+    )
+    from recsys.models.hybrid.params import HybridParams
+    from recsys.models.hybrid.state import build_state
+
+    # m0: ages 0 and 14 -> 1 + 0.5; m1: age 28 twice -> 0.25 + 0.25; m2: nothing
+    x = literal_data([(0, 0, 0), (0, 1, 14), (1, 0, 28), (1, 1, 28)], 3, 2).interactions
+    s = build_state(x, HybridParams(factors=2, iterations=1, knn_neighbours=2, num_threads=1),
+                    np.zeros(2, np.int32), None, {})
+    np.testing.assert_allclose(s.member_recent, [1.5, 0.5, 0.0], rtol=1e-5)
+    col = AUDIENCE_FEATURES.index("log_member_recent")
+    feats = audience_pair_features(s, np.array([0, 1, 2]), np.array([1, 1, 1]))
+    np.testing.assert_allclose(feats[:, col], np.log1p([1.5, 0.5, 0.0]), rtol=1e-5)
+
+    rng = np.random.default_rng(5)
+    n, groups = 20_000, 100
+    group = rng.integers(0, groups, n)
+    recent = rng.standard_normal(n)
+    b = (rng.random(n) < 1 / (1 + np.exp(-(1.2 * recent - 3.0)))).astype(float)
+    A = np.zeros((n, len(AUDIENCE_FEATURES)), np.float32)
+    A[:, col] = recent
+    A[:, AUDIENCE_FEATURES.index("log_member_occ")] = rng.standard_normal(n)  # noise
+    for cold in (False, True):
+        ex = AudienceExamples(A=A, b=b, cold=np.full(n, cold), group=group, level=np.zeros((n, 2), np.float32),
+                              rate=np.full(n, 0.1))
+        w = fit_audience(ex, HybridParams())[0]
+        if cold:
+            assert w[1, col] == 0.0  # not one of cold_audience_features
+        else:
+            assert w[0, col] > 0.5  # the buyers are the recently active
+
+
+def test_hybrid_within_product_logistic_with_row_weights_is_scikit_learns_weighted_optimum() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from recsys.models.hybrid.audiences import _logistic_within
+
+    rng = np.random.default_rng(11)
+    n, d, groups = 2000, 3, 30
+    A = rng.standard_normal((n, d)) * [1.0, 2.0, 0.5]
+    group = rng.integers(0, groups, n)
+    b = (rng.random(n) < 1 / (1 + np.exp(-(A @ [0.8, -0.3, 1.5] - 1.0)))).astype(float)
+    weight = rng.uniform(0.1, 3.0, n)
+    mean, std = A.mean(axis=0), A.std(axis=0) + 1e-6
+    onehot = sp.csr_matrix((np.ones(n), (np.arange(n), group)))
+    X = sp.hstack([sp.csr_matrix((A - mean) / std), onehot], format="csr")
+    ref = LogisticRegression(C=1.0, fit_intercept=False, tol=1e-10, max_iter=10_000).fit(X, b, sample_weight=weight)
+    got = _logistic_within(A, b, group, 1.0, weight=weight)
+    np.testing.assert_allclose(got, ref.coef_.ravel()[:d] / std, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(got, _logistic_within(A, b, group, 1.0), rtol=1e-3)
+
+
+def test_hybrid_audience_product_weighting_lets_every_product_count_alike() -> None:
+    # one product with many buyers whose buyers score high on a feature, and many small products
+    # whose buyers score low on it: weighted by buyer (power 0) the big product sets the sign, with
+    # every product alike (power 1, as the evaluation averages recall over products) the small ones do
+    from recsys.models.hybrid.audiences import AUDIENCE_FEATURES, AudienceExamples, fit_audience
+    from recsys.models.hybrid.params import HybridParams
+
+    rng = np.random.default_rng(2)
+    col = AUDIENCE_FEATURES.index("log_category_count")
+    parts = []
+    for g, (n_pos, sign) in enumerate([(3000, 1.0)] + [(3, -1.0)] * 300):
+        x_pos = rng.standard_normal(n_pos) + sign
+        x_neg = rng.standard_normal(n_pos * 10)
+        parts.append((np.r_[x_pos, x_neg], np.r_[np.ones(n_pos), np.zeros(n_pos * 10)], g))
+    x = np.concatenate([p[0] for p in parts])
+    b = np.concatenate([p[1] for p in parts])
+    group = np.concatenate([np.full(len(p[0]), p[2]) for p in parts])
+    A = np.zeros((len(x), len(AUDIENCE_FEATURES)), np.float32)
+    A[:, col] = x
+    # (the never-sold model: the sold one's second, unweighted fit of its scale across products
+    # follows the big product again)
+    ex = AudienceExamples(A=A, b=b, cold=np.ones(len(x), bool), group=group,
+                          level=np.zeros((len(x), 2), np.float32), rate=np.full(len(x), 0.1))
+    params = {"cold_audience_features": ["log_category_count"]}
+    by_buyer = fit_audience(ex, HybridParams(**params, audience_product_weight_power=0.0))[0]
+    by_product = fit_audience(ex, HybridParams(**params))[0]  # the default: 1
+    assert by_buyer[1, col] > 0 > by_product[1, col]

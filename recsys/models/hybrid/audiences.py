@@ -28,7 +28,7 @@ AUDIENCE_FEATURES = (
     "log_member_last_age", "cf", "log_knn", "member_repeat_share", "log_brand_count",
     "log_count_x_recency", "log_category_x_occ", "log_early_adoptions", "early_adoption_share",
     "band_share", "log_category_recent", "log_line_count", "log_brand_knn", "log_category_knn",
-    "cat_band_share",
+    "cat_band_share", "log_member_recent",
 )
 
 
@@ -113,7 +113,7 @@ def audience_logits(s: FeatureState, side: ProductSide, w: np.ndarray) -> np.nda
         wt["log_member_occ"] * log_occ + wt["log_member_days"] * np.log1p(s.member_days)
         + wt["log_member_last_age"] * np.log1p(np.minimum(s.member_last, 1e4))
         + wt["member_repeat_share"] * s.member_repeat + wt["log_early_adoptions"] * np.log1p(early)
-        + wt["early_adoption_share"] * early * inv_occ
+        + wt["early_adoption_share"] * early * inv_occ + wt["log_member_recent"] * np.log1p(s.member_recent)
     ).astype(np.float32)
     out = np.empty((len(side), s.n_members), dtype=np.float32)
     if wt["cf"] != 0.0:
@@ -233,6 +233,7 @@ def audience_pair_features(s: FeatureState, members: np.ndarray, products: np.nd
         out[:, 19] = np.where(cb >= 0, gather(s.member_cat_band_csc.tocsr(), u, np.maximum(cb, 0)), 0.0) / in_cat
     else:
         out[:, 19] = 0.0
+    out[:, 20] = np.log1p(s.member_recent[u])
     return out
 
 
@@ -308,7 +309,10 @@ def fit_audience(ex: AudienceExamples, p: HybridParams) -> tuple[np.ndarray, np.
     (:func:`product_level`) — so that it stays a calibrated probability.
 
     Returns the weights ``(2, n_features)``, the product-level weights ``(2, 2)`` and the biases
-    ``(2,)``, row 0 for sold products and row 1 for never-sold ones."""
+    ``(2,)``, row 0 for sold products and row 1 for never-sold ones.
+
+    With ``audience_product_weight_power`` the ranking fits weigh the rows of a product with few
+    buyers up (the level fits stay unweighted: they set probabilities for the population)."""
     n_f = ex.A.shape[1]
     w = np.zeros((2, n_f), np.float32)
     g = np.zeros((2, ex.level.shape[1]), np.float32)
@@ -317,8 +321,20 @@ def fit_audience(ex: AudienceExamples, p: HybridParams) -> tuple[np.ndarray, np.
     warm = ~ex.cold
     warm_cols = np.array([f not in p.warm_audience_exclude for f in AUDIENCE_FEATURES])
     Aw = ex.A[:, warm_cols]
+    # each row's weight in the ranking fits: 1, or with audience_product_weight_power a, 1 / (the
+    # product's buyers in the window) ** a -- at 1 every product counts alike, as in the evaluation
+    # (recall averaged over products); scaled to mean 1 within each fit (the L2 penalty's scale)
+    _, ginv = np.unique(ex.group, return_inverse=True)
+    n_pos = np.bincount(ginv, weights=ex.b)[ginv]
+    row_w = np.maximum(n_pos, 1.0) ** -float(p.audience_product_weight_power)
+
+    def weights(sel: np.ndarray) -> np.ndarray | None:
+        if p.audience_product_weight_power == 0:
+            return None
+        return row_w[sel] / row_w[sel].mean()
+
     if warm.sum() >= 50 and len(np.unique(ex.b[warm])) == 2:
-        rank_w = _logistic_within(Aw[warm], ex.b[warm], ex.group[warm], p.audience_l2)
+        rank_w = _logistic_within(Aw[warm], ex.b[warm], ex.group[warm], p.audience_l2, weight=weights(warm))
         score = Aw[warm] @ rank_w
         cal, bias[0] = _logistic(np.column_stack([score, ex.level[warm]]), ex.b[warm], p.audience_l2, rate)
         w[0, warm_cols], g[0] = cal[0] * rank_w, cal[1:]
@@ -335,7 +351,7 @@ def fit_audience(ex: AudienceExamples, p: HybridParams) -> tuple[np.ndarray, np.
         # already); only the level is then fitted. A never-sold product has no sales to set its
         # level from, so a second fit of the score's scale across products would learn how
         # products differ (and could even turn the ranking over): the scale stays as learnt.
-        rank_c = _logistic_within(Ac, bc, ex.group[rows], p.audience_l2)
+        rank_c = _logistic_within(Ac, bc, ex.group[rows], p.audience_l2, weight=weights(rows))
         w[1, cold_cols], bias[1] = rank_c, _offset(Ac @ rank_c, bc, rate)
     else:
         w[1, cold_cols], bias[1] = _logistic(Ac, bc, p.audience_l2, rate)
@@ -360,7 +376,7 @@ def audience_scores(
 
 
 def _logistic_within(A: np.ndarray, b: np.ndarray, group: np.ndarray, l2: float,
-                     max_iter: int = 50, tol: float = 1e-8) -> np.ndarray:
+                     max_iter: int = 50, tol: float = 1e-8, weight: np.ndarray | None = None) -> np.ndarray:
     """Weights of a logistic regression with one free intercept per group (a product): only
     differences between members of the same product inform them. Raw-feature scale.
 
@@ -368,7 +384,8 @@ def _logistic_within(A: np.ndarray, b: np.ndarray, group: np.ndarray, l2: float,
     standardised features plus one-hot group columns (every coefficient, intercepts included,
     under the L2 penalty), solved by Newton's method: the Hessian's intercept block is diagonal,
     so each step is a ``d x d`` solve (Schur complement) and costs a few passes over the rows,
-    where a general solver needs hundreds of passes for thousands of intercepts."""
+    where a general solver needs hundreds of passes for thousands of intercepts. ``weight``: a
+    weight per row (scikit-learn's ``sample_weight``); None, every row 1."""
     mean, std = A.mean(axis=0), A.std(axis=0) + 1e-6
     X = (A - mean) / std
     y = np.asarray(b, dtype=np.float64)
@@ -377,14 +394,16 @@ def _logistic_within(A: np.ndarray, b: np.ndarray, group: np.ndarray, l2: float,
     member_of = sp.csr_matrix((np.ones(len(inv)), (inv, np.arange(len(inv)))), shape=(n_groups, len(inv)))
     w, a = np.zeros(d), np.zeros(n_groups)
 
+    sw = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
+
     def objective(w: np.ndarray, a: np.ndarray) -> tuple[float, np.ndarray]:
         z = X @ w + a[inv]
-        return float(np.logaddexp(0.0, z).sum() - y @ z + 0.5 * l2 * (w @ w + a @ a)), z
+        return float(sw @ (np.logaddexp(0.0, z) - y * z) + 0.5 * l2 * (w @ w + a @ a)), z
 
     f, z = objective(w, a)
     for _ in range(max_iter):
         p = 1.0 / (1.0 + np.exp(-z))
-        r, h = p - y, p * (1.0 - p)
+        r, h = sw * (p - y), sw * p * (1.0 - p)
         gw, ga = X.T @ r + l2 * w, member_of @ r + l2 * a
         hx = X * h[:, None]
         hww = X.T @ hx + l2 * np.eye(d)

@@ -51,8 +51,9 @@ class Hybrid(Recommender):
     # 2: price-band and recent-category audience features; 3: product-level audience terms;
     # 4: product-line and brand / category kNN audience features; 5: the member's price band within
     # a category (members x (category, band) table, an audience feature); 6: the labels of the
-    # product attributes and the categories' price-band thresholds (products described by attributes)
-    state_version = 6
+    # product attributes and the categories' price-band thresholds (products described by attributes);
+    # 7: the member's recency-weighted purchases (log_member_recent, an audience feature)
+    state_version = 7
     capabilities = frozenset({Capability.PROBABILITIES, Capability.ITEM_VECTORS, Capability.PURCHASE_AGES,
                               Capability.PURCHASE_COUNTS, Capability.ATTRIBUTE_AUDIENCE})
 

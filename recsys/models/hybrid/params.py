@@ -48,6 +48,16 @@ class HybridParams(ModelParams):
     # next-basket protocol): the model then ranks products for members, not members for products
     audiences: bool = True
     audience_negatives: int = 20
+    # the ranking fits weigh each example by 1 / (its product's buyers in the window) ** this: 0,
+    # every buyer alike (products with many buyers dominate); 1, every product alike, as the
+    # evaluation averages recall over products. Chosen on the validation windows
+    # (experiments/launch_audiences.py, lift over the most-active members, validation mean
+    # sold / never-sold / by attributes, seeds 0 / 1 / 2), with log_member_recent in the sold
+    # model: 0 and without it 1.385 / 1.114 / 1.112, 1.379 / 1.104 / 1.100, 1.385 / 1.103 / 1.099;
+    # 1 and with it 1.422 / 1.133 / 1.137, 1.431 / 1.122 / 1.122, 1.427 / 1.116 / 1.116 (0.5:
+    # 1.416 / 1.129 / 1.129, 1.5: 1.426 / 1.133 / 1.142 at seed 0). The sold model's expected /
+    # actual buyers@1000 fall from 0.33 to 0.21 (the never-sold one's rise from 0.44 to 0.60)
+    audience_product_weight_power: float = 1.0
     audience_max_products: int = 3000
     audience_l2: float = 1.0
     # a never-sold product has no purchase history to learn from: the never-sold model reads the
@@ -67,6 +77,8 @@ class HybridParams(ModelParams):
     # "pooled", one logistic regression over every never-sold product's examples
     cold_audience_fit: Literal["pooled", "within"] = "within"
     # audience features the sold-product model leaves out (it uses every other one)
+    # (log_member_recent, the member's recency-weighted purchases, added to the sold model: 1.385 ->
+    # 1.401 alone at seed 0; in the never-sold model 1.114 / 1.112 -> 1.106 / 1.109, left out)
     warm_audience_exclude: list[str] = []
     seed: int = 0
     num_threads: int = 0

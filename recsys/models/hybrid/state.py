@@ -56,8 +56,14 @@ class FeatureState:
     member_occ: np.ndarray
     member_repeat: np.ndarray
     member_early: np.ndarray  # purchases of products in their first weeks on sale
+    # recency-weighted purchases (14-day half-life): how much the member buys lately, from recency14
+    member_recent: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     _cf_index: Any = field(default=None, repr=False, compare=False)
     _csc: dict[str, sp.csc_matrix] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.member_recent) != self.recency14.shape[0]:
+            self.member_recent = np.asarray(self.recency14.sum(axis=1)).ravel().astype(np.float32)
 
     def csc(self, name: str) -> sp.csc_matrix:
         """A column-major copy of a products x columns table (``knn``, ``cat_knn``,
