@@ -176,6 +176,8 @@ class AnnIndex:
             qs = (q * scale[:, None]).astype(np.float32)
             dist, ids = self.index.search(mips_to_l2(qs), k, params=params)
             scores = ((qn * scale)[:, None] ** 2 + m * m - dist) / (2.0 * scale[:, None])
+            # -1 padding (fewer rows in the probed cells) comes with FAISS's largest distance
+            scores = np.where(ids >= 0, scores, -np.inf)
             return scores.astype(np.float32), ids
         if self.kind == "hnsw":
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=int(ef_search or self.index.hnsw.efSearch))

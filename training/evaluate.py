@@ -142,6 +142,10 @@ def evaluate_audiences(
         out[f"audience_{group}_n_scored"] = float(len(products))
         if len(products) == 0:
             continue
+        # in the model's batch order across the calls (the metrics are means over products)
+        order = model.audience_batch_order(products)
+        if order is not None:
+            products = products[order]
         parts, scores = [], []
         for start in range(0, len(products), batch):
             idx, sc = rank(products[start : start + batch], n=nmax)

@@ -517,9 +517,7 @@ class Recommender(ABC):
         out_s = np.empty((len(products), n), dtype=np.float32)
         # batches of products of one category: a model that scores by category (or by anything
         # its products share) computes each category's part once rather than once per batch
-        if groups is None and self.category is not None:
-            groups = self.category[products]
-        order = np.argsort(groups, kind="stable") if groups is not None else None
+        order = self.audience_batch_order(products) if groups is None else np.argsort(groups, kind="stable")
         for sl in _batches(len(products), batch_size):
             rows = order[sl] if order is not None else sl
             scores = np.asarray(score(products[rows]), dtype=np.float32)
@@ -527,6 +525,15 @@ class Recommender(ABC):
                 scores = np.where(member_mask[None, :], scores, NEG_INF)
             out_i[rows], out_s[rows] = topk_rows(scores, n, tiebreak=self.activity)
         return out_i, out_s
+
+    def audience_batch_order(self, products: np.ndarray) -> np.ndarray | None:
+        """The order in which :meth:`audience` batches ``products``: by category (stable; None
+        without categories). A caller scoring many products in several calls (the audience
+        evaluation) passes them in this order, so each category's shared part is computed for
+        one run of batches instead of once in every call."""
+        if self.category is None:
+            return None
+        return np.argsort(self.category[np.asarray(products, dtype=np.int64)], kind="stable")
 
     def attribute_audience(
         self, products: np.ndarray, n: int = 1000, *, member_mask: np.ndarray | None = None

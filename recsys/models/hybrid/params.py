@@ -26,6 +26,10 @@ class HybridParams(ModelParams):
     # candidates for picks
     candidates_popular: int = 60
     candidates_cf: int = 40
+    # above this many products the ALS candidates come from an inverted-file index (nprobe
+    # calibrated to recall 0.96 of the exact top candidates_cf) instead of an exact scan of every
+    # product (state.cf_candidate_index): the exact scan grows with members x products
+    cf_exact_max_products: int = 50_000
     # label windows
     label_mode: Literal["days", "last_basket"] = "days"
     label_days: int = 31
@@ -43,6 +47,10 @@ class HybridParams(ModelParams):
     num_leaves: int = 31
     min_child_samples: int = 100
     negative_rate: float = 0.25
+    # the ranker learns from the candidates of at most this many members per label window (a
+    # random sample of those who bought in it; None: all): a million members' candidates are
+    # ~30M rows, where a few million already fix a tree ensemble of this size
+    ranker_max_members: int | None = 200_000
     drop_features: list[str] = ["buyers_rate", "occasions_rate", "recent_pop"]
     # the audience models (logistic regression); off where only picks are evaluated (the
     # next-basket protocol): the model then ranks products for members, not members for products

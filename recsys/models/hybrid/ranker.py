@@ -54,9 +54,10 @@ def candidates(s: FeatureState, users: np.ndarray, p: HybridParams) -> tuple[np.
         # one thread: FAISS brings its own OpenMP runtime, whose spinning threads would fight
         # LightGBM's (and a parallel next-basket run's) for the cores
         with threadpool_limits(1):
-            _, top = s.cf_index().search(np.ascontiguousarray(s.user_factors[users]), n_cf)
-        rows.append(np.repeat(np.arange(len(users)), n_cf))
-        cols.append(top.ravel().astype(np.int64))
+            top = s.cf_top(users, n_cf)
+        found = top.ravel() >= 0  # an approximate search may find fewer than n_cf
+        rows.append(np.repeat(np.arange(len(users)), n_cf)[found])
+        cols.append(top.ravel()[found].astype(np.int64))
     key = unique_ints(np.concatenate(rows).astype(np.int64) * s.n_products + np.concatenate(cols))
     return key // s.n_products, key % s.n_products
 
@@ -90,12 +91,15 @@ def ranker_examples(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ranker's rows for one label window: the candidates of every member who bought in the
     window and has a history before it, the positives (bought in the window) and a
-    ``negative_rate`` sample of the others, with their features on the window's history.
+    ``negative_rate`` sample of the others, with their features on the window's history; at
+    most ``ranker_max_members`` members, a random sample (drawn from ``rng`` first).
 
     Built a block of members at a time; the negatives' draws come from one stream in member
     order, so the rows are the same as for all members at once."""
     users = np.where(np.diff(labels.indptr) > 0)[0]
     users = users[np.diff(s.counts.indptr)[users] > 0]  # members with a history to learn from
+    if p.ranker_max_members is not None and len(users) > p.ranker_max_members:
+        users = np.sort(rng.choice(users, size=p.ranker_max_members, replace=False))
     X_parts, y_parts = [], []
     for lo in range(0, max(len(users), 1), RANKER_BLOCK_MEMBERS):
         block = users[lo : lo + RANKER_BLOCK_MEMBERS]

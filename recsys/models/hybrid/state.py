@@ -58,6 +58,11 @@ class FeatureState:
     member_early: np.ndarray  # purchases of products in their first weeks on sale
     # recency-weighted purchases (14-day half-life): how much the member buys lately, from recency14
     member_recent: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    # the product vectors' inverted-file index for the ALS candidates (a serialised FAISS
+    # IndexIVFFlat and its recsys.ann meta), built with the state above
+    # ``params.cf_exact_max_products``; None: the candidates are searched exactly
+    cf_ivf: np.ndarray | None = None
+    cf_ivf_meta: dict[str, Any] | None = None
     _cf_index: Any = field(default=None, repr=False, compare=False)
     _csc: dict[str, sp.csc_matrix] = field(default_factory=dict, repr=False, compare=False)
 
@@ -75,15 +80,39 @@ class FeatureState:
         return self._csc[name]
 
     def cf_index(self) -> Any:
-        """An exact inner-product FAISS index over the product vectors, built on first use: the
-        members' top products by ALS score (picks candidates) without sorting every product."""
+        """The :class:`recsys.ann.AnnIndex` the members' top products by ALS score (picks
+        candidates) are searched in, made on first use: the state's inverted-file index when it
+        has one, else an exact inner-product index over the product vectors."""
         if self._cf_index is None:
             import faiss
 
-            index = faiss.IndexFlatIP(self.item_factors.shape[1])
-            index.add(np.ascontiguousarray(self.item_factors, dtype=np.float32))
-            self._cf_index = index
+            from recsys.ann import AnnIndex
+
+            if self.cf_ivf is not None and self.cf_ivf_meta is not None:
+                index = faiss.deserialize_index(np.array(self.cf_ivf, dtype=np.uint8))
+                self._cf_index = AnnIndex(index, "ivf", dict(self.cf_ivf_meta))
+            else:
+                index = faiss.IndexFlatIP(self.item_factors.shape[1])
+                index.add(np.ascontiguousarray(self.item_factors, dtype=np.float32))
+                self._cf_index = AnnIndex(index, "flat", {"n": self.n_products, "dim": self.item_factors.shape[1]})
         return self._cf_index
+
+    def cf_top(self, members: np.ndarray, k: int) -> np.ndarray:
+        """``(len(members), k)`` products of largest ALS score for each member (-1 where an
+        approximate search found fewer), from :meth:`cf_index`; an inverted-file search probes
+        the cells its calibration found for ``k``."""
+        from recsys.ann import ivf_nprobe
+
+        ann = self.cf_index()
+        q = np.ascontiguousarray(self.user_factors[members], dtype=np.float32)
+        if ann.kind == "ivf":
+            nprobe = ivf_nprobe(ann.meta, k)
+            if nprobe is None:  # the calibration found no nprobe worth it: the exact answer
+                from recsys.ann import exact_top
+
+                return exact_top(self.item_factors, q, k, threads=1)[1]
+            return ann.search(q, k, nprobe=nprobe)[1]
+        return ann.search(q, k)[1]
 
     def __getstate__(self) -> dict[str, Any]:  # the FAISS index does not pickle; caches are rebuilt
         return {**self.__dict__, "_cf_index": None, "_csc": {}}
@@ -168,6 +197,8 @@ def build_state(
         knn_sim = item_similarity(counts, params.knn_neighbours, num_threads=params.num_threads)
     warm = np.diff(counts.tocsc().indptr) > 0
     item_factors = attribute_vectors(np.asarray(als.item_factors, np.float32), warm, product_tags)
+    user_factors = np.asarray(als.user_factors, np.float32)
+    cf_ivf, cf_ivf_meta = cf_candidate_index(item_factors, user_factors, params)
     binary = counts.copy()
     binary.data[:] = 1.0
     buyers = np.asarray(binary.sum(axis=0)).ravel().astype(np.float32)
@@ -201,7 +232,7 @@ def build_state(
         brand_knn=_group_knn(counts, knn_sim, item_brand) if member_brand is not None else None,
         cat_knn=_group_knn(counts, knn_sim, item_cat),
         knn=knn_sim,
-        user_factors=np.asarray(als.user_factors, np.float32), item_factors=item_factors,
+        user_factors=user_factors, item_factors=item_factors, cf_ivf=cf_ivf, cf_ivf_meta=cf_ivf_meta,
         item_cat=item_cat, item_brand=item_brand, item_line=item_line, span=span,
         buyers=buyers, occasions=occasions,
         recent_pop=np.asarray(recency14.sum(axis=0)).ravel().astype(np.float32),
@@ -213,6 +244,34 @@ def build_state(
         member_repeat=(member_occ - distinct) / np.maximum(member_occ, 1.0),
         member_early=early_adoptions(x),
     )
+
+
+def cf_candidate_index(
+    item_factors: np.ndarray, user_factors: np.ndarray, params: HybridParams
+) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """Above ``params.cf_exact_max_products`` products, an inverted-file index over the product
+    vectors for the ALS candidates (:func:`recsys.ann.build_index`, k-means on one thread with
+    the model's seed, so the same data gives the same index), with ``nprobe`` calibrated on a
+    sample of the members' vectors to find ``candidates_cf`` products at the recall of
+    :class:`recsys.ann.IndexSettings`; serialised (the saved model carries it, so a server
+    searches exactly the cells training did). ``(None, None)`` below the threshold: exact.
+
+    Why: the exact search scores every product for every member -- at a million members and
+    100,000 products, 2 ms per member on one core, twice (the label window's candidates, then
+    every member's lists) -- where the candidates only feed the ranker."""
+    n = item_factors.shape[0]
+    k = min(params.candidates_cf, n - 1)
+    if n <= params.cf_exact_max_products or k <= 0:
+        return None, None
+    import faiss
+
+    from recsys.ann import IndexSettings, build_index
+
+    settings = IndexSettings(build_threads=1, calibration_ks=(k,))
+    with threadpool_limits(1):
+        ann = build_index(item_factors, "ivf", settings, queries=user_factors, seed=params.seed)
+    meta = {key: v for key, v in ann.meta.items() if not key.endswith("_s")}  # no timings: same data, same state
+    return faiss.serialize_index(ann.index), meta
 
 
 def cat_band_codes(item_cat: np.ndarray, item_band: np.ndarray, n_bands: int | None = None) -> np.ndarray | None:
@@ -305,7 +364,7 @@ SAVED_FIELDS = (
     "item_factors", "item_cat", "item_brand", "buyers", "occasions", "recent_pop", "rebuy_rate",
     "member_days", "member_last", "member_max", "member_occ", "member_repeat", "member_early",
     "member_cat_recent", "member_band", "item_band", "item_line", "member_line",
-    "brand_knn", "cat_knn", "member_cat_band_csc", "item_cat_band",
+    "brand_knn", "cat_knn", "member_cat_band_csc", "item_cat_band", "cf_ivf", "cf_ivf_meta",
 )
 
 
@@ -338,4 +397,5 @@ def state_from_arrays(g: dict[str, Any]) -> FeatureState:
         member_early=g["member_early"], member_cat_recent=g["member_cat_recent"].tocsc(),
         member_band=g["member_band"], item_band=g["item_band"],
         member_cat_band_csc=g.get("member_cat_band_csc"), item_cat_band=g.get("item_cat_band"),
+        cf_ivf=g.get("cf_ivf"), cf_ivf_meta=g.get("cf_ivf_meta"),
     )
