@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -56,8 +57,6 @@ class FeatureState:
     member_occ: np.ndarray
     member_repeat: np.ndarray
     member_early: np.ndarray  # purchases of products in their first weeks on sale
-    # recency-weighted purchases (14-day half-life): how much the member buys lately, from recency14
-    member_recent: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     # the product vectors' inverted-file index for the ALS candidates (a serialised FAISS
     # IndexIVFFlat and its recsys.ann meta), built with the state above
     # ``params.cf_exact_max_products``; None: the candidates are searched exactly
@@ -66,9 +65,11 @@ class FeatureState:
     _cf_index: Any = field(default=None, repr=False, compare=False)
     _csc: dict[str, sp.csc_matrix] = field(default_factory=dict, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        if len(self.member_recent) != self.recency14.shape[0]:
-            self.member_recent = np.asarray(self.recency14.sum(axis=1)).ravel().astype(np.float32)
+    @cached_property
+    def member_recent(self) -> np.ndarray:
+        """Recency-weighted purchases (14-day half-life) per member: how much they buy lately,
+        derived from ``recency14`` on first use (not saved)."""
+        return np.asarray(self.recency14.sum(axis=1)).ravel().astype(np.float32)
 
     def csc(self, name: str) -> sp.csc_matrix:
         """A column-major copy of a products x columns table (``knn``, ``cat_knn``,
@@ -101,15 +102,13 @@ class FeatureState:
         """``(len(members), k)`` products of largest ALS score for each member (-1 where an
         approximate search found fewer), from :meth:`cf_index`; an inverted-file search probes
         the cells its calibration found for ``k``."""
-        from recsys.ann import ivf_nprobe
+        from recsys.ann import exact_top, ivf_nprobe
 
         ann = self.cf_index()
         q = np.ascontiguousarray(self.user_factors[members], dtype=np.float32)
         if ann.kind == "ivf":
             nprobe = ivf_nprobe(ann.meta, k)
             if nprobe is None:  # the calibration found no nprobe worth it: the exact answer
-                from recsys.ann import exact_top
-
                 return exact_top(self.item_factors, q, k, threads=1)[1]
             return ann.search(q, k, nprobe=nprobe)[1]
         return ann.search(q, k)[1]
