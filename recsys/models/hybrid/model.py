@@ -26,7 +26,6 @@ from recsys.models.hybrid.ranker import (
     PAIR_FEATURES,
     BoosterClassifier,
     fit_ranker,
-    pair_features,
     ranker_examples,
     score_candidates,
 )
@@ -137,11 +136,6 @@ class Hybrid(Recommender):
         out = np.full(cand.shape, NEG_INF, dtype=np.float32)
         out[cand.row, cand.col] = cand.data
         return out
-
-    def pick_probabilities(self, members: np.ndarray, products: np.ndarray) -> np.ndarray:
-        """Probability that each (member, product) pair is bought in a label-window-long period."""
-        s = self.state
-        return self.ranker.predict_proba(pair_features(s, members, products)[:, self.keep_cols])[:, 1]
 
     # -- audiences
     def _require_audiences(self) -> None:
