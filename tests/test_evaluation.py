@@ -342,6 +342,27 @@ def test_evaluate_audiences_buyer_thresholds():
     assert out["audience_known_recall@2"] == pytest.approx((1 / 3 + 1) / 2)
 
 
+class ReversedBatches(FixedScores):
+    """Asks for its products in reverse catalogue order, as a model batching by category may."""
+
+    def audience_batch_order(self, products: np.ndarray) -> np.ndarray:
+        return np.arange(len(products))[::-1]
+
+
+def test_evaluate_audiences_pairs_each_product_with_its_own_buyers_in_the_models_batch_order():
+    data = literal_data(AUD_SEEN, 10, 3)
+    table = ranked([[1, 5, 3, 0, 2], [2, 9], [0]], 10).T
+    reference = FixedScores(ranked([[7], [], [3]], 10).T).fit(data)
+    seen = data.interactions.matrix("binary")
+    kwargs = dict(sizes=(2, 5), min_buyers_known=1, min_buyers_new=2, reference=reference)
+    out = evaluate_audiences(ReversedBatches(table).fit(data), AUD_TRUTH, seen, **kwargs)
+    # known p0 (buyers 1, 3, 7) and p2 (buyer 0), asked p2 first: top 2 {1, 5} -> 1/3 and {0, 1} -> 1
+    assert out["audience_known_recall@2"] == pytest.approx((1 / 3 + 1) / 2)
+    # the reference's own audiences for the same products: p0 {7, 0} -> 1/3, p2 {3, 0} -> 1
+    assert out["audience_known_lift_most_active@2"] == pytest.approx(1.0)
+    assert out == pytest.approx(evaluate_audiences(FixedScores(table).fit(data), AUD_TRUTH, seen, **kwargs), nan_ok=True)
+
+
 def test_evaluate_audiences_on_a_stated_sample_of_products():
     data = literal_data(AUD_SEEN, 10, 3)
     model = FixedScores(ranked([[], [], []], 10).T).fit(data)
