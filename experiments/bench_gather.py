@@ -1,0 +1,85 @@
+"""The hybrid's ``gather`` (values of a sparse members x products matrix at (member, product) pairs)
+with its queries searched in key order against the same searches in the callers' order, in one run.
+
+Every feature of the picks ranker and the audience models reads such pairs: at a million members
+the purchase matrix holds ~40M entries, and a binary search over them in random order (the audience
+models' sampled pairs) spends most of its time in cache misses.
+
+    .venv/bin/python experiments/bench_gather.py                 # 1M x 100k, 40M entries
+    .venv/bin/python experiments/bench_gather.py --members 100000
+
+Prints the seconds per call (best of ``--repeats``) and writes them to
+``experiments/results/gather.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from recsys.models.hybrid import state  # noqa: E402
+
+
+def best_of(repeats: int, fn, *args) -> tuple[float, np.ndarray]:  # type: ignore[no-untyped-def]
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        times.append(time.perf_counter() - t0)
+    return min(times), out  # type: ignore[return-value]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--members", type=int, default=1_000_000)
+    ap.add_argument("--products", type=int, default=100_000)
+    ap.add_argument("--per-member", type=int, default=40, help="stored entries per member")
+    ap.add_argument("--pairs", type=int, default=5_000_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=REPO / "experiments" / "results" / "gather.json")
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    rows = np.repeat(np.arange(args.members), args.per_member)
+    cols = rng.integers(0, args.products, len(rows))
+    m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(args.members, args.products))
+    m.sum_duplicates()
+    # half the pairs stored entries, half anything
+    coo_pick = rng.integers(0, m.nnz, args.pairs // 2)
+    row_of = np.repeat(np.arange(args.members), np.diff(m.indptr))
+    u = np.r_[row_of[coo_pick], rng.integers(0, args.members, args.pairs - len(coo_pick))]
+    i = np.r_[m.indices[coo_pick], rng.integers(0, args.products, args.pairs - len(coo_pick))]
+    shuffle = rng.permutation(args.pairs)
+    cases = {"random order (audience examples)": (u[shuffle], i[shuffle])}
+    key = np.lexsort((i, u))
+    cases["member order (ranker candidates)"] = (u[key], i[key])
+    threshold = state._GATHER_SORT_KEYS
+    results = []
+    print(f"{args.members:,} x {args.products:,}, {m.nnz:,} entries; {args.pairs:,} pairs; best of {args.repeats}")
+    for name, (qu, qi) in cases.items():
+        state._GATHER_SORT_KEYS = threshold
+        sorted_s, a = best_of(args.repeats, state.gather, m, qu, qi)
+        state._GATHER_SORT_KEYS = 1 << 62  # never sort: the searches in the callers' order
+        unsorted_s, b = best_of(args.repeats, state.gather, m, qu, qi)
+        state._GATHER_SORT_KEYS = threshold
+        assert np.array_equal(a, b)
+        row = {"case": name, "members": args.members, "products": args.products, "entries": int(m.nnz),
+               "pairs": args.pairs, "sorted_s": round(sorted_s, 3), "unsorted_s": round(unsorted_s, 3),
+               "speedup": round(unsorted_s / sorted_s, 2)}
+        results.append(row)
+        print(f"  {name:<36} queries sorted {sorted_s:6.2f} s   in callers' order {unsorted_s:6.2f} s   "
+              f"({row['speedup']:.1f}x)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
