@@ -342,20 +342,12 @@ def test_topfreq_audience_ties_go_to_the_more_active_member_at_high_counts():
     assert model.audience(np.array([0]), n=2)[0].tolist() == [[1, 0]]
 
 
-@pytest.mark.parametrize("sort_keys", [False, True])
 @pytest.mark.parametrize("n_members", [1, 3, 400])
-def test_hybrid_gather_equals_dense_indexing_for_few_and_many_members(
-    n_members: int, sort_keys: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # gather takes a row-restricted path when few members are asked for (serving), and searches a
-    # large matrix (here: any) with its queries sorted
+def test_hybrid_gather_equals_dense_indexing_for_few_and_many_members(n_members: int) -> None:
+    # gather takes a row-restricted path when few members are asked for (serving)
     import scipy.sparse as sp
 
-    from recsys.models.hybrid import state
     from recsys.models.hybrid.state import gather
-
-    if sort_keys:
-        monkeypatch.setattr(state, "_GATHER_SORT_KEYS", 0)
 
     rng = np.random.default_rng(n_members)
     m = sp.random(500, 300, density=0.02, format="csr", random_state=n_members, dtype=np.float32)
