@@ -344,7 +344,7 @@ def test_topfreq_audience_ties_go_to_the_more_active_member_at_high_counts():
 
 @pytest.mark.parametrize("n_members", [1, 3, 400])
 def test_hybrid_gather_equals_dense_indexing_for_few_and_many_members(n_members: int) -> None:
-    # gather takes a row-restricted path when few members are asked for (serving)
+    # a few members (serving) and many (training), pairs stored and not
     import scipy.sparse as sp
 
     from recsys.models.hybrid.state import gather

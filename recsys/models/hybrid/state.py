@@ -133,38 +133,15 @@ def _group_matrix(counts: sp.csr_matrix, groups: np.ndarray) -> sp.csr_matrix:
 
 
 def gather(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Values of a sparse matrix at (rows, cols) pairs, 0 where absent, without densifying."""
+    """Values of a sparse matrix at (rows, cols) pairs, 0 where absent, without densifying.
+
+    SciPy's element indexing searches each pair within its row; the global sorted keys this
+    built before cost a pass over every stored entry per call and a cache miss per step of a
+    search over all of them (1M members x 40 purchases, 5M pairs: experiments/bench_gather.py)."""
     m = m if sp.isspmatrix_csr(m) else sp.csr_matrix(m)
     if m.nnz == 0 or len(rows) == 0:
         return np.zeros(len(rows), dtype=np.float32)
-    uniq, inv = np.unique(rows, return_inverse=True)
-    if len(uniq) * 8 < m.shape[0]:  # a few members (serving): index only their rows
-        m, rows = m[uniq], inv
-        if m.nnz == 0:
-            return np.zeros(len(rows), dtype=np.float32)
-    n = m.shape[1]
-    row_of = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
-    keys = row_of * n + m.indices  # csr with sorted indices gives sorted keys
-    if not m.has_sorted_indices:
-        order = np.argsort(keys)
-        keys, data = keys[order], m.data[order]
-    else:
-        data = m.data
-    q = rows.astype(np.int64) * n + cols.astype(np.int64)
-    if len(keys) > _GATHER_SORT_KEYS:
-        # queries in key order walk the keys in memory order: on 40M keys (a million members'
-        # purchases) a random query costs ~2.7 us of cache misses, a sorted one ~0.3 us with the
-        # sort (experiments/bench_gather.py); keys that fit in cache are faster searched unsorted
-        order = np.argsort(q, kind="stable")  # linear on queries already in order (the ranker's)
-        pos = np.empty(len(q), dtype=np.int64)
-        pos[order] = np.searchsorted(keys, q[order])
-    else:
-        pos = np.searchsorted(keys, q)
-    pos = np.minimum(pos, len(keys) - 1)
-    return np.where(keys[pos] == q, data[pos], 0).astype(np.float32)
-
-
-_GATHER_SORT_KEYS = 1 << 20
+    return np.asarray(m[np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)], dtype=np.float32).ravel()
 
 
 def _group_knn(counts: sp.csr_matrix, knn: sp.csr_matrix, groups: np.ndarray) -> sp.csr_matrix:
