@@ -1,5 +1,7 @@
-"""The hybrid's ``gather`` (values of a sparse members x products matrix at (member, product) pairs),
-SciPy's element indexing, against the global sorted-keys search it replaced, in one run.
+"""The hybrid's pair lookups at a million members, each against what it replaced, in one run:
+``gather`` (values of a sparse members x products matrix at (member, product) pairs, SciPy's element
+indexing vs a global sorted-keys search) and ``knn_affinity`` for many members' pairs (every
+member's row of ``counts_csc @ sim`` vs the members' own rows of ``counts``, block by block).
 
 Every feature of the picks ranker and the audience models reads such pairs: at a million members
 the purchase matrix holds ~40M entries, and a binary search over them in random order (the audience
@@ -9,7 +11,7 @@ pass over every entry per call.
     .venv/bin/python experiments/bench_gather.py                 # 1M x 100k, 40M entries
     .venv/bin/python experiments/bench_gather.py --members 100000
 
-Prints the seconds per call (best of ``--repeats``) and writes them to
+Prints the seconds per call (best of ``--repeats``; the kNN case once) and writes them to
 ``experiments/results/gather.json``.
 """
 
@@ -58,6 +60,9 @@ def main() -> None:
     ap.add_argument("--per-member", type=int, default=40, help="stored entries per member")
     ap.add_argument("--pairs", type=int, default=5_000_000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--knn-members", type=int, default=500_000, help="members with pairs in the kNN case")
+    ap.add_argument("--knn-products", type=int, default=600, help="products with pairs in the kNN case")
+    ap.add_argument("--neighbours", type=int, default=100)
     ap.add_argument("--out", type=Path, default=REPO / "experiments" / "results" / "gather.json")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
@@ -86,6 +91,32 @@ def main() -> None:
         results.append(row)
         print(f"  {name:<36} SciPy indexing {new_s:6.2f} s   sorted keys (before) {old_s:6.2f} s   "
               f"({row['speedup']:.1f}x)")
+    # kNN affinities of sampled pairs (the audience models' examples): knn_members members, each
+    # paired with ~10 of knn_products products
+    import types
+
+    sim_rows = rng.integers(0, args.products, args.products * args.neighbours)
+    sim_cols = np.repeat(np.arange(args.products), args.neighbours)
+    sim = sp.csc_matrix((rng.random(len(sim_rows)).astype(np.float32), (sim_rows, sim_cols)),
+                        shape=(args.products, args.products))
+    s = types.SimpleNamespace(counts=m, counts_csc=m.tocsc(), n_members=args.members, csc=lambda name: sim)
+    ku = np.repeat(rng.choice(args.members, args.knn_members, replace=False), 10)
+    ki = rng.choice(args.products, args.knn_products, replace=False)[rng.integers(0, args.knn_products, len(ku))]
+    timed = {}
+    for path, bias in (("full", 0.0), ("own rows", float("inf"))):  # force either way
+        state._KNN_FULL_BIAS = bias
+        t0 = time.perf_counter()
+        timed[path] = (state.knn_affinity(s, ku, ki), time.perf_counter() - t0)
+    state._KNN_FULL_BIAS = 1.0
+    (a, full_s), (b, own_s) = timed["full"], timed["own rows"]
+    assert np.array_equal(a, b)
+    row = {"case": "knn_affinity of sampled pairs", "members": args.members, "products": args.products,
+           "entries": int(m.nnz), "neighbours": args.neighbours, "pair_members": args.knn_members,
+           "pair_products": args.knn_products, "pairs": int(len(ku)), "full_product_s": round(full_s, 3),
+           "own_rows_s": round(own_s, 3), "speedup": round(own_s / full_s, 2)}
+    results.append(row)
+    print(f"  knn_affinity, {len(ku):,} pairs of {args.knn_members:,} members x {args.knn_products:,} products: "
+          f"every member's product {full_s:6.2f} s   their own rows (before) {own_s:6.2f} s   ({row['speedup']:.1f}x)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
 

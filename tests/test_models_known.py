@@ -359,6 +359,35 @@ def test_hybrid_gather_equals_dense_indexing_for_few_and_many_members(n_members:
     assert np.array_equal(gather(m, rows, cols), m.toarray()[rows, cols])
 
 
+@pytest.mark.parametrize("n_members", [3, 60, 500])
+def test_hybrid_knn_affinity_is_the_same_bits_from_every_members_product_or_their_own_rows(
+    n_members: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # sum over the member's purchases h of count(u, h) x similarity(h, i): from counts_csc @ sim
+    # (many members) or their own rows of counts (a few), in blocks of columns
+    import types
+
+    import scipy.sparse as sp
+
+    from recsys.models.hybrid import state
+
+    counts = sp.random(500, 300, density=0.05, format="csr", random_state=1, dtype=np.float32)
+    counts.data = np.ceil(counts.data * 5)
+    sim = sp.random(300, 300, density=0.1, format="csc", random_state=2, dtype=np.float32)
+    s = types.SimpleNamespace(counts=counts, counts_csc=counts.tocsc(), n_members=500, csc=lambda name: sim)
+    rng = np.random.default_rng(n_members)
+    u = np.repeat(rng.choice(500, n_members, replace=False), 30)
+    i = rng.integers(0, 300, len(u))
+    monkeypatch.setattr(state, "_KNN_BLOCK_ENTRIES", 2000)  # several blocks of columns
+    got = {}
+    for path, bias in (("full", 0.0), ("own rows", float("inf"))):
+        monkeypatch.setattr(state, "_KNN_FULL_BIAS", bias)
+        got[path] = state.knn_affinity(s, u, i)
+    assert np.array_equal(got["full"], got["own rows"])
+    np.testing.assert_allclose(got["full"], (counts.toarray() @ sim.toarray())[u, i], rtol=1e-5)
+    assert (got["full"] > 0).mean() > 0.3
+
+
 @pytest.mark.parametrize("zeroed", [(), ("cf", "log_count", "log_knn", "log_category_count", "band_share")])
 def test_hybrid_block_audience_logits_equal_weights_times_pair_features(zeroed: tuple[str, ...]) -> None:
     # training learns from (member, product) pairs; audiences are scored a block at a time from

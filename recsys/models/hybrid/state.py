@@ -313,11 +313,21 @@ def knn_affinity(s: FeatureState, u: np.ndarray, i: np.ndarray, table: str = "kn
         return out
     members, row = np.unique(u, return_inverse=True)
     cols, col = np.unique(i, return_inverse=True)
-    history = s.counts_csc if len(members) == s.n_members else s.counts[members]
-    if len(members) == s.n_members:
-        row = members[row]
     sim_cols = s.csc(table)[:, cols]
-    block = max(1, int(_KNN_BLOCK_ENTRIES // max(len(members), 1)))
+    # Two ways to the same bits (each entry sums over the neighbours in the same order): every
+    # member's row of ``counts_csc @ sim``, which costs the buyers of the columns' neighbours plus
+    # a dense row per member, or the pairs' members' own rows of ``counts``, which costs their
+    # purchases once per block of columns plus a dense row per member of theirs. The cheaper is
+    # taken: the audience models' sampled pairs (many members, few per block) take the first, a
+    # batch of pre-ranking or a request the second.
+    own_block = max(1, _KNN_BLOCK_ENTRIES // len(members))
+    own_cost = -(-len(cols) // own_block) * float(np.diff(s.counts.indptr)[members].sum()) + len(cols) * len(members)
+    full_cost = float(np.diff(s.counts_csc.indptr)[sim_cols.indices].sum()) + len(cols) * s.n_members
+    full = full_cost * _KNN_FULL_BIAS < own_cost
+    history = s.counts_csc if full else s.counts[members]
+    if full:
+        row = members[row]
+    block = max(1, int(_KNN_BLOCK_ENTRIES // max(history.shape[0], 1)))
     order = np.argsort(col, kind="stable")
     starts = np.searchsorted(col[order], np.arange(0, len(cols) + block, block))
     for b, lo in enumerate(range(0, len(cols), block)):
@@ -330,6 +340,7 @@ def knn_affinity(s: FeatureState, u: np.ndarray, i: np.ndarray, table: str = "kn
 
 
 _KNN_BLOCK_ENTRIES = 4_000_000  # members x columns of one dense block (16 MB)
+_KNN_FULL_BIAS = 1.0  # the full product's estimated cost is weighed by this (tests force either way)
 
 
 def id_prefix_tag(ids: np.ndarray, n: int) -> Tag:
