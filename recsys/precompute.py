@@ -318,6 +318,17 @@ def rank_members(
     return {mode: (idx.astype(np.int32), sc) for mode, (idx, sc) in ranked.items()}
 
 
+# scores computed in another process or batch shape may differ in the last bits (BLAS kernels
+# block a matrix product by its shape and threads): a list matches when its products are the
+# same, in the same order, and its scores agree to this relative tolerance
+SCORE_RTOL = 1e-6
+
+
+def same_list(want_i: np.ndarray, want_s: np.ndarray, got_i: np.ndarray, got_s: np.ndarray) -> bool:
+    """Whether a pre-ranked list (products, scores) is the one ``model.recommend`` gives."""
+    return bool(np.array_equal(want_i, got_i) and np.allclose(got_s, want_s, rtol=SCORE_RTOL, atol=0.0, equal_nan=True))
+
+
 def _verify(model: Recommender, indices: dict[str, np.ndarray], scores: dict[str, np.ndarray], n: int,
             count: int) -> int:
     """Compare the lists of ``count`` members (spread over the index) with ``model.recommend``."""
@@ -328,7 +339,7 @@ def _verify(model: Recommender, indices: dict[str, np.ndarray], scores: dict[str
         want_i, want_s = model.recommend(sample, n, mode=mode)  # type: ignore[arg-type]
         got_i, got_s = indices[mode][sample], scores[mode][sample]
         for j, member in enumerate(sample.tolist()):
-            if not (np.array_equal(want_i[j], got_i[j]) and np.array_equal(want_s[j], got_s[j])):
+            if not same_list(want_i[j], want_s[j], got_i[j], got_s[j]):
                 diff = int(np.flatnonzero(want_i[j] != got_i[j])[0]) if not np.array_equal(want_i[j], got_i[j]) else -1
                 raise PreRankError(
                     f"pre-ranked {mode} list of member row {member} differs from model.recommend "

@@ -48,6 +48,7 @@ from recsys.precompute import (
     PreRanked,
     PreRankError,
     rank_members,
+    same_list,
 )
 
 if TYPE_CHECKING:
@@ -249,7 +250,7 @@ def _verify_lists(spark: SparkSession, model: Recommender, out: str, n: int, mod
         got_i = np.asarray(got.column(f"{mode}_products").to_pylist(), dtype=np.int64)
         got_s = np.asarray(got.column(f"{mode}_scores").to_pylist(), dtype=np.float32)
         for j, member in enumerate(sample.tolist()):
-            if not (np.array_equal(want_i[j], got_i[j]) and np.array_equal(want_s[j], got_s[j])):
+            if not same_list(want_i[j], want_s[j], got_i[j], got_s[j]):
                 raise PreRankError(
                     f"Spark's pre-ranked {mode} list of member row {member} differs from model.recommend; "
                     "the lists would not match live scoring"
