@@ -319,14 +319,37 @@ def rank_members(
 
 
 # scores computed in another process or batch shape may differ in the last bits (BLAS kernels
-# block a matrix product by its shape and threads): a list matches when its products are the
-# same, in the same order, and its scores agree to this relative tolerance
+# block a matrix product by its shape and threads). A dot product's rounding error scales with its
+# terms, not with its sum, so the tolerance is relative to the list's largest score: a score near
+# zero (a member's 100th pick) may differ by far more than its own size, and two products whose
+# scores are that close may swap places, or one may take the other's place at the end of the list.
 SCORE_RTOL = 1e-6
 
 
 def same_list(want_i: np.ndarray, want_s: np.ndarray, got_i: np.ndarray, got_s: np.ndarray) -> bool:
-    """Whether a pre-ranked list (products, scores) is the one ``model.recommend`` gives."""
-    return bool(np.array_equal(want_i, got_i) and np.allclose(got_s, want_s, rtol=SCORE_RTOL, atol=0.0, equal_nan=True))
+    """Whether a pre-ranked list (products, scores) is the one ``model.recommend`` gives: the
+    same scores rank by rank to :data:`SCORE_RTOL` of the largest, and every product that is not
+    at its own rank scored within that tolerance of the product at its rank there (a near tie)."""
+    if want_i.shape != got_i.shape:
+        return False
+    finite = np.isfinite(want_s)
+    tol = SCORE_RTOL * (float(np.max(np.abs(want_s[finite]))) if finite.any() else 0.0)
+    if not np.allclose(got_s, want_s, rtol=0.0, atol=tol, equal_nan=True):
+        return False
+    moved = np.flatnonzero(want_i != got_i)
+    if not len(moved):
+        return True
+    rank_in_want = {int(p): r for r, p in enumerate(want_i.tolist()) if p >= 0}
+    last = float(want_s[finite][-1]) if finite.any() else -np.inf
+    for r in moved.tolist():
+        product = int(got_i[r])
+        if product < 0:
+            return False
+        there = rank_in_want.get(product)
+        own = float(want_s[there]) if there is not None else last  # not in want: tied with its end
+        if abs(own - float(got_s[r])) > tol:
+            return False
+    return True
 
 
 def _verify(model: Recommender, indices: dict[str, np.ndarray], scores: dict[str, np.ndarray], n: int,

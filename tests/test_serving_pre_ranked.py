@@ -20,7 +20,7 @@ from helpers_data import N_MEMBERS, N_PRODUCTS, synthetic_data
 
 from recsys.bundle import FORMAT_VERSION, Bundle, BundleError, load_bundle, save_bundle
 from recsys.models import get_model
-from recsys.precompute import ListWriter, PreRanked, PreRankError, pre_rank
+from recsys.precompute import SCORE_RTOL, ListWriter, PreRanked, PreRankError, pre_rank, same_list
 from serving.app import create_app
 from serving.schemas import AudienceResponse, BatchPicksResponse, PicksResponse, SimilarResponse
 from serving.service import picks as pick_service
@@ -156,6 +156,24 @@ def test_lists_that_disagree_with_recommend_are_refused() -> None:
     model._score_items = lambda members: score(members) + rng.random((len(members), model.n_products))  # type: ignore[method-assign]
     with pytest.raises(PreRankError, match="differs from model.recommend"):
         pre_rank(model, n=3)
+
+
+def test_scores_match_to_a_tolerance_of_the_lists_largest_score() -> None:
+    """The same dot products summed in another block shape differ in the last bits of the terms,
+    so a score near zero may differ by far more than its own size, and near ties may swap: still
+    the same list. Anything more is a different list."""
+    items = np.array([4, 2, 7, 9, -1], dtype=np.int32)
+    want = np.array([0.78, 0.51, 2e-7, 1.9e-7, -np.inf], dtype=np.float32)
+    near = want + np.array([3e-8, -2e-8, 1.5e-8, 0.0, 0.0], dtype=np.float32)  # 8 % of the small ones
+    assert same_list(items, want, items, near)
+    assert same_list(items, want, items[[0, 1, 3, 2, 4]], want[[0, 1, 3, 2, 4]])  # a near tie swapped
+    assert same_list(items, want, np.array([4, 2, 7, 5, -1], np.int32), want)  # a near tie at the end
+    assert not same_list(items, want, items, want + np.float32(10 * SCORE_RTOL * 0.78))
+    assert not same_list(items, want, items[[1, 0, 2, 3, 4]], want)  # 0.78 and 0.51 are no tie
+    assert not same_list(items, want, items[[1, 0, 2, 3, 4]], want[[1, 0, 2, 3, 4]])
+    assert not same_list(items, want, np.array([4, 5, 7, 9, -1], np.int32), want)  # 5 is not 2
+    assert not same_list(items, want, items, np.array([0.78, 0.51, 2e-7, 1.9e-7, 0.0], np.float32))
+    assert same_list(items[4:], want[4:], items[4:], want[4:])  # an empty list
 
 
 # --------------------------------------------------------------------------- the bundle
