@@ -538,7 +538,7 @@ def test_hybrid_audiences_learn_from_their_own_label_windows_and_picks_from_the_
     assert split.ranker.booster_.model_to_string() == picks_like.ranker.booster_.model_to_string()
     assert audience_like.ranker.booster_.model_to_string() != picks_like.ranker.booster_.model_to_string()
     for a, b, other in zip((split.audience_w, split.audience_b), (audience_like.audience_w, audience_like.audience_b),
-                           (picks_like.audience_w, picks_like.audience_b)):
+                           (picks_like.audience_w, picks_like.audience_b), strict=True):
         assert np.array_equal(a, b) and not np.array_equal(a, other)
     products = np.arange(data.n_products)
     got, want = split.audience(products, n=10), audience_like.audience(products, n=10)
