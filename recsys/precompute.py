@@ -284,21 +284,22 @@ def pre_rank(
         return len(batch)
 
     starts = range(0, n_members, batch_size)
-    if n_members:
-        rank(starts[0])  # first on its own: a model may build a lazy cache (an index) on first use
-    done = min(batch_size, n_members)
-    if progress is not None and n_members:
-        progress(done, n_members)
-    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        for size in pool.map(rank, starts[1:]):
-            done += size
-            if progress is not None:
-                progress(done, n_members)
-    seconds = time.perf_counter() - t0
-    if writer is not None:
-        written = writer.finish()
-        indices, scores = written.indices, written.scores
-    verified = _verify(model, indices, scores, n, verify)
+    with model.bulk_scoring(n_members):  # the verification too: the same scorer as the lists
+        if n_members:
+            rank(starts[0])  # first on its own: a model may build a lazy cache (an index) on first use
+        done = min(batch_size, n_members)
+        if progress is not None and n_members:
+            progress(done, n_members)
+        with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+            for size in pool.map(rank, starts[1:]):
+                done += size
+                if progress is not None:
+                    progress(done, n_members)
+        seconds = time.perf_counter() - t0
+        if writer is not None:
+            written = writer.finish()
+            indices, scores = written.indices, written.scores
+        verified = _verify(model, indices, scores, n, verify)
     meta = {
         "n": n, "modes": list(modes), "members": n_members, "seconds": round(seconds, 2),
         "verified_members": verified, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

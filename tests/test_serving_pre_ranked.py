@@ -121,6 +121,38 @@ def test_lists_are_the_head_of_the_models_own_ranking(name: str, n: int) -> None
     assert lists.meta["verified_members"] > 0 and lists.meta["n"] == n
 
 
+def test_a_compiled_ranker_ranks_the_same_lists_and_leaves_nothing_behind(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Past COMPILE_MIN_PAIRS candidate pairs a batch job scores with the ranker's trees compiled
+    (lleaves): the same probabilities, so the same lists; the model file it compiles from is gone."""
+    import tempfile
+
+    import recsys.models.hybrid.model as hybrid_model
+
+    model = hybrid_bundle().model
+    plain = pre_rank(model, n=20, batch_size=4)
+    members = np.arange(model.n_members)
+    X = np.random.default_rng(0).random((500, len(model.keep_cols)))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with model.bulk_scoring(model.n_members):  # below the threshold: LightGBM itself
+        assert model.ranker._compiled is None
+    monkeypatch.setattr(hybrid_model, "COMPILE_MIN_PAIRS", 0)
+    with model.bulk_scoring(model.n_members):
+        assert model.ranker._compiled is not None
+        np.testing.assert_allclose(model.ranker.predict_proba(X), model.ranker.booster_.predict(X)[:, None] * [-1, 1] + [1, 0],
+                                   rtol=0, atol=1e-12)
+    assert model.ranker._compiled is None and list(tmp_path.iterdir()) == []
+    compiles = []
+    compile_trees = type(model.ranker).compiled
+    monkeypatch.setattr(type(model.ranker), "compiled", lambda self: (compiles.append(1), compile_trees(self))[1])
+    compiled = pre_rank(model, n=20, batch_size=4)
+    assert compiles == [1]
+    for mode in ("replenish", "discover"):
+        for member in members:
+            assert same_list(plain.indices[mode][member], plain.scores[mode][member],
+                             compiled.indices[mode][member], compiled.scores[mode][member])
+
+
 @pytest.mark.parametrize("name", ["top_frequency", "hybrid"])
 def test_lists_written_as_they_are_ranked_equal_the_lists_in_memory(name: str, tmp_path: Path) -> None:
     model = (hybrid_bundle() if name == "hybrid" else serving_bundle(name)).model

@@ -26,6 +26,7 @@ array of internal indices and returns ``(indices, scores)`` arrays with ``-1`` /
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -525,6 +526,13 @@ class Recommender(ABC):
                 scores = np.where(member_mask[None, :], scores, NEG_INF)
             out_i[rows], out_s[rows] = topk_rows(scores, n, tiebreak=self.activity)
         return out_i, out_s
+
+    def bulk_scoring(self, members: int) -> contextlib.AbstractContextManager[None]:
+        """Inside this context the model scores for a batch job that ranks ``members`` members (the
+        pre-ranked lists): a model may prepare a faster scorer for as long as it lasts (the hybrid
+        compiles its ranker's trees) and must give the same scores; nothing is left behind after.
+        Default: nothing to prepare."""
+        return contextlib.nullcontext()
 
     def audience_batch_order(self, products: np.ndarray) -> np.ndarray | None:
         """The order in which :meth:`audience` batches ``products``: by category (stable; None

@@ -4,6 +4,10 @@ long period)."""
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,14 +74,40 @@ class BoosterClassifier:
     event loop — and LightGBM's OpenMP threads on top of those oversubscribe the cores: on 2 cores,
     ``recsys train`` spent ~170 CPU-seconds with two prediction threads and ~140 with one, for the
     same predictions (a tree ensemble's output does not depend on the thread count).
+
+    Inside :meth:`compiled` the trees are compiled to machine code (lleaves, on LLVM) and score
+    ~6x faster, the same probabilities to ~1e-15: worth its few seconds of compilation for a batch
+    job of tens of millions of pairs (the pre-ranked lists of a million members), not for a request.
     """
 
     def __init__(self, booster: Any):
         self.booster_ = booster
+        self._compiled: Any = None
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        p = self.booster_.predict(X, num_threads=1)
+        compiled = self._compiled
+        if compiled is not None:
+            p = compiled.predict(np.asarray(X, dtype=np.float64), n_jobs=1)
+        else:
+            p = self.booster_.predict(X, num_threads=1)
         return np.column_stack([1 - p, p])
+
+    @contextlib.contextmanager
+    def compiled(self) -> Iterator[None]:
+        """Score with the compiled trees until the context ends (the model file lleaves reads is
+        written to a temporary folder, removed before the context is entered)."""
+        import lleaves  # imported here: only batch jobs compile
+
+        with tempfile.TemporaryDirectory(prefix="recsys-ranker-") as tmp:
+            path = Path(tmp) / "ranker.txt"
+            path.write_text(self.booster_.model_to_string(), encoding="utf-8")
+            model = lleaves.Model(model_file=str(path))
+            model.compile()  # in memory: no cache file
+        self._compiled = model
+        try:
+            yield
+        finally:
+            self._compiled = None
 
 
 # members whose candidates are built and featurised at a time in ranker_examples: ~110
