@@ -16,43 +16,30 @@ with the validation mean).
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from launch_audiences import VALIDATION, WINDOWS, parse_value  # noqa: E402
+from variant_windows import REPO, load_window, run_variant  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 KEYS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20", "repeat_recall@10", "new_recall@10")
 
 
 def run_window(label: str, overrides: dict[str, object], baselines: bool, data_dir: Path) -> dict[str, dict[str, float]]:
     from recsys.models import get_model
-    from training.config import TrainConfig
-    from training.data import DataPaths, load_split
     from training.evaluate import evaluate_picks
-    from training.windows import ensure_features
 
-    cutoff, end = WINDOWS[label]
-    base = TrainConfig.from_toml(REPO / "experiments" / "configs" / "default.toml")
-    ensure_features(data_dir, base.data.dataset, cutoff)
-    data_cfg = base.data.model_copy(update={"data_dir": data_dir, "cutoff": cutoff, "test_end": end})
-    data, split = load_split(DataPaths(data_cfg.canonical, data_cfg.features), cutoff, end)
-    truth, seen = split.truth(), split.seen()
-    models = {"hybrid": ("hybrid", {**base.model.params, "audiences": False, **overrides})}
+    win = load_window(label, data_dir)
+    models = {"hybrid": ("hybrid", {**win.config.model.params, "audiences": False, **overrides})}
     if baselines:
         models["GP-TopFreq"] = ("top_frequency", {})
     out: dict[str, dict[str, float]] = {}
     for name, (model_name, params) in models.items():
         t0 = time.perf_counter()
-        model = get_model(model_name)(params).fit(data)
+        model = get_model(model_name)(params).fit(win.data)
         fit_s = time.perf_counter() - t0
-        m = evaluate_picks(model, truth, seen, ks=(10, 20))
+        m = evaluate_picks(model, win.truth, win.seen, ks=(10, 20))
         m = {k: float(v) for k, v in m.items() if k in KEYS or k.startswith(("recall@", "ndcg@"))}
         m["fit_s"], m["total_s"] = fit_s, time.perf_counter() - t0
         out[name] = m
@@ -61,43 +48,11 @@ def run_window(label: str, overrides: dict[str, object], baselines: bool, data_d
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--variant", required=True, help="a name for this variant (the key in the results file)")
-    ap.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE",
-                    help="a hybrid param over default.toml's (TOML value: 1.5, true, [\"a\", \"b\"], text)")
-    ap.add_argument("--windows", choices=["validation", "test"], default="validation",
-                    help="validation: December and January (every choice is made here); test: February, once, after")
-    ap.add_argument("--baselines", action="store_true", help="also GP-TopFreq")
-    ap.add_argument("--data-dir", type=Path, default=REPO / "data")
-    ap.add_argument("--out", type=Path, default=REPO / "experiments" / "results" / "picks_windows.json")
-    args = ap.parse_args()
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key.strip()] = parse_value(value.strip())
-    labels = VALIDATION if args.windows == "validation" else ("2001-02",)
-    per = {w: run_window(w, overrides, args.baselines, args.data_dir) for w in labels}
-    doc = json.loads(args.out.read_text()) if args.out.exists() else {}
-    entry = doc.setdefault(args.variant, {"params": overrides})
-    entry["params"] = overrides
-    for w, models in per.items():
-        entry[w] = {**entry.get(w, {}), **models}
-    if all(w in entry for w in VALIDATION):
-        entry["validation_mean"] = {
-            name: {k: float(np.mean([entry[w][name][k] for w in VALIDATION])) for k in KEYS
-                   if all(k in entry[w].get(name, {}) for w in VALIDATION)}
-            for name in entry[VALIDATION[0]] if all(name in entry[w] for w in VALIDATION)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"variant {args.variant!r} ({overrides}):")
-    shown = (*labels, *(("validation_mean",) if "validation_mean" in entry and args.windows == "validation" else ()))
-    for w in shown:
-        for name, m in entry[w].items():
-            print(f"  {w:>15} {name:>12}: Recall@10 {m['recall@10']:.4f}  NDCG@10 {m['ndcg@10']:.4f}  "
-                  f"Recall@20 {m['recall@20']:.4f}  repeat / new R@10 {m['repeat_recall@10']:.4f} / "
-                  f"{m['new_recall@10']:.4f}")
+def show(window: str, model: str, m: dict[str, float]) -> str:
+    return (f"Recall@10 {m['recall@10']:.4f}  NDCG@10 {m['ndcg@10']:.4f}  Recall@20 {m['recall@20']:.4f}  "
+            f"repeat / new R@10 {m['repeat_recall@10']:.4f} / {m['new_recall@10']:.4f}")
 
 
 if __name__ == "__main__":
-    main()
+    run_variant(__doc__.split("\n\n")[0], REPO / "experiments" / "results" / "picks_windows.json",
+                "also GP-TopFreq", run_window, KEYS, show)
