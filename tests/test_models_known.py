@@ -380,12 +380,11 @@ def test_hybrid_knn_affinity_is_the_same_bits_from_every_members_product_or_thei
     i = rng.integers(0, 300, len(u))
     monkeypatch.setattr(state, "_KNN_BLOCK_ENTRIES", 2000)  # several blocks of columns
     got = {}
-    for path, bias in (("full", 0.0), ("own rows", float("inf"))):
-        monkeypatch.setattr(state, "_KNN_FULL_BIAS", bias)
-        got[path] = state.knn_affinity(s, u, i)
-    assert np.array_equal(got["full"], got["own rows"])
-    np.testing.assert_allclose(got["full"], (counts.toarray() @ sim.toarray())[u, i], rtol=1e-5)
-    assert (got["full"] > 0).mean() > 0.3
+    for path in ("every member", "own rows", "cheaper"):
+        got[path] = state.knn_affinity(s, u, i, product=path)
+    assert np.array_equal(got["every member"], got["own rows"]) and np.array_equal(got["cheaper"], got["own rows"])
+    np.testing.assert_allclose(got["own rows"], (counts.toarray() @ sim.toarray())[u, i], rtol=1e-5)
+    assert (got["own rows"] > 0).mean() > 0.3
 
 
 @pytest.mark.parametrize("zeroed", [(), ("cf", "log_count", "log_knn", "log_category_count", "band_share")])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -301,9 +301,11 @@ def early_adoptions(x: Interactions, weeks: int = 2) -> np.ndarray:
 
 
 
-def knn_affinity(s: FeatureState, u: np.ndarray, i: np.ndarray, table: str = "knn") -> np.ndarray:
+def knn_affinity(s: FeatureState, u: np.ndarray, i: np.ndarray, table: str = "knn", *,
+                 product: Literal["cheaper", "every member", "own rows"] = "cheaper") -> np.ndarray:
     """sum over the member's history h of similarity(h, i), for each pair (``table``: a products x
-    columns table of the state, the item-kNN similarity by default; ``i`` indexes its columns).
+    columns table of the state, the item-kNN similarity by default; ``i`` indexes its columns;
+    ``product``: which of the two products below, the cheaper by default).
 
     ``history @ sim`` for the pairs' members is far larger than the pairs (tens of millions of
     entries for a few million pairs): it is computed a block of columns at a time, densely, and
@@ -323,7 +325,7 @@ def knn_affinity(s: FeatureState, u: np.ndarray, i: np.ndarray, table: str = "kn
     own_block = max(1, _KNN_BLOCK_ENTRIES // len(members))
     own_cost = -(-len(cols) // own_block) * float(np.diff(s.counts.indptr)[members].sum()) + len(cols) * len(members)
     full_cost = float(np.diff(s.counts_csc.indptr)[sim_cols.indices].sum()) + len(cols) * s.n_members
-    full = full_cost * _KNN_FULL_BIAS < own_cost
+    full = full_cost < own_cost if product == "cheaper" else product == "every member"
     history = s.counts_csc if full else s.counts[members]
     if full:
         row = members[row]
@@ -340,7 +342,6 @@ def knn_affinity(s: FeatureState, u: np.ndarray, i: np.ndarray, table: str = "kn
 
 
 _KNN_BLOCK_ENTRIES = 4_000_000  # members x columns of one dense block (16 MB)
-_KNN_FULL_BIAS = 1.0  # the full product's estimated cost is weighed by this (tests force either way)
 
 
 def id_prefix_tag(ids: np.ndarray, n: int) -> Tag:
