@@ -100,6 +100,22 @@ def test_last_age_keeps_the_minimum_age(x):
         [1, 30, 0], [0, 60, 15], [5, 0, 0], [0, 0, 7], [0, 0, 0]]
 
 
+def test_last_age_is_each_pairs_youngest_age_in_any_row_order():
+    # the occasions unsorted (a carved window is built without the constructor's sort)
+    rng = np.random.default_rng(3)
+    n = 5_000
+    member, product, age = rng.integers(0, 40, n), rng.integers(0, 30, n), rng.integers(1, 200, n)
+    x = Interactions(IdMap([f"m{i}" for i in range(40)]), IdMap([f"p{i}" for i in range(30)]),
+                     member.astype(np.int32), product.astype(np.int32), age.astype(np.int32),
+                     np.ones(n, np.float32), np.ones(n, np.float32), date(2001, 2, 1))
+    want = np.zeros((40, 30))
+    for u, i, a in zip(member, product, age, strict=True):
+        want[u, i] = a if want[u, i] == 0 else min(want[u, i], a)
+    got = x.last_age()
+    assert got.has_sorted_indices and got.dtype == np.float32
+    np.testing.assert_array_equal(got.toarray(), want)
+
+
 def test_member_days_counts_distinct_days(x):
     # m0 has 3 occasions on 2 days (p0 and p1 both at age 30); m1 4 days; m4 none
     assert x.member_days().tolist() == [2, 4, 1, 1, 0]
