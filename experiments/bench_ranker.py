@@ -7,8 +7,8 @@ million members, where a py-spy sample of ``recsys train`` spent 45 % of the pre
 - ``trees``: a ranker of the hybrid's default shape (``n_estimators`` x ``num_leaves``) fitted on
   random pair features, both scorers on ``--rows`` rows, one thread each (as the model scores);
 - ``pre-rank`` (with ``--bundle``): a trained hybrid bundle's lists for its first ``--members``
-  members, batch by batch as :func:`recsys.precompute.pre_rank` ranks them, plain and inside the
-  model's ``bulk_scoring`` (compiled whatever the size), with the lists compared.
+  members, batch by batch as :func:`recsys.precompute.pre_rank` ranks them, plain and with the
+  ranker compiled (whatever the size), with the lists compared.
 
     .venv/bin/python experiments/bench_ranker.py
     .venv/bin/python experiments/bench_ranker.py --bundle /tmp/scale/m1000000/bundle --members 50000
@@ -58,7 +58,6 @@ def trees_case(rows: int) -> dict[str, float | int | str]:
 
 
 def pre_rank_case(bundle_dir: Path, members: int, batch: int) -> dict[str, float | int | str]:
-    import recsys.models.hybrid.model as hybrid_model
     from recsys.bundle import load_bundle
     from recsys.precompute import DEFAULT_N, rank_members, same_list
 
@@ -76,9 +75,8 @@ def pre_rank_case(bundle_dir: Path, members: int, batch: int) -> dict[str, float
 
     rank_members(model, np.arange(min(batch, members)), DEFAULT_N)  # the lazy index, before timing
     plain_s, plain = rank_all()
-    hybrid_model.COMPILE_MIN_PAIRS = 0
     t0 = time.perf_counter()
-    with model.bulk_scoring(members):
+    with model.ranker.compiled():  # whatever the size (bulk_scoring compiles from COMPILE_MIN_PAIRS)
         compile_s = time.perf_counter() - t0
         compiled_s, fast = rank_all()
     differ = sum(not same_list(a_i[j], a_s[j], b_i[j], b_s[j])

@@ -76,7 +76,7 @@ class BoosterClassifier:
     same predictions (a tree ensemble's output does not depend on the thread count).
 
     Inside :meth:`compiled` the trees are compiled to machine code (lleaves, on LLVM) and score
-    ~6x faster, the same probabilities to ~1e-15: worth its few seconds of compilation for a batch
+    4-6x faster (experiments/bench_ranker.py), the same probabilities to ~1e-15: worth its few seconds of compilation for a batch
     job of tens of millions of pairs (the pre-ranked lists of a million members), not for a request.
     """
 
