@@ -361,6 +361,9 @@ def test_evaluate_audiences_pairs_each_product_with_its_own_buyers_in_the_models
     # the reference's own audiences for the same products: p0 {7, 0} -> 1/3, p2 {3, 0} -> 1
     assert out["audience_known_lift_most_active@2"] == pytest.approx(1.0)
     assert out == pytest.approx(evaluate_audiences(FixedScores(table).fit(data), AUD_TRUTH, seen, **kwargs), nan_ok=True)
+    # one product per batch, ranked on three threads: the batches come back in order
+    threaded = evaluate_audiences(ReversedBatches(table).fit(data), AUD_TRUTH, seen, batch=1, workers=3, **kwargs)
+    assert threaded == pytest.approx(out, nan_ok=True)
 
 
 def test_evaluate_audiences_on_a_stated_sample_of_products():

@@ -12,7 +12,7 @@ from helpers_data import COLD_PRODUCT, literal_data, synthetic_data
 
 from recsys.idmap import IdMap
 from recsys.models import Tag, TrainData, get_model
-from recsys.models.base import topk_rows
+from recsys.models.base import TieOrder, topk_rows
 from recsys.models.factorization import attribute_vectors
 
 ALL4 = np.arange(4)
@@ -233,6 +233,26 @@ def test_topk_rows_matches_the_definition_on_ties_infinities_and_signed_zeros(se
         assert idx.tolist() == want
         got = np.where(idx >= 0, scores[np.arange(n)[:, None], np.maximum(idx, 0)], -np.inf)
         assert np.array_equal(sc, got.astype(np.float32))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_topk_rows_far_inside_long_rows_matches_the_definition(seed: int) -> None:
+    # k at most an eighth of the row: the k-th score by a float partition, the exact keyed path
+    # only for rows with a tie at the cut (here most rows have ties, some do not)
+    rng = np.random.default_rng(seed)
+    for _ in range(60):
+        n, m = int(rng.integers(1, 6)), int(rng.integers(40, 300))
+        levels = int(rng.choice([3, 20, 10_000]))
+        scores = (rng.integers(0, levels, (n, m)) - levels // 2).astype(np.float32)
+        scores[rng.random((n, m)) < 0.1] = -np.inf
+        if rng.random() < 0.2:
+            scores[0] = -np.inf  # a row with nothing to rank
+        k = int(rng.integers(1, m // 8 + 1))
+        tiebreak = rng.integers(0, 4, m).astype(float) if rng.random() < 0.6 else None
+        want = _topk_by_hand(scores, k, tiebreak)
+        assert topk_rows(scores, k, tiebreak)[0].tolist() == want
+        if tiebreak is not None:  # the tie order worked out once gives the same lists
+            assert topk_rows(scores, k, TieOrder(tiebreak))[0].tolist() == want
 
 
 # ------------------------------------------------------------------------------ ALS vs implicit

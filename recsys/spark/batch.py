@@ -407,7 +407,7 @@ def audience_export(
         shipped = opened.shipped
 
         def job(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            from recsys.models.base import topk_rows
+            from recsys.models.base import TieOrder, topk_rows
 
             worker = _worker_bundle(shipped)
             model = worker.model
@@ -420,7 +420,7 @@ def audience_export(
                     rows = rows[mask[rows]]
                 if not len(rows):
                     continue
-                tie = None if activity is None else np.asarray(activity)[rows]
+                tie = None if activity is None else TieOrder(np.asarray(activity)[rows])
                 for start in range(0, len(targets), product_batch):
                     prods = targets[start : start + product_batch]
                     if items is not None:
