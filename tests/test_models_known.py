@@ -466,6 +466,40 @@ def test_hybrid_within_product_logistic_is_scikit_learns_optimum(l2: float) -> N
     np.testing.assert_allclose(_logistic_within(A, b, group, l2), want, rtol=1e-4, atol=1e-5)
 
 
+def test_within_product_logistic_reads_rows_and_columns_a_block_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the fit on a selection of A's rows and columns, read in blocks of 257 rows, is the fit on
+    # the selection copied whole (the blocks only change the order of the sums)
+    from recsys.models.hybrid import audiences
+
+    rng = np.random.default_rng(3)
+    n, d = 4000, 6
+    A = (rng.standard_normal((n, d)) * [1.0, 3.0, 0.5, 2.0, 1.0, 4.0]).astype(np.float32)
+    group = rng.integers(0, 30, n)
+    b = (rng.random(n) < 1 / (1 + np.exp(-(A[:, :4] @ [0.8, -0.3, 1.5, 0.0])))).astype(float)
+    rows, cols = np.flatnonzero(rng.random(n) < 0.7), np.array([0, 1, 3, 5])
+    weight = rng.random(len(rows)) + 0.5
+    whole = audiences._logistic_within(A[rows][:, cols].astype(np.float64), b[rows], group[rows], 1.0, weight=weight)
+    monkeypatch.setattr(audiences, "LOGISTIC_BLOCK_ROWS", 257)
+    blocked = audiences._logistic_within(A, b[rows], group[rows], 1.0, weight=weight, rows=rows, cols=cols)
+    np.testing.assert_allclose(blocked, whole, rtol=1e-6, atol=1e-7)
+    assert np.abs(whole).max() > 0.1  # a fit that learnt something
+
+
+def test_pair_dots_are_the_als_scores_block_by_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from recsys.models.hybrid import state
+
+    rng = np.random.default_rng(4)
+    s = SimpleNamespace(user_factors=rng.standard_normal((50, 8)).astype(np.float32),
+                        item_factors=rng.standard_normal((30, 8)).astype(np.float32))
+    u, i = rng.integers(0, 50, 1000), rng.integers(0, 30, 1000)
+    monkeypatch.setattr(state, "DOT_BLOCK_PAIRS", 64)
+    got = state.pair_dots(s, u, i)  # type: ignore[arg-type]
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, (s.user_factors[u] * s.item_factors[i]).sum(axis=1), rtol=1e-5, atol=1e-6)
+
+
 def test_hybrid_never_sold_fit_within_ranks_members_of_a_product_by_what_holds_within_it() -> None:
     # a feature whose relation across products is the reverse of its relation within one (members
     # of the best-selling products score high on it, yet within any product the lower-scoring

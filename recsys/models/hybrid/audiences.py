@@ -21,6 +21,7 @@ from recsys.models.hybrid.state import (
     cold_factors,
     gather,
     knn_affinity,
+    pair_dots,
 )
 
 AUDIENCE_FEATURES = (
@@ -214,7 +215,7 @@ def audience_pair_features(s: FeatureState, members: np.ndarray, products: np.nd
     out[:, 3] = log_occ
     out[:, 4] = np.log1p(s.member_days[u])
     out[:, 5] = np.log1p(np.minimum(s.member_last[u], 1e4))
-    out[:, 6] = np.einsum("ij,ij->i", s.user_factors[u], s.item_factors[i])
+    out[:, 6] = pair_dots(s, u, i)
     out[:, 7] = np.log1p(knn_affinity(s, u, i))
     out[:, 8] = s.member_repeat[u]
     out[:, 9] = np.log1p(pairs(s.member_brand, brands))
@@ -320,7 +321,6 @@ def fit_audience(ex: AudienceExamples, p: HybridParams) -> tuple[np.ndarray, np.
     rate = float(np.mean(ex.rate))
     warm = ~ex.cold
     warm_cols = np.array([f not in p.warm_audience_exclude for f in AUDIENCE_FEATURES])
-    Aw = ex.A[:, warm_cols]
     # each row's weight in the ranking fits: 1, or with audience_product_weight_power a, 1 / (the
     # product's buyers in the window) ** a -- at 1 every product counts alike, as in the evaluation
     # (recall averaged over products); scaled to mean 1 within each fit (the L2 penalty's scale)
@@ -334,13 +334,17 @@ def fit_audience(ex: AudienceExamples, p: HybridParams) -> tuple[np.ndarray, np.
         return row_w[sel] / row_w[sel].mean()
 
     if warm.sum() >= 50 and len(np.unique(ex.b[warm])) == 2:
-        rank_w = _logistic_within(Aw[warm], ex.b[warm], ex.group[warm], p.audience_l2, weight=weights(warm))
-        score = Aw[warm] @ rank_w
+        # the rows and columns are read from ex.A a block at a time, never copied whole
+        wrows, wcols = np.flatnonzero(warm), np.flatnonzero(warm_cols)
+        rank_w = _logistic_within(ex.A, ex.b[warm], ex.group[warm], p.audience_l2, weight=weights(warm),
+                                  rows=wrows, cols=wcols)
+        score = np.concatenate([ex.A[np.ix_(wrows[lo : lo + LOGISTIC_BLOCK_ROWS], wcols)] @ rank_w
+                                for lo in range(0, len(wrows), LOGISTIC_BLOCK_ROWS)])
         cal, bias[0] = _logistic(np.column_stack([score, ex.level[warm]]), ex.b[warm], p.audience_l2, rate)
         w[0, warm_cols], g[0] = cal[0] * rank_w, cal[1:]
     else:
         warm = np.ones(len(ex.b), dtype=bool)
-        w[0, warm_cols], bias[0] = _logistic(Aw, ex.b, p.audience_l2, rate)
+        w[0, warm_cols], bias[0] = _logistic(ex.A[:, warm_cols], ex.b, p.audience_l2, rate)
     cold_cols = np.array([f in p.cold_audience_features for f in AUDIENCE_FEATURES])
     rows = ex.cold
     if rows.sum() < 50 or len(np.unique(ex.b[rows])) < 2:
@@ -375,8 +379,15 @@ def audience_scores(
     return out
 
 
+# rows of the standardised design a Newton pass of _logistic_within works on at a time: the
+# features of every sampled pair (tens of millions at a million members) are never copied whole
+# into float64 -- once standardised and once scaled by the Hessian weights, that was ~7 GB
+LOGISTIC_BLOCK_ROWS = 1 << 20
+
+
 def _logistic_within(A: np.ndarray, b: np.ndarray, group: np.ndarray, l2: float,
-                     max_iter: int = 50, tol: float = 1e-8, weight: np.ndarray | None = None) -> np.ndarray:
+                     max_iter: int = 50, tol: float = 1e-8, weight: np.ndarray | None = None,
+                     rows: np.ndarray | None = None, cols: np.ndarray | None = None) -> np.ndarray:
     """Weights of a logistic regression with one free intercept per group (a product): only
     differences between members of the same product inform them. Raw-feature scale.
 
@@ -385,30 +396,53 @@ def _logistic_within(A: np.ndarray, b: np.ndarray, group: np.ndarray, l2: float,
     under the L2 penalty), solved by Newton's method: the Hessian's intercept block is diagonal,
     so each step is a ``d x d`` solve (Schur complement) and costs a few passes over the rows,
     where a general solver needs hundreds of passes for thousands of intercepts. ``weight``: a
-    weight per row (scikit-learn's ``sample_weight``); None, every row 1."""
-    mean, std = A.mean(axis=0), A.std(axis=0) + 1e-6
-    X = (A - mean) / std
+    weight per row (scikit-learn's ``sample_weight``); None, every row 1.
+
+    ``rows`` / ``cols`` (indices): fit on ``A[rows][:, cols]`` (``b``, ``group`` and ``weight``
+    given for those rows), read a block of :data:`LOGISTIC_BLOCK_ROWS` rows at a time rather than copied."""
+    rows = np.arange(len(A)) if rows is None else np.asarray(rows)
+    cols = np.arange(A.shape[1]) if cols is None else np.asarray(cols)
+    blocks = [slice(lo, min(lo + LOGISTIC_BLOCK_ROWS, len(rows))) for lo in range(0, len(rows), LOGISTIC_BLOCK_ROWS)]
+    total = np.zeros(len(cols))
+    for sl in blocks:
+        total += A[np.ix_(rows[sl], cols)].sum(axis=0, dtype=np.float64)
+    mean = total / max(len(rows), 1)
+    sq = np.zeros(len(cols))
+    for sl in blocks:
+        sq += np.square(A[np.ix_(rows[sl], cols)] - mean).sum(axis=0)
+    std = np.sqrt(sq / max(len(rows), 1)) + 1e-6
+
+    def design(sl: slice) -> np.ndarray:
+        """One block of the standardised features, float64."""
+        return (A[np.ix_(rows[sl], cols)] - mean) / std
+
     y = np.asarray(b, dtype=np.float64)
     _, inv = np.unique(group, return_inverse=True)
-    n_groups, d = int(inv.max()) + 1, X.shape[1]
-    member_of = sp.csr_matrix((np.ones(len(inv)), (inv, np.arange(len(inv)))), shape=(n_groups, len(inv)))
+    n_groups, d = int(inv.max()) + 1, len(cols)
     w, a = np.zeros(d), np.zeros(n_groups)
 
     sw = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
 
     def objective(w: np.ndarray, a: np.ndarray) -> tuple[float, np.ndarray]:
-        z = X @ w + a[inv]
+        z = a[inv]
+        for sl in blocks:
+            z[sl] += design(sl) @ w
         return float(sw @ (np.logaddexp(0.0, z) - y * z) + 0.5 * l2 * (w @ w + a @ a)), z
 
     f, z = objective(w, a)
     for _ in range(max_iter):
         p = 1.0 / (1.0 + np.exp(-z))
         r, h = sw * (p - y), sw * p * (1.0 - p)
-        gw, ga = X.T @ r + l2 * w, member_of @ r + l2 * a
-        hx = X * h[:, None]
-        hww = X.T @ hx + l2 * np.eye(d)
-        hwa = np.asarray(member_of @ hx)  # (groups, d)
-        diag = np.asarray(member_of @ h).ravel() + l2
+        gw, hww, hwa = l2 * w, l2 * np.eye(d), np.zeros((n_groups, d))
+        for sl in blocks:
+            X = design(sl)
+            gw += X.T @ r[sl]
+            hx = X * h[sl, None]
+            hww += X.T @ hx
+            # each group's sum of h * x over its rows in the block
+            hwa += sp.csr_matrix((np.ones(len(hx)), (inv[sl], np.arange(len(hx)))), shape=(n_groups, len(hx))) @ hx
+        ga = np.bincount(inv, weights=r, minlength=n_groups) + l2 * a
+        diag = np.bincount(inv, weights=h, minlength=n_groups) + l2
         schur = hww - hwa.T @ (hwa / diag[:, None])
         dw = np.linalg.solve(schur, gw - hwa.T @ (ga / diag))
         da = (ga - hwa @ dw) / diag

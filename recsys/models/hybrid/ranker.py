@@ -16,7 +16,7 @@ from threadpoolctl import threadpool_limits
 
 from recsys.arrays import unique_ints
 from recsys.models.hybrid.params import HybridParams
-from recsys.models.hybrid.state import FeatureState, gather, knn_affinity
+from recsys.models.hybrid.state import FeatureState, gather, knn_affinity, pair_dots
 
 PAIR_FEATURES = (
     "count", "count_rel", "count_rate", "recency14", "last_age", "cf", "buyers_rate",
@@ -26,21 +26,29 @@ PAIR_FEATURES = (
 
 
 def pair_features(s: FeatureState, members: np.ndarray, products: np.ndarray) -> np.ndarray:
-    """``(n_pairs, len(PAIR_FEATURES))`` float32 for (member, product) pairs."""
+    """``(n_pairs, len(PAIR_FEATURES))`` float32 for (member, product) pairs, filled a column at
+    a time (no float64 copy of the whole table)."""
     u, i = members.astype(np.int64), products.astype(np.int64)
     cnt = gather(s.counts, u, i)
     rel = cnt / np.maximum(s.member_max[u], 1.0)
-    last = np.where(cnt > 0, gather(s.last_age, u, i), 999.0)
-    cf = np.einsum("ij,ij->i", s.user_factors[u], s.item_factors[i])
     pop_max = max(float(s.buyers.max(initial=0)), 1.0)
     ucat = gather(s.member_cat, u, s.item_cat[i])
-    knn = knn_affinity(s, u, i)
-    return np.column_stack([
-        cnt, rel, cnt / np.maximum(s.member_days[u], 1.0), gather(s.recency14, u, i), last, cf,
-        s.buyers[i] / s.span, s.occasions[i] / s.span, s.recent_pop[i], s.rebuy_rate[i],
-        s.member_days[u] / s.span, s.member_last[u], rel + 0.05 * s.buyers[i] / pop_max,
-        s.member_repeat[u], ucat, ucat / np.maximum(s.member_occ[u], 1.0), knn, s.member_occ[u] / s.span,
-    ]).astype(np.float32)
+    columns = {
+        "count": lambda: cnt, "count_rel": lambda: rel, "count_rate": lambda: cnt / np.maximum(s.member_days[u], 1.0),
+        "recency14": lambda: gather(s.recency14, u, i),
+        "last_age": lambda: np.where(cnt > 0, gather(s.last_age, u, i), 999.0),
+        "cf": lambda: pair_dots(s, u, i), "buyers_rate": lambda: s.buyers[i] / s.span,
+        "occasions_rate": lambda: s.occasions[i] / s.span, "recent_pop": lambda: s.recent_pop[i],
+        "rebuy_rate": lambda: s.rebuy_rate[i], "member_days_rate": lambda: s.member_days[u] / s.span,
+        "member_last_age": lambda: s.member_last[u], "blend": lambda: rel + 0.05 * s.buyers[i] / pop_max,
+        "member_repeat_share": lambda: s.member_repeat[u], "category_count": lambda: ucat,
+        "category_share": lambda: ucat / np.maximum(s.member_occ[u], 1.0), "knn": lambda: knn_affinity(s, u, i),
+        "member_occ_rate": lambda: s.member_occ[u] / s.span,
+    }
+    out = np.empty((len(u), len(PAIR_FEATURES)), dtype=np.float32)
+    for j, name in enumerate(PAIR_FEATURES):
+        out[:, j] = columns[name]()
+    return out
 
 
 def candidates(s: FeatureState, users: np.ndarray, p: HybridParams) -> tuple[np.ndarray, np.ndarray]:
